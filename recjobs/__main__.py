@@ -1,0 +1,3 @@
+from recjobs.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""User-facing errors. The CLI prints each as one line and exits with code 2; no traceback."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in what the user gave us (config, command line, data, checkpoint)."""
+
+    exit_code = 2
+
+    def __init__(self, where: str, problem: str, hint: str | None = None):
+        self.where, self.problem, self.hint = where, problem, hint
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        text = f"error: {self.where}: {self.problem}"
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class ConfigError(UserError):
+    """Invalid config file, config key or command-line override. `where` is the dotted key."""
+
+
+class DataError(UserError):
+    """Invalid input data. `where` names the file (and column where there is one)."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used (missing, corrupted, from another config)."""

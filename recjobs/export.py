@@ -1,0 +1,73 @@
+"""The exported model: what a serving or analysis job loads, without the training state.
+
+model/<training.checkpoint>   model weights (state_dict)
+model/config.yaml             the resolved config
+model/<shared.encoder_cache>  id and category vocabularies
+model/item_embeddings.pt      retrieval only: {"item_ids": [raw ids], "embeddings": [N, D]}
+
+>>> from recjobs.export import load_model
+>>> model, cfg, encoders = load_model("runs/quickstart/model")
+>>> model.eval()
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from recjobs.checkpoint import atomic_write_bytes
+from recjobs.config import resolve_dict
+from recjobs.data import Encoders, TaskData
+from recjobs.models import build_model
+from recjobs.schema import ResolvedConfig
+
+ITEM_EMBEDDINGS = "item_embeddings.pt"
+
+
+def _save(obj: object, path: Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def export_model(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: TaskData) -> None:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    _save(
+        {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        model_dir / cfg.training.checkpoint,
+    )
+    atomic_write_bytes(
+        model_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
+    )
+    data.encoders.save(str(model_dir / cfg.shared.encoder_cache))
+    if cfg.task == "retrieval":
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            device = next(model.parameters()).device
+            emb = model.item_embeddings(data.item_features[1:].to(device)).float().cpu()
+        model.train(was_training)
+        _save(
+            {"item_ids": data.encoders.item_id.values(), "embeddings": emb},
+            model_dir / ITEM_EMBEDDINGS,
+        )
+
+
+def load_model(model_dir: str | Path) -> tuple[nn.Module, ResolvedConfig, Encoders]:
+    """Load an exported model for inference: (model in eval mode, its config, its vocabularies)."""
+    model_dir = Path(model_dir)
+    raw = yaml.safe_load((model_dir / "config.yaml").read_text())
+    task = "retrieval" if "retrieval" in raw else "ranking"
+    cfg = resolve_dict(raw, task)
+    encoders = Encoders.load(str(model_dir / cfg.shared.encoder_cache))
+    model = build_model(
+        task, cfg.model, encoders.user_cardinalities(), encoders.item_cardinalities()
+    )
+    model.load_state_dict(
+        torch.load(model_dir / cfg.training.checkpoint, map_location="cpu", weights_only=True)
+    )
+    return model.eval(), cfg, encoders

@@ -1,0 +1,169 @@
+"""Two-tower retrieval model and its in-batch sampled-softmax loss.
+
+Also home of the three building blocks every model shares (per-column embedding tables, their
+lookup, and the MLP stack). They live here rather than in a helpers module because the two-tower
+model is the first user of each; `recjobs.models.ranking` imports them from here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Small enough that dot products of fresh embeddings start near zero (no saturated softmax or
+# sigmoid at step 0), large enough that the towers' first layers see a non-degenerate input.
+EMBEDDING_INIT_STD = 0.05
+
+
+def make_tables(cardinalities: Sequence[int], dim: int, *, sparse: bool) -> nn.ModuleList:
+    """One `nn.Embedding(card, dim)` per categorical column, initialised from the global seed.
+
+    A ModuleList (not a dict keyed by column name) so the model only needs cardinalities, and so
+    optimisers and the trainer can find every table with `isinstance(m, nn.Embedding)`.
+    """
+    if len(cardinalities) == 0:
+        raise ValueError("need at least one categorical column (the id column)")
+    tables = nn.ModuleList()
+    for col, card in enumerate(cardinalities):
+        card = int(card)
+        if card < 1:
+            raise ValueError(f"column {col}: embedding table size must be >= 1, got {card}")
+        table = nn.Embedding(card, dim, sparse=sparse)
+        nn.init.normal_(table.weight, mean=0.0, std=EMBEDDING_INIT_STD)
+        tables.append(table)
+    return tables
+
+
+def embed_columns(tables: nn.ModuleList, feats: Tensor) -> Tensor:
+    """Look up column i of `feats` [B, C] in table i; returns [B, C, D].
+
+    A plain lookup per column (C is a handful) keeps sparse gradients possible; a single fused
+    table with offsets would make every column share one optimiser state and one sparse grad.
+    """
+    if feats.dim() != 2 or feats.shape[1] != len(tables):
+        raise ValueError(
+            f"expected feature indices of shape [batch, {len(tables)}], got {tuple(feats.shape)}"
+        )
+    return torch.stack([table(feats[:, i]) for i, table in enumerate(tables)], dim=1)
+
+
+def make_mlp(
+    in_dim: int,
+    hidden_dims: Sequence[int],
+    dropout: float,
+    *,
+    out_dim: int | None = None,
+    activate_last: bool = True,
+) -> nn.Sequential:
+    """Linear → ReLU → Dropout for each of `hidden_dims`, then an optional Linear to `out_dim`.
+
+    With `activate_last=False` the last hidden layer is a bare Linear (tower outputs, which are
+    normalised next, must be able to take negative values). Dropout is always present, even at
+    p=0, so state_dict keys do not depend on the dropout setting.
+    """
+    layers: list[nn.Module] = []
+    dims = [in_dim, *[int(d) for d in hidden_dims]]
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        layers.append(nn.Linear(d_in, d_out))
+        is_last = i == len(dims) - 2 and out_dim is None
+        if activate_last or not is_last:
+            layers += [nn.ReLU(), nn.Dropout(dropout)]
+    if out_dim is not None:
+        layers.append(nn.Linear(dims[-1], out_dim))
+    return nn.Sequential(*layers)
+
+
+class TwoTower(nn.Module):
+    """User tower and item tower, each: concat(column embeddings) → MLP → L2 normalise.
+
+    The outputs are unit vectors, so u·v is a cosine similarity in [-1, 1] and the softmax
+    temperature alone sets how peaked the in-batch softmax is.
+    """
+
+    def __init__(
+        self,
+        user_cardinalities: Sequence[int],
+        item_cardinalities: Sequence[int],
+        embedding_dim: int,
+        hidden_dims: Sequence[int],
+        dropout: float,
+        *,
+        sparse: bool = False,
+    ):
+        super().__init__()
+        self.user_tables = make_tables(user_cardinalities, embedding_dim, sparse=sparse)
+        self.item_tables = make_tables(item_cardinalities, embedding_dim, sparse=sparse)
+        user_in = len(user_cardinalities) * embedding_dim
+        item_in = len(item_cardinalities) * embedding_dim
+        if hidden_dims:
+            self.output_dim = int(hidden_dims[-1])
+        elif user_in == item_in:
+            self.output_dim = user_in
+        else:
+            # Without an MLP the towers' widths are their column counts times D; a dot product
+            # needs them equal.
+            raise ValueError(
+                "two_tower with empty hidden_dims needs as many user columns as item columns"
+            )
+        self.user_mlp = make_mlp(user_in, hidden_dims, dropout, activate_last=False)
+        self.item_mlp = make_mlp(item_in, hidden_dims, dropout, activate_last=False)
+
+    def user_embeddings(self, user_feats: Tensor) -> Tensor:
+        """[B, Cu] indices → [B, output_dim] unit vectors."""
+        x = embed_columns(self.user_tables, user_feats).flatten(1)
+        return F.normalize(self.user_mlp(x), dim=-1)
+
+    def item_embeddings(self, item_feats: Tensor) -> Tensor:
+        """[N, Ci] indices → [N, output_dim] unit vectors."""
+        x = embed_columns(self.item_tables, item_feats).flatten(1)
+        return F.normalize(self.item_mlp(x), dim=-1)
+
+    def forward(self, user_feats: Tensor, item_feats: Tensor) -> tuple[Tensor, Tensor]:
+        return self.user_embeddings(user_feats), self.item_embeddings(item_feats)
+
+
+def in_batch_softmax_loss(
+    user_emb: Tensor,
+    item_emb: Tensor,
+    temperature: float,
+    *,
+    item_ids: Tensor | None = None,
+    log_q: Tensor | None = None,
+) -> Tensor:
+    """Sampled softmax with the other items of the batch as negatives; mean over the batch.
+
+    Row b's positive is item b (the diagonal). `log_q` [B] is the log probability that each
+    in-batch item was sampled; subtracting it from that item's column (logQ correction, Yi et al.
+    2019) stops popular items, which show up as negatives far more often than uniform sampling
+    would make them, from being pushed down for their popularity alone. `item_ids` [B] marks
+    accidental hits: where item j is the same item as row b's positive (j ≠ b), column j is
+    removed from row b's softmax, since a positive must not also be a negative.
+    """
+    if user_emb.dim() != 2 or item_emb.shape != user_emb.shape:
+        raise ValueError(
+            "user_emb and item_emb must both be [B, D], got "
+            f"{tuple(user_emb.shape)} and {tuple(item_emb.shape)}"
+        )
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    batch = user_emb.shape[0]
+    # Softmax in float32 even under autocast: logits of unit vectors / 0.05 reach ±20, and bf16
+    # logsumexp over thousands of columns loses the differences the loss is made of.
+    logits = (user_emb @ item_emb.T).float() / temperature
+    if log_q is not None:
+        if log_q.shape != (batch,):
+            raise ValueError(f"log_q must be [{batch}], got {tuple(log_q.shape)}")
+        logits = logits - log_q.to(logits.dtype).unsqueeze(0)
+    if item_ids is not None:
+        if item_ids.shape != (batch,):
+            raise ValueError(f"item_ids must be [{batch}], got {tuple(item_ids.shape)}")
+        same = item_ids.unsqueeze(1) == item_ids.unsqueeze(0)
+        same.fill_diagonal_(False)
+        # -inf, not a large negative number: exp(-inf) is exactly 0 and the diagonal (the
+        # target) is never masked, so every row's logsumexp stays finite.
+        logits = logits.masked_fill(same, float("-inf"))
+    target = torch.arange(batch, device=logits.device)
+    return F.cross_entropy(logits, target)

@@ -1,0 +1,396 @@
+"""Optimizers and LR schedulers from config: validation, building, and when to step.
+
+Any class in `torch.optim` and `torch.optim.lr_scheduler` is accepted. Keyword arguments are
+checked against the class's own signature (names and type hints), then the object is built
+once on a dummy parameter so that torch's own value checks (negative lr, beta >= 1, a
+scheduler that needs momentum) fail at resolve time, on the submitting machine, instead of
+in the job.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.optim import lr_scheduler
+
+from recjobs.coerce import coerce, describe
+from recjobs.errors import ConfigError
+
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    name: obj
+    for name, obj in vars(torch.optim).items()
+    if inspect.isclass(obj)
+    and issubclass(obj, torch.optim.Optimizer)
+    and obj is not torch.optim.Optimizer
+}
+SCHEDULERS: dict[str, type] = {
+    name: obj
+    for name, obj in vars(lr_scheduler).items()
+    if inspect.isclass(obj)
+    and issubclass(obj, lr_scheduler.LRScheduler)
+    and not name.startswith("_")
+    and obj is not lr_scheduler.LRScheduler
+}
+INTERVALS = ("epoch", "step")
+# Schedulers whose whole point is a per-iteration curve; `interval: epoch` would silently
+# stretch it over max_epochs steps, so it is an error and the default interval is `step`.
+PER_STEP_ONLY = ("OneCycleLR", "CyclicLR")
+# Nested-scheduler containers: their `schedulers:` list holds scheduler dicts.
+CONTAINERS = ("SequentialLR", "ChainedScheduler")
+# Arguments recjobs sets itself; a config that sets them would break resume or the loop.
+RESERVED = {"params", "optimizer", "last_epoch", "verbose", "schedulers"}
+PLACEHOLDER_TOTAL_STEPS = 1000  # only for the resolve-time trial build of OneCycleLR
+
+
+def _parameters(cls: type) -> dict[str, tuple[Any, Any]]:
+    """name -> (type hint, default or inspect.Parameter.empty) for a class's __init__.
+
+    Annotations are evaluated one by one: torch writes some as strings naming types that are
+    only imported for type checkers (Callable); such a hint stays a string and is judged by
+    its text.
+    """
+    module = vars(inspect.getmodule(cls) or typing)
+    params = {}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        hint: Any = p.annotation
+        if isinstance(hint, str):
+            try:
+                hint = eval(hint, {**vars(typing), **module})  # noqa: S307 - torch's own annotations
+            except Exception:
+                pass
+        if hint is inspect.Parameter.empty or (isinstance(hint, str) and "Callable" not in hint):
+            hint = type(p.default) if p.default not in (inspect.Parameter.empty, None) else Any
+        params[name] = (hint, p.default)
+    return params
+
+
+def _needs_callable(hint: Any) -> bool:
+    return "Callable" in str(hint)
+
+
+def _pick(name: Any, table: dict[str, type], where: str, what: str) -> type:
+    if not isinstance(name, str) or not name:
+        raise ConfigError(where, f"expected the name of a {what}, got {name!r}")
+    if name in table:
+        return table[name]
+    lowered = {n.lower(): n for n in table}
+    close = [lowered[name.lower()]] if name.lower() in lowered else []
+    close = close or difflib.get_close_matches(name, table, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"one of {', '.join(sorted(table))}"
+    raise ConfigError(where, f"unknown {what} {name!r}", hint)
+
+
+def _check_kwargs(cls: type, kwargs: dict[str, Any], where: str, skip: set[str]) -> dict[str, Any]:
+    params = _parameters(cls)
+    accepted = sorted(n for n in params if n not in RESERVED | skip)
+    out = {}
+    for key, value in kwargs.items():
+        if key in RESERVED:
+            raise ConfigError(f"{where}.{key}", "is set by recjobs and cannot be configured")
+        if key not in params:
+            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+            hint = (
+                (f"did you mean {close[0]}? " if close else "")
+                + f"{cls.__name__} accepts: "
+                + ", ".join(accepted)
+            )
+            raise ConfigError(f"{where}.{key}", f"unknown argument for {cls.__name__}", hint)
+        hint_type, _ = params[key]
+        if _needs_callable(hint_type):
+            raise ConfigError(
+                f"{where}.{key}", "needs a Python callable, which a config cannot express"
+            )
+        out[key] = coerce(value, hint_type, f"{where}.{key}")
+    missing = [
+        n
+        for n, (_, default) in params.items()
+        if default is inspect.Parameter.empty and n not in RESERVED | skip and n not in out
+    ]
+    if missing:
+        needs_callable = [n for n in missing if _needs_callable(params[n][0])]
+        if needs_callable:
+            raise ConfigError(
+                where,
+                f"{cls.__name__} needs a Python callable ({needs_callable[0]}), "
+                "which a config cannot express",
+                "use LinearLR, ConstantLR, PolynomialLR or SequentialLR instead",
+            )
+        raise ConfigError(
+            where,
+            f"{cls.__name__} needs {', '.join(missing)}",
+            f"e.g. {missing[0]}: <{describe(params[missing[0]][0])}>",
+        )
+    return out
+
+
+def _trial_parameter() -> torch.nn.Parameter:
+    # 2-D so that optimizers restricted to matrices (Muon) accept it.
+    return torch.nn.Parameter(torch.zeros(2, 2))
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# --------------------------------------------------------------------------- optimizer
+
+
+def resolve_optimizer(value: Any, lr: float, where: str) -> dict[str, Any]:
+    """Normalise `training.optimizer` (a name or {name, **kwargs}) to {name, lr, **kwargs}.
+
+    `lr` is `training.lr`; an `lr` inside the optimizer mapping wins over it.
+    """
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            where,
+            f"expected an optimizer name or a mapping with 'name', got {value!r}",
+            "e.g. optimizer: AdamW",
+        )
+    if "name" not in value:
+        raise ConfigError(
+            where, "missing 'name'", "e.g. optimizer: {name: AdamW, weight_decay: 0.01}"
+        )
+    cls = _pick(value["name"], OPTIMIZERS, f"{where}.name", "optimizer")
+    kwargs = {k: v for k, v in value.items() if k != "name"}
+    kwargs.setdefault("lr", lr)
+    kwargs = _check_kwargs(cls, kwargs, where, skip=set())
+    try:
+        cls([_trial_parameter()], **kwargs)
+    except Exception as exc:  # torch's own value checks, e.g. "Invalid learning rate: -1.0"
+        raise ConfigError(where, _first_line(exc)) from None
+    return {"name": cls.__name__, "lr": kwargs.pop("lr"), **kwargs}
+
+
+def build_optimizer(params_or_groups: Any, optimizer: dict[str, Any]) -> torch.optim.Optimizer:
+    """Build the configured optimizer. `optimizer` is a resolved `training.optimizer` dict."""
+    cls = OPTIMIZERS[optimizer["name"]]
+    kwargs = _check_kwargs(
+        cls, {k: v for k, v in optimizer.items() if k != "name"}, "training.optimizer", set()
+    )
+    return cls(params_or_groups, **kwargs)
+
+
+# --------------------------------------------------------------------------- scheduler
+
+
+def resolve_scheduler(
+    value: Any,
+    optimizer: dict[str, Any],
+    where: str,
+    monitor_default: str,
+    valid_metrics: list[str],
+) -> dict[str, Any] | None:
+    """Normalise `training.scheduler` to None or {name, interval, **kwargs}.
+
+    ReduceLROnPlateau also gets `monitor` (a validation metric) and a `mode` derived from it.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise ConfigError(
+            where,
+            f"expected a mapping with 'name', got {value!r}",
+            "e.g. scheduler: {name: StepLR, step_size: 10}",
+        )
+    if "name" not in value:
+        raise ConfigError(where, "missing 'name'", "e.g. scheduler: {name: StepLR, step_size: 10}")
+    name = _pick(value["name"], SCHEDULERS, f"{where}.name", "scheduler").__name__
+    interval = value.get("interval", "step" if name in PER_STEP_ONLY else "epoch")
+    if interval not in INTERVALS:
+        raise ConfigError(f"{where}.interval", f"expected 'epoch' or 'step', got {interval!r}")
+    if name in PER_STEP_ONLY and interval != "step":
+        raise ConfigError(
+            f"{where}.interval", f"{name} must be stepped per iteration", "use interval: step"
+        )
+    spec = {k: v for k, v in value.items() if k not in ("interval",)}
+    extra: dict[str, Any] = {}
+    if name == "ReduceLROnPlateau":
+        monitor = _metric_name(
+            spec.pop("monitor", monitor_default), f"{where}.monitor", valid_metrics
+        )
+        spec.setdefault("mode", metric_mode(monitor))
+        extra["monitor"] = monitor
+    elif "monitor" in spec:
+        raise ConfigError(f"{where}.monitor", f"only ReduceLROnPlateau takes a monitor, not {name}")
+    resolved = _resolve_one(spec, where)
+    # Trial build against the real optimizer config: catches e.g. CyclicLR's momentum check.
+    trial = build_optimizer([_trial_parameter()], optimizer)
+    try:
+        _build(
+            trial, resolved, steps_per_epoch=None, max_epochs=1, max_steps=PLACEHOLDER_TOTAL_STEPS
+        )
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(where, _first_line(exc)) from None
+    return {
+        "name": name,
+        "interval": interval,
+        **extra,
+        **{k: v for k, v in resolved.items() if k != "name"},
+    }
+
+
+def _resolve_one(spec: dict[str, Any], where: str, nested: bool = False) -> dict[str, Any]:
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(
+            where,
+            "expected a mapping with 'name'",
+            "e.g. {name: LinearLR, start_factor: 0.1, total_iters: 5}",
+        )
+    cls = _pick(spec["name"], SCHEDULERS, f"{where}.name", "scheduler")
+    name = cls.__name__
+    kwargs = {k: v for k, v in spec.items() if k != "name"}
+    if nested:
+        for key in ("interval", "monitor"):
+            if key in kwargs:
+                raise ConfigError(
+                    f"{where}.{key}", "belongs on the outer scheduler, not a nested one"
+                )
+    if name in CONTAINERS:
+        children = kwargs.pop("schedulers", None)
+        if not isinstance(children, list) or not children:
+            raise ConfigError(
+                f"{where}.schedulers", f"{name} needs a non-empty list of scheduler mappings"
+            )
+        checked = _check_kwargs(cls, kwargs, where, skip={"schedulers"})
+        resolved_children = [
+            _resolve_one(c, f"{where}.schedulers[{i}]", nested=True) for i, c in enumerate(children)
+        ]
+        return {"name": name, "schedulers": resolved_children, **checked}
+    if nested and name == "OneCycleLR" and "total_steps" not in kwargs and "epochs" not in kwargs:
+        raise ConfigError(
+            f"{where}.total_steps", "a nested OneCycleLR needs an explicit total_steps"
+        )
+    return {"name": name, **_check_kwargs(cls, kwargs, where, skip=set())}
+
+
+def metric_mode(metric: str) -> str:
+    """min for losses and errors, max for accuracy-like metrics."""
+    return "min" if metric.split("@")[0] in ("loss", "logloss", "rmse", "mae") else "max"
+
+
+def _metric_name(value: Any, where: str, valid: list[str]) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(
+            where, f"expected a metric name, got {value!r}", "one of " + ", ".join(valid)
+        )
+    bare = value.removeprefix("val/")
+    if bare not in valid:
+        close = difflib.get_close_matches(bare, valid, n=1)
+        hint = f"did you mean {close[0]}?" if close else "one of " + ", ".join(valid)
+        raise ConfigError(where, f"unknown validation metric {value!r}", hint)
+    return bare
+
+
+def total_train_steps(steps_per_epoch: int, max_epochs: int, max_steps: int | None) -> int:
+    total = steps_per_epoch * max_epochs
+    return min(total, max_steps) if max_steps else total
+
+
+def _build(
+    optimizer: torch.optim.Optimizer,
+    spec: dict[str, Any],
+    steps_per_epoch: int | None,
+    max_epochs: int,
+    max_steps: int | None,
+) -> Any:
+    cls = SCHEDULERS[spec["name"]]
+    kwargs = {k: v for k, v in spec.items() if k not in ("name", "interval", "monitor")}
+    if spec["name"] in CONTAINERS:
+        kwargs["schedulers"] = [
+            _build(optimizer, c, steps_per_epoch, max_epochs, max_steps) for c in spec["schedulers"]
+        ]
+    elif spec["name"] == "OneCycleLR" and "total_steps" not in kwargs and "epochs" not in kwargs:
+        kwargs["total_steps"] = (
+            total_train_steps(steps_per_epoch, max_epochs, max_steps)
+            if steps_per_epoch
+            else max_steps
+        )
+    return cls(optimizer=optimizer, **kwargs)
+
+
+@dataclass
+class LRSchedule:
+    """A scheduler plus the rule for when to step it; the loop calls the three hooks.
+
+    - `interval: step`  -> after every optimizer step;
+    - `interval: epoch` -> at the end of every epoch;
+    - ReduceLROnPlateau -> after a validation, with the monitored metric: only at epoch-end
+      validations for `interval: epoch`, after every validation for `interval: step`.
+    """
+
+    scheduler: Any | None
+    interval: str = "epoch"
+    monitor: str | None = None
+
+    def after_step(self) -> None:
+        if self.scheduler is not None and self.monitor is None and self.interval == "step":
+            self.scheduler.step()
+
+    def after_epoch(self) -> None:
+        if self.scheduler is not None and self.monitor is None and self.interval == "epoch":
+            self.scheduler.step()
+
+    def after_validation(self, metrics: dict[str, float], end_of_epoch: bool) -> None:
+        if self.scheduler is None or self.monitor is None:
+            return
+        if self.interval == "step" or end_of_epoch:
+            value = metrics[f"val/{self.monitor}"]
+            if math.isfinite(value):
+                self.scheduler.step(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.scheduler.state_dict() if self.scheduler is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    scheduler: dict[str, Any] | None,
+    steps_per_epoch: int,
+    max_epochs: int,
+    max_steps: int | None = None,
+) -> LRSchedule:
+    """Build the configured scheduler (a resolved `training.scheduler`) with its stepping rule.
+
+    OneCycleLR without total_steps gets total_steps = the steps this run takes; an explicit
+    one shorter than the run is an error now rather than a crash when it runs out.
+    """
+    if scheduler is None:
+        return LRSchedule(None)
+    total = total_train_steps(steps_per_epoch, max_epochs, max_steps)
+    if scheduler["name"] == "OneCycleLR":
+        given = scheduler.get("total_steps") or (
+            scheduler.get("epochs", 0) * scheduler.get("steps_per_epoch", 0)
+            if "epochs" in scheduler
+            else None
+        )
+        if given is not None and given < total:
+            raise ConfigError(
+                "training.scheduler.total_steps",
+                f"OneCycleLR ends after {given} steps but this run takes {total}",
+                "omit total_steps to derive it",
+            )
+    built = _build(optimizer, scheduler, steps_per_epoch, max_epochs, max_steps)
+    return LRSchedule(built, scheduler.get("interval", "epoch"), scheduler.get("monitor"))
+
+
+def current_lrs(optimizer: torch.optim.Optimizer) -> list[float]:
+    return [float(group["lr"]) for group in optimizer.param_groups]

@@ -1,0 +1,50 @@
+"""Mixed precision policy: which autocast dtype and whether a GradScaler, per device.
+
+fp16 on CUDA: autocast + GradScaler (fp16 gradients underflow without loss scaling).
+fp16 on CPU:  off, with one warning - CPU fp16 kernels are slow and scaling is CUDA-only.
+bf16:         autocast without a scaler on CPU and CUDA (bf16 has fp32's exponent range).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Precision:
+    mode: str  # the resolved training.mixed_precision: off | fp16 | bf16
+    device_type: str
+    dtype: torch.dtype | None  # autocast dtype; None = full precision
+
+    @property
+    def use_scaler(self) -> bool:
+        return self.dtype is torch.float16
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        # A disabled scaler is a pass-through, so the loop has one code path.
+        return torch.amp.GradScaler(self.device_type, enabled=self.use_scaler)
+
+
+def precision_policy(mode: str, device: torch.device) -> Precision:
+    """The runtime policy for a resolved `mixed_precision` value on `device`."""
+    if mode == "off":
+        return Precision(mode, device.type, None)
+    if mode == "bf16":
+        return Precision(mode, device.type, torch.bfloat16)
+    if mode == "fp16":
+        if device.type == "cuda":
+            return Precision(mode, device.type, torch.float16)
+        log.warning("mixed_precision fp16 needs CUDA; training in fp32 on %s", device.type)
+        return Precision("off", device.type, None)
+    raise ValueError(f"unknown mixed precision mode {mode!r}")

@@ -1,0 +1,200 @@
+"""The config schema: every key a config file may hold, its type and its default.
+
+One dataclass per section. `recjobs.config` validates YAML against these classes (unknown
+keys, wrong types, bad values) and builds them; nothing else in the project reads raw dicts.
+The layout is the spec's: top-level `dataset:` and `shared:`, then one section per task
+(`retrieval:`, `ranking:`) holding `columns:`, `model:` and `training:`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TASKS = ("retrieval", "ranking")
+Task = Literal["retrieval", "ranking"]
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Where the four tables live: local paths (relative to the working directory) or URLs."""
+
+    users: str
+    items: str
+    interactions_train: str
+    interactions_val: str
+
+
+@dataclass(frozen=True)
+class SynthSize:
+    """Size of the built-in synthetic data set used when `dataset.paths` is null."""
+
+    users: int = 2000
+    items: int = 500
+    interactions: int = 60000
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str = "synth"
+    # null: train on the built-in synthetic data set (generated from shared.seed).
+    paths: DataPaths | None = None
+    synth: SynthSize = field(default_factory=SynthSize)
+
+
+@dataclass(frozen=True)
+class SharedConfig:
+    seed: int = 42
+    # File name (inside the run dir's model/) where the id/category vocabularies are saved.
+    encoder_cache: str = "encoders.json"
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    user_cat_cols: tuple[str, ...] = ("user_group", "region", "age_group")
+    item_cat_cols: tuple[str, ...] = ("category", "price_band", "style")
+    interaction_user_col: str = "user_id"
+    interaction_item_col: str = "item_id"
+    interaction_time_col: str | None = "timestamp"
+    label_col: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_arch: Literal["two_tower", "dlrm", "dcn"] = "two_tower"
+    embedding_dim: int = 64
+    hidden_dims: tuple[int, ...] = (128, 64)
+    # Ranking only: the MLP on top of the feature interactions.
+    scorer_hidden_dims: tuple[int, ...] = (128, 64)
+    # DCN only: number of DCN-v2 cross layers.
+    cross_layers: int = 3
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    enabled: bool = False
+    # A validation metric without the `val/` prefix, e.g. recall@10, auc, loss.
+    # null: recall@<first eval_k> for retrieval, auc (bce) or rmse (mse) for ranking.
+    metric: str | None = None
+    patience: int = 5
+    # null: derived from the metric (min for losses and errors, max otherwise).
+    mode: Literal["min", "max"] | None = None
+    min_delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    batch_size: int = 1024
+    num_workers: int = 0
+    max_epochs: int = 3
+    # null: no limit beyond max_epochs.
+    max_steps: int | None = None
+    lr: float = 0.001
+    # Resolved: {"name": ..., "lr": ..., **kwargs}. See recjobs.optim.
+    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "Adam"})
+    # Resolved: None or {"name": ..., "interval": "epoch"|"step", **kwargs}.
+    scheduler: dict[str, Any] | None = None
+    # Resolved: "off", "fp16" or "bf16".
+    mixed_precision: Literal["off", "fp16", "bf16"] = "off"
+    grad_clip_norm: float | None = None
+    loss_func: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"
+    # Retrieval only: softmax temperature, and the logQ correction for in-batch negatives being
+    # sampled by popularity (Yi et al. 2019); without it the model under-recommends popular items.
+    temperature: float = 0.05
+    logq_correction: bool = True
+    # Ranking only: sampled negatives per positive for bce.
+    negatives_per_pos: int = 4
+    eval_k: tuple[int, ...] = (10, 50)
+    # 0: evaluate only at the end of each epoch.
+    eval_steps: int = 0
+    log_steps: int = 50
+    # 0: checkpoint only at the end of each epoch.
+    checkpoint_steps: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    artifact_dir: str | None = None
+    # File name of the exported weights inside the run dir's model/.
+    checkpoint: str = "model.pt"
+    use_wandb: bool = False
+    wandb_project: str = "recjobs"
+    wandb_entity: str | None = None
+    wandb_run_name: str | None = None
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A fully validated config for one task. `to_dict()` is what `recjobs resolve` prints."""
+
+    task: Task
+    dataset: DatasetConfig
+    shared: SharedConfig
+    section: TaskConfig
+
+    @property
+    def columns(self) -> ColumnsConfig:
+        return self.section.columns
+
+    @property
+    def model(self) -> ModelConfig:
+        return self.section.model
+
+    @property
+    def training(self) -> TrainingConfig:
+        return self.section.training
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config-file layout, JSON-serialisable; resolving it again gives the same dict."""
+        section = _plain(self.section)
+        for other, subs in TASK_ONLY_KEYS.items():
+            if other != self.task:
+                for sub, keys in subs.items():
+                    for key in keys:
+                        section[sub].pop(key, None)
+        return {"dataset": _plain(self.dataset), "shared": _plain(self.shared), self.task: section}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# Task-specific defaults that differ from the dataclass defaults above.
+TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "retrieval": {
+        "columns": {},
+        "model": {"model_arch": "two_tower"},
+        "training": {"loss_func": "cross_entropy", "batch_size": 1024},
+    },
+    "ranking": {
+        "columns": {"label_col": "rating"},
+        "model": {"model_arch": "dlrm"},
+        "training": {"loss_func": "bce", "batch_size": 4096},
+    },
+}
+
+# Keys that only one task understands; setting them for the other is an error, not a no-op.
+TASK_ONLY_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
+    "retrieval": {"training": ("temperature", "logq_correction", "eval_k"), "model": ()},
+    "ranking": {
+        "training": ("negatives_per_pos",),
+        "model": ("scorer_hidden_dims", "cross_layers"),
+    },
+}
+ARCHS = {"retrieval": ("two_tower",), "ranking": ("dlrm", "dcn")}
+LOSSES = {"retrieval": ("cross_entropy",), "ranking": ("bce", "mse")}

@@ -1,0 +1,182 @@
+"""What differs between retrieval and ranking: batches, the loss, and validation.
+
+The training loop talks to a task through four members (`num_examples`, `batch`, `loss`,
+`evaluate`) and never learns which model or loss it runs. All tensors live on the training
+device from the start, so a batch is a few index gathers: no per-example Python, no copies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recjobs import metrics
+from recjobs.data import TaskData
+from recjobs.models import in_batch_softmax_loss
+from recjobs.schema import ResolvedConfig
+
+# Validation sets are scored in batches of this many rows (bounded memory, any size).
+EVAL_BATCH = 65536
+
+
+class RetrievalTask:
+    """Two-tower retrieval: in-batch softmax on (user, item) positives; full-catalogue metrics."""
+
+    def __init__(self, cfg: ResolvedConfig, data: TaskData, device: torch.device):
+        tr = cfg.training
+        self.temperature, self.ks, self.batch_size = tr.temperature, tuple(tr.eval_k), tr.batch_size
+        self.user_features = data.user_features.to(device)
+        self.item_features = data.item_features.to(device)
+        self.train_users = data.train_users.to(device)
+        self.train_items = data.train_items.to(device)
+        self.val_users = data.val_users.to(device)
+        self.val_items = data.val_items.to(device)
+        counts = data.item_counts.to(device=device, dtype=torch.float32).clamp_min(1.0)
+        # log of each item's share of training positives: the in-batch sampling probability.
+        self.log_q = (counts / counts.sum()).log() if tr.logq_correction else None
+        # Validation users and the CSRs of their positives / training items (masked at scoring).
+        self.eval_users, rows = torch.unique(data.val_users, return_inverse=True)
+        n = len(self.eval_users)
+        self.val_csr = metrics.csr_from_pairs(rows, data.val_items, n)
+        position = torch.full((data.user_features.shape[0],), -1, dtype=torch.long)
+        position[self.eval_users] = torch.arange(n)
+        seen = position[data.train_users]
+        keep = seen >= 0
+        self.train_csr = metrics.csr_from_pairs(seen[keep], data.train_items[keep], n)
+        self.eval_users = self.eval_users.to(device)
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.train_users)
+
+    def batch(self, idx: Tensor) -> dict[str, Tensor]:
+        items = self.train_items[idx]
+        return {"users": self.train_users[idx], "items": items}
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        user_emb, item_emb = model(
+            self.user_features[batch["users"]], self.item_features[batch["items"]]
+        )
+        log_q = self.log_q[batch["items"]] if self.log_q is not None else None
+        return in_batch_softmax_loss(
+            user_emb, item_emb, self.temperature, item_ids=batch["items"], log_q=log_q
+        )
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        # val/loss uses training-size batches so that it is on the same scale as train/loss.
+        losses = []
+        for start in range(0, len(self.val_users), self.batch_size):
+            stop = start + self.batch_size
+            batch = {"users": self.val_users[start:stop], "items": self.val_items[start:stop]}
+            losses.append(self.loss(model, batch) * len(batch["users"]))
+        out = {"val/loss": float(torch.stack(losses).sum()) / max(len(self.val_users), 1)}
+        user_emb = model.user_embeddings(self.user_features[self.eval_users]).float().cpu()
+        item_emb = model.item_embeddings(self.item_features).float().cpu()
+        found = metrics.retrieval_metrics(
+            user_emb, item_emb, *self.val_csr, *self.train_csr, self.ks
+        )
+        out.update({f"val/{k}": v for k, v in found.items()})
+        return out
+
+
+class RankingTask:
+    """DLRM/DCN ranking: BCE with sampled negatives (implicit) or MSE on a label column."""
+
+    def __init__(self, cfg: ResolvedConfig, data: TaskData, device: torch.device):
+        tr = cfg.training
+        self.loss_func, self.negatives = tr.loss_func, tr.negatives_per_pos
+        self.n_items = data.n_items
+        self.user_features = data.user_features.to(device)
+        self.item_features = data.item_features.to(device)
+        self.train_users = data.train_users.to(device)
+        self.train_items = data.train_items.to(device)
+        self.train_labels = data.train_labels.to(device) if data.train_labels is not None else None
+        # Negatives for training come from a generator whose state is checkpointed (exact resume);
+        # validation negatives are drawn once from a fixed seed: val/auc compares across runs.
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(cfg.shared.seed + 1)
+        val_gen = torch.Generator().manual_seed(cfg.shared.seed + 2)
+        if self.loss_func == "bce":
+            self.val = self._with_negatives(data.val_users, data.val_items, val_gen, device)
+        else:
+            if data.val_labels is None or self.train_labels is None:
+                raise ValueError("mse needs labels")  # the config validation makes this unreachable
+            self.val = (
+                data.val_users.to(device),
+                data.val_items.to(device),
+                data.val_labels.to(device),
+            )
+
+    def _with_negatives(
+        self, users: Tensor, items: Tensor, gen: torch.Generator, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        k = self.negatives
+        negs = torch.randint(
+            1, self.n_items + 1, (len(users) * k,), generator=gen, device=gen.device
+        ).to(device)
+        all_users = torch.cat([users.to(device), users.to(device).repeat_interleave(k)])
+        all_items = torch.cat([items.to(device), negs])
+        labels = torch.cat(
+            [torch.ones(len(users), device=device), torch.zeros(len(negs), device=device)]
+        )
+        return all_users, all_items, labels
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.train_users)
+
+    def batch(self, idx: Tensor) -> dict[str, Tensor]:
+        users, items = self.train_users[idx], self.train_items[idx]
+        if self.loss_func == "bce":
+            users, items, labels = self._with_negatives(users, items, self.generator, users.device)
+        else:
+            labels = self.train_labels[idx]
+        return {"users": users, "items": items, "labels": labels}
+
+    def _objective(self, logits: Tensor, labels: Tensor) -> Tensor:
+        logits = logits.float()
+        if self.loss_func == "bce":
+            return F.binary_cross_entropy_with_logits(logits, labels)
+        return F.mse_loss(logits, labels)
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        logits = model(self.user_features[batch["users"]], self.item_features[batch["items"]])
+        return self._objective(logits, batch["labels"])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        users, items, labels = self.val
+        scores = torch.cat(
+            [
+                model(
+                    self.user_features[users[s : s + EVAL_BATCH]],
+                    self.item_features[items[s : s + EVAL_BATCH]],
+                ).float()
+                for s in range(0, len(users), EVAL_BATCH)
+            ]
+        ).cpu()
+        labels = labels.cpu()
+        out = {"val/loss": float(self._objective(scores, labels))}
+        if self.loss_func == "bce":
+            out["val/auc"] = metrics.auc(scores, labels)
+            out["val/logloss"] = metrics.binary_logloss(scores, labels)
+        else:
+            out["val/rmse"] = metrics.rmse(scores, labels)
+            out["val/mae"] = metrics.mae(scores, labels)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+
+def make_task(
+    cfg: ResolvedConfig, data: TaskData, device: torch.device
+) -> RetrievalTask | RankingTask:
+    return (RetrievalTask if cfg.task == "retrieval" else RankingTask)(cfg, data, device)

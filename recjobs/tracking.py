@@ -1,0 +1,110 @@
+"""Where metrics go: `metrics.jsonl` in the run dir, the log, and W&B when it is on.
+
+Only rank 0 tracks. Metric keys are the same everywhere (`train/loss`, `train/lr`,
+`val/recall@10`, ...). W&B is best effort: a W&B failure logs a warning and never stops
+training. The W&B key is read by the wandb library from the environment; recjobs never
+copies it anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class Tracker:
+    def __init__(
+        self,
+        run_dir: Path,
+        config: dict[str, Any],
+        *,
+        enabled: bool,
+        use_wandb: bool,
+        wandb_args: dict[str, Any],
+    ):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.lines = 0
+        self.wandb = None
+        if not enabled:
+            return
+        self.lines = _count_lines(self.path)
+        if use_wandb:
+            self.wandb = _start_wandb(run_dir, config, wandb_args)
+
+    def truncate(self, lines: int) -> None:
+        """Drop records written after the checkpoint we resume from (they will be written again)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = self.path.read_text().splitlines(keepends=True)[:lines]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, self.path)
+        self.lines = len(kept)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.lines += 1
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in record.items())
+        log.info("%s", shown)
+        if self.wandb is not None:
+            try:
+                values = {k: v for k, v in record.items() if k not in ("step",)}
+                self.wandb.log(values, step=record["step"])
+            except Exception as exc:  # W&B trouble must not cost a training run
+                log.warning("W&B logging failed, continuing without it: %s", exc)
+                self.wandb = None
+
+    def finish(self) -> None:
+        if self.wandb is not None:
+            try:
+                self.wandb.finish()
+            except Exception as exc:
+                log.warning("W&B finish failed: %s", exc)
+
+
+def wandb_wanted(use_wandb: bool) -> tuple[bool, str]:
+    """Whether W&B can run, and why not: it needs a key or offline mode."""
+    if not use_wandb:
+        return False, "W&B is off (training.use_wandb is false)"
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") in ("offline", "disabled"):
+        return True, ""
+    return (
+        False,
+        "W&B is off: use_wandb is true but neither WANDB_API_KEY nor WANDB_MODE=offline is set",
+    )
+
+
+def _start_wandb(run_dir: Path, config: dict[str, Any], wandb_args: dict[str, Any]) -> Any:
+    try:
+        import wandb
+
+        return wandb.init(
+            dir=str(run_dir),
+            config=config,
+            resume="allow",
+            id=wandb_args.pop("id", None),
+            **wandb_args,
+        )
+    except Exception as exc:
+        log.warning("W&B could not start, continuing without it: %s", exc)
+        return None
+
+
+def _count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open() as f:
+        return sum(1 for _ in f)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)

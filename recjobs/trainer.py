@@ -1,0 +1,471 @@
+"""The training loop shared by retrieval and ranking.
+
+Read it top to bottom: set up (process group, device, data, model, optimizer, scheduler,
+precision), maybe resume, then epochs of steps with logging, validation, checkpoints and early
+stopping, then export. Everything configurable comes from the builders in `recjobs.optim`,
+`recjobs.precision`, `recjobs.models` and `recjobs.tasks`; the loop does not know which
+optimizer, scheduler or model it runs.
+
+Under torchrun (WORLD_SIZE > 1) it is one DDP job: gloo on CPU, NCCL on CUDA. Every rank
+trains on its own disjoint shard of each epoch and evaluates the full validation set (so the
+metrics, early stopping and ReduceLROnPlateau agree on every rank whatever the world size);
+rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from recjobs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from recjobs.data import Encoders, epoch_batches, load_task_data, steps_per_epoch
+from recjobs.errors import CheckpointError, ConfigError
+from recjobs.export import export_model
+from recjobs.models import build_model
+from recjobs.optim import build_optimizer, build_scheduler, current_lrs
+from recjobs.precision import precision_policy
+from recjobs.rundir import RunDir
+from recjobs.schema import ResolvedConfig
+from recjobs.tasks import make_task
+from recjobs.tracking import Tracker, wandb_wanted
+
+log = logging.getLogger(__name__)
+
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: what schedulers and torchrun read as "terminated"
+# Under DDP the ranks agree on stopping every this many steps: a cheap CPU all-reduce, no GPU sync.
+STOP_CHECK_STEPS = 10
+# Keys that may change between a checkpoint and its resume; anything else changes the run.
+RESUMABLE_CHANGES = {
+    "max_epochs",
+    "max_steps",
+    "eval_steps",
+    "log_steps",
+    "checkpoint_steps",
+    "num_workers",
+    "device",
+    "artifact_dir",
+    "use_wandb",
+    "wandb_project",
+    "wandb_entity",
+    "wandb_run_name",
+}
+
+
+class Preempted(Exception):
+    """SIGTERM arrived; a checkpoint was written. The process exits with EXIT_PREEMPTED."""
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    stop_group: Any = None  # a gloo group: agreeing on SIGTERM never touches the GPU
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_setting: str) -> Distributed:
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Distributed()
+    use_cuda = device_setting != "cpu" and torch.cuda.is_available()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    stop_group = dist.new_group(backend="gloo") if use_cuda else None
+    return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, stop_group)
+
+
+def pick_device(setting: str, ddp: Distributed) -> torch.device:
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "training.device",
+            "cuda was requested but no CUDA device is available",
+            "use device: auto",
+        )
+    if setting == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", ddp.local_rank)
+
+
+class StopSignal:
+    """Turns SIGTERM into a flag the loop checks between steps (the step in flight finishes)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+class EarlyStopping:
+    def __init__(self, enabled: bool, metric: str, mode: str, patience: int, min_delta: float):
+        self.enabled, self.key, self.mode = enabled, f"val/{metric}", mode
+        self.patience, self.min_delta = patience, min_delta
+        self.best: float | None = None
+        self.bad = 0
+
+    def update(self, metrics: dict[str, float]) -> bool:
+        """Record an epoch-end validation; True when it is the best so far."""
+        value = metrics[self.key]
+        if math.isnan(value):
+            self.bad += 1
+            return False
+        better = self.best is None or (
+            value < self.best - self.min_delta
+            if self.mode == "min"
+            else value > self.best + self.min_delta
+        )
+        if better:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.enabled and self.bad >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad": self.bad}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad = state["best"], state["bad"]
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    cfg: ResolvedConfig, run_dir: str | Path | None = None, resume: bool = False
+) -> dict[str, float]:
+    """Train one task as configured; returns the last validation metrics.
+
+    Raises Preempted after writing a checkpoint when SIGTERM arrives.
+    """
+    tr = cfg.training
+    rundir = RunDir(Path(run_dir or tr.artifact_dir))
+    ddp = init_distributed(tr.device)
+    try:
+        return _train(cfg, rundir, resume, ddp)
+    finally:
+        if ddp.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) -> dict[str, float]:
+    tr = cfg.training
+    resuming = rundir.check_start(resume)  # read-only, on every rank: all ranks fail alike
+    checkpoint = load_checkpoint(rundir.last) if resuming else None
+    if checkpoint is not None:
+        _check_same_run(checkpoint["config"], cfg)
+
+    seed_everything(cfg.shared.seed)  # same seed on every rank: identical initial weights
+    device = pick_device(tr.device, ddp)
+    encoders = Encoders.from_json(checkpoint["encoders"]) if checkpoint else None
+    data = load_task_data(cfg, encoders)
+    task = make_task(cfg, data, device)
+    model = build_model(cfg.task, cfg.model, data.user_cardinalities, data.item_cardinalities).to(
+        device
+    )
+    trained = DistributedDataParallel(model) if ddp.world_size > 1 else model
+    optimizer = _build_optimizer(model, tr.optimizer)
+    per_epoch = steps_per_epoch(task.num_examples, tr.batch_size, ddp.world_size)
+    schedule = build_scheduler(optimizer, tr.scheduler, per_epoch, tr.max_epochs, tr.max_steps)
+    precision = precision_policy(tr.mixed_precision, device)
+    scaler = precision.grad_scaler()
+    es = tr.early_stopping
+    early = EarlyStopping(es.enabled, es.metric, es.mode, es.patience, es.min_delta)
+
+    if ddp.is_main:
+        rundir.path.mkdir(parents=True, exist_ok=True)
+        rundir.write_config(cfg.to_dict())
+    use_wandb, why_not = wandb_wanted(tr.use_wandb)
+    if ddp.is_main and why_not:
+        log.info("%s", why_not)
+    wandb_args = {"project": tr.wandb_project, "entity": tr.wandb_entity, "name": tr.wandb_run_name}
+    if checkpoint is not None:
+        wandb_args["id"] = checkpoint.get("wandb_id")
+    tracker = Tracker(
+        rundir.path, cfg.to_dict(), enabled=ddp.is_main, use_wandb=use_wandb, wandb_args=wandb_args
+    )
+
+    epoch, batch_in_epoch, step = 0, 0, 0
+    best_state = None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        early.load_state_dict(checkpoint["early_stopping"])
+        if hasattr(task, "load_state_dict"):
+            task.load_state_dict(checkpoint["task"])
+        set_rng_state(checkpoint["rng"][min(ddp.rank, len(checkpoint["rng"]) - 1)])
+        epoch, batch_in_epoch, step = (
+            checkpoint["epoch"],
+            checkpoint["batch_in_epoch"],
+            checkpoint["step"],
+        )
+        tracker.truncate(checkpoint["metrics_lines"])
+        if rundir.best.exists():
+            best_state = load_checkpoint(rundir.best)["model"]
+        log.info("resumed from %s at epoch %d, step %d", rundir.last, epoch, step)
+    else:
+        tracker.truncate(0)  # --resume before any checkpoint existed: start the record afresh
+
+    def write_checkpoint(path: Path) -> None:
+        rngs = _gather_rng(ddp)
+        if not ddp.is_main:
+            return
+        save_checkpoint(
+            path,
+            {
+                "config": cfg.to_dict(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": schedule.state_dict(),
+                "scaler": scaler.state_dict(),
+                "early_stopping": early.state_dict(),
+                "task": task.state_dict() if hasattr(task, "state_dict") else {},
+                "rng": rngs,
+                "epoch": epoch,
+                "batch_in_epoch": batch_in_epoch,
+                "step": step,
+                "metrics_lines": tracker.lines,
+                "encoders": data.encoders.to_json(),
+                "wandb_id": getattr(tracker.wandb, "id", None),
+            },
+        )
+
+    def validate(end_of_epoch: bool) -> dict[str, float]:
+        model.eval()
+        metrics = task.evaluate(model)
+        model.train()
+        tracker.log({"step": step, "epoch": epoch, **metrics})
+        schedule.after_validation(metrics, end_of_epoch)
+        return metrics
+
+    stop = StopSignal()
+    total_steps = min(per_epoch * tr.max_epochs, tr.max_steps or sys.maxsize)
+    if ddp.is_main:
+        log.info(
+            "training %s (%s) on %s x%d: %d examples, %d steps/epoch, %d steps",
+            cfg.task,
+            cfg.model.model_arch,
+            device,
+            ddp.world_size,
+            task.num_examples,
+            per_epoch,
+            total_steps,
+        )
+    progress = _progress(total_steps, step, ddp.is_main)
+    loss_sum = torch.zeros((), device=device)
+    loss_count, examples, tick = 0, 0, time.perf_counter()
+    metrics: dict[str, float] = {}
+    model.train()
+    try:
+        while epoch < tr.max_epochs and step < total_steps and not early.should_stop:
+            batches = epoch_batches(
+                task.num_examples,
+                tr.batch_size,
+                epoch=epoch,
+                seed=cfg.shared.seed,
+                rank=ddp.rank,
+                world_size=ddp.world_size,
+            )
+            for idx in batches[batch_in_epoch:]:
+                batch = task.batch(idx.to(device, non_blocking=True))
+                with precision.autocast():
+                    loss = task.loss(trained, batch)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if tr.grad_clip_norm:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip_norm)
+                scaler.step(optimizer)
+                scaler.update()
+                schedule.after_step()
+                step += 1
+                batch_in_epoch += 1
+                loss_sum += loss.detach().float()
+                loss_count += 1
+                examples += len(idx)
+                progress.update(1)
+
+                if step % tr.log_steps == 0:
+                    mean_loss = _mean_over_ranks(
+                        loss_sum / loss_count, ddp
+                    )  # the one sync per log step
+                    if not math.isfinite(mean_loss):
+                        raise FloatingPointError(f"training loss is {mean_loss} at step {step}")
+                    elapsed = time.perf_counter() - tick
+                    record = {"step": step, "epoch": epoch, "train/loss": mean_loss}
+                    record.update(_lr_record(optimizer))
+                    record["train/examples_per_s"] = examples * ddp.world_size / max(elapsed, 1e-9)
+                    tracker.log(record)
+                    loss_sum.zero_()
+                    loss_count, examples, tick = 0, 0, time.perf_counter()
+                if tr.eval_steps and step % tr.eval_steps == 0:
+                    metrics = validate(end_of_epoch=False)
+                    tick = time.perf_counter()  # examples/s measures training, not validation
+                if tr.checkpoint_steps and step % tr.checkpoint_steps == 0:
+                    write_checkpoint(rundir.last)
+                    tick = time.perf_counter()
+                if _stop_requested(stop, step, ddp):
+                    write_checkpoint(rundir.last)
+                    raise Preempted(f"SIGTERM at step {step}: checkpoint written to {rundir.last}")
+                if step >= total_steps and batch_in_epoch < len(batches):
+                    break  # max_steps ends the run mid-epoch
+            else:  # the epoch ran to its end
+                metrics = validate(end_of_epoch=True)
+                schedule.after_epoch()
+                epoch, batch_in_epoch = epoch + 1, 0
+                if early.update(metrics):
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    write_checkpoint(rundir.best)
+                write_checkpoint(rundir.last)
+                if _stop_requested(stop, 0, ddp):
+                    raise Preempted(
+                        f"SIGTERM after epoch {epoch}: checkpoint written to {rundir.last}"
+                    )
+                tick = time.perf_counter()
+                continue
+            break  # max_steps reached inside the epoch
+        if (
+            step >= total_steps and batch_in_epoch
+        ):  # stopped mid-epoch by max_steps: validate once more
+            metrics = validate(end_of_epoch=True)
+            if early.update(metrics):
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                write_checkpoint(rundir.best)
+            write_checkpoint(rundir.last)
+    finally:
+        stop.restore()
+        progress.close()
+
+    if early.enabled and best_state is not None:
+        model.load_state_dict(best_state)
+        log.info("restored the best weights (%s = %s)", early.key, early.best)
+    if ddp.is_main:
+        export_model(rundir.model, model, cfg, data)
+    tracker.finish()
+    return metrics
+
+
+def _build_optimizer(
+    model: torch.nn.Module, optimizer_cfg: dict[str, Any]
+) -> torch.optim.Optimizer:
+    try:
+        return build_optimizer(model.parameters(), optimizer_cfg)
+    except (ValueError, TypeError) as exc:  # e.g. Muon on 1-D parameters
+        raise ConfigError(
+            "training.optimizer", f"{optimizer_cfg['name']} cannot train this model: {exc}"
+        ) from None
+
+
+def _lr_record(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    lrs = current_lrs(optimizer)
+    if len(lrs) == 1:
+        return {"train/lr": lrs[0]}
+    names = [g.get("name", str(i)) for i, g in enumerate(optimizer.param_groups)]
+    return {f"train/lr/{n}": lr for n, lr in zip(names, lrs)}
+
+
+def _mean_over_ranks(value: torch.Tensor, ddp: Distributed) -> float:
+    if ddp.world_size > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value)
+        value /= ddp.world_size
+    return float(value)
+
+
+def _stop_requested(stop: StopSignal, step: int, ddp: Distributed) -> bool:
+    if ddp.world_size == 1:
+        return stop.requested
+    if step % STOP_CHECK_STEPS:
+        return False
+    flag = torch.tensor([1 if stop.requested else 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ddp.stop_group)
+    return bool(flag.item())
+
+
+def _gather_rng(ddp: Distributed) -> list[dict[str, Any]]:
+    """Every rank's RNG state (dropout differs per rank only if it ever diverges)."""
+    state = rng_state()
+    if ddp.world_size == 1:
+        return [state]
+    gathered: list[Any] = [None] * ddp.world_size
+    dist.all_gather_object(gathered, state, group=ddp.stop_group)
+    return gathered
+
+
+def _check_same_run(saved: dict[str, Any], cfg: ResolvedConfig) -> None:
+    task = cfg.task
+    current = cfg.to_dict()
+    if task not in saved:
+        raise CheckpointError(
+            "checkpoints/last.pt", f"was not written by a {task} run", "use another --run-dir"
+        )
+    diffs = []
+    for section in ("dataset", "shared"):
+        if saved[section] != current[section]:
+            diffs += [
+                f"{section}.{k}"
+                for k in current[section]
+                if saved[section].get(k) != current[section][k]
+            ]
+    for sub, values in current[task].items():
+        for key, value in values.items():
+            if saved[task].get(sub, {}).get(key) != value and not (
+                sub == "training" and key in RESUMABLE_CHANGES
+            ):
+                diffs.append(f"{task}.{sub}.{key}")
+    if diffs:
+        raise CheckpointError(
+            "checkpoints/last.pt",
+            f"was trained with a different config ({', '.join(diffs)})",
+            "resume with the same config, or start a new --run-dir",
+        )
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, done: int, is_main: bool) -> Any:
+    """A tqdm bar on an interactive terminal; container logs get the periodic log lines only."""
+    if not is_main or not sys.stderr.isatty():
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, unit="step", dynamic_ncols=True)

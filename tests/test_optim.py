@@ -1,0 +1,248 @@
+"""Builders: every torch.optim optimizer from config; the spec's schedulers against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from recjobs.config import load_yaml, resolve_dict
+from recjobs.errors import ConfigError
+from recjobs.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, current_lrs
+from recjobs.precision import precision_policy
+
+LR = 0.1
+
+
+def resolved_training(snippet: str, task: str = "retrieval") -> dict:
+    raw = load_yaml(
+        f"{task}:\n  training:\n    lr: {LR}\n"
+        + "".join(f"    {line}\n" for line in snippet.splitlines()),
+        "t",
+    )
+    return resolve_dict(raw, task).to_dict()[task]["training"]
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_builds_from_config_and_steps(name):
+    t = resolved_training(f"optimizer: {name}")
+    assert t["optimizer"] == {"name": name, "lr": LR}
+    torch.manual_seed(0)
+    if name == "SparseAdam":  # needs sparse gradients: an embedding table
+        model = torch.nn.Embedding(10, 4, sparse=True)
+        inputs = torch.tensor([1, 2, 3])
+    else:
+        model = torch.nn.Linear(4, 3, bias=name != "Muon")  # Muon takes matrices only
+        inputs = torch.randn(8, 4)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = build_optimizer(model.parameters(), t["optimizer"])
+    assert type(opt).__name__ == name and current_lrs(opt) == [LR]
+
+    def closure():
+        opt.zero_grad()
+        loss = model(inputs).pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters())), (
+        "parameters did not move"
+    )
+
+
+def test_optimizer_kwargs_reach_torch():
+    t = resolved_training(
+        "optimizer: {name: AdamW, weight_decay: 0.01, betas: [0.8, 0.9], eps: 1e-8}"
+    )
+    group = build_optimizer([torch.nn.Parameter(torch.zeros(2))], t["optimizer"]).param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["betas"], group["eps"]) == (
+        LR,
+        0.01,
+        (0.8, 0.9),
+        1e-8,
+    )
+
+
+# --------------------------------------------------------------------------- LR curves
+
+
+def run_schedule(
+    training: dict, epochs: int, steps_per_epoch: int, metrics=None
+) -> list[list[float]]:
+    """The LR seen by every optimizer step, as [epoch][step], driving the hooks as the loop does."""
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = build_optimizer([param], training["optimizer"])
+    schedule = build_scheduler(
+        opt, training["scheduler"], steps_per_epoch, epochs, training.get("max_steps")
+    )
+    seen = []
+    for epoch in range(epochs):
+        row = []
+        for step in range(steps_per_epoch):
+            row.append(current_lrs(opt)[0])
+            opt.step()
+            schedule.after_step()
+            if metrics is not None and step == steps_per_epoch // 2:
+                schedule.after_validation(
+                    {"val/loss": metrics(epoch, mid=True)}, end_of_epoch=False
+                )
+        if metrics is not None:
+            schedule.after_validation({"val/loss": metrics(epoch, mid=False)}, end_of_epoch=True)
+        schedule.after_epoch()
+        seen.append(row)
+    return seen
+
+
+def cosine(n: float, period: float, lo: float, hi: float = LR) -> float:
+    return lo + (hi - lo) * (1 + math.cos(math.pi * n / period)) / 2
+
+
+def warm_restarts(n: int, t0: int, mult: int, lo: float) -> float:
+    period, start = t0, 0
+    while n >= start + period:
+        start, period = start + period, period * mult
+    return cosine(n - start, period, lo)
+
+
+CLOSED_FORMS = {
+    "{name: StepLR, step_size: 3, gamma: 0.5}": lambda n: LR * 0.5 ** (n // 3),
+    "{name: CosineAnnealingLR, T_max: 7, eta_min: 1e-6}": lambda n: cosine(n, 7, 1e-6),
+    "{name: ExponentialLR, gamma: 0.95}": lambda n: LR * 0.95**n,
+    "{name: CosineAnnealingWarmRestarts, T_0: 2, T_mult: 2, eta_min: 1e-6}": lambda n: (
+        warm_restarts(n, 2, 2, 1e-6)
+    ),
+    "{name: MultiStepLR, milestones: [2, 5], gamma: 0.1}": lambda n: (
+        LR * 0.1 ** ((n >= 2) + (n >= 5))
+    ),
+    "{name: LinearLR, start_factor: 0.25, total_iters: 4}": lambda n: (
+        LR * (0.25 + 0.75 * min(n, 4) / 4)
+    ),
+    # Linear warm-up for 2 units, then cosine over 5: the spec-style "warmup then cosine" block.
+    "{name: SequentialLR, milestones: [2], schedulers: [{name: LinearLR, start_factor: 0.5, total_iters: 2}, {name: CosineAnnealingLR, T_max: 5}]}": (
+        lambda n: LR * (0.5 + 0.5 * n / 2) if n < 2 else cosine(n - 2, 5, 0.0)
+    ),
+}
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+@pytest.mark.parametrize("snippet", list(CLOSED_FORMS), ids=lambda s: s.split(",")[0][7:])
+def test_schedule_matches_closed_form(snippet, interval):
+    spec = snippet[:-1] + f", interval: {interval}}}"
+    t = resolved_training(f"scheduler: {spec}")
+    epochs, spe = 8, 3
+    seen = run_schedule(t, epochs, spe)
+    form = CLOSED_FORMS[snippet]
+    for e in range(epochs):
+        for s in range(spe):
+            n = e if interval == "epoch" else e * spe + s
+            assert seen[e][s] == pytest.approx(form(n), rel=1e-9, abs=1e-12), (e, s)
+
+
+def one_cycle(
+    n: int, total: int, max_lr: float, pct: float = 0.3, div: float = 25.0, final_div: float = 1e4
+) -> float:
+    initial, low = max_lr / div, max_lr / div / final_div
+    peak = pct * total - 1
+    if n <= peak:
+        return (
+            low + 0
+            if False
+            else initial + (max_lr - initial) * (1 - math.cos(math.pi * n / peak)) / 2
+        )
+    frac = (n - peak) / (total - 1 - peak)
+    return low + (max_lr - low) * (1 + math.cos(math.pi * frac)) / 2
+
+
+def test_one_cycle_derives_total_steps_from_the_run():
+    t = resolved_training("scheduler: {name: OneCycleLR, max_lr: 0.5}")
+    assert t["scheduler"] == {"name": "OneCycleLR", "interval": "step", "max_lr": 0.5}
+    epochs, spe = 4, 5
+    flat = [lr for row in run_schedule(t, epochs, spe) for lr in row]
+    assert flat == pytest.approx([one_cycle(n, epochs * spe, 0.5) for n in range(epochs * spe)])
+    assert max(flat) == pytest.approx(0.5)
+
+
+def test_one_cycle_explicit_total_steps_and_max_steps():
+    t = resolved_training(
+        "max_steps: 12\nscheduler: {name: OneCycleLR, max_lr: 0.5, total_steps: 12, interval: step}"
+    )
+    flat = [lr for row in run_schedule(t, 3, 4) for lr in row]
+    assert flat == pytest.approx([one_cycle(n, 12, 0.5) for n in range(12)])
+
+
+def test_one_cycle_too_short_fails_before_training():
+    t = resolved_training("scheduler: {name: OneCycleLR, max_lr: 0.5, total_steps: 10}")
+    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], t["optimizer"])
+    with pytest.raises(ConfigError) as err:
+        build_scheduler(opt, t["scheduler"], steps_per_epoch=5, max_epochs=3)
+    assert err.value.line() == (
+        "error: training.scheduler.total_steps: OneCycleLR ends after 10 steps but this run takes 15 (omit total_steps to derive it)"
+    )
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_reduce_on_plateau_uses_the_monitored_metric(interval):
+    t = resolved_training(
+        f"scheduler: {{name: ReduceLROnPlateau, mode: min, factor: 0.1, patience: 1, interval: {interval}}}"
+    )
+    # Loss improves for two epochs, then stalls: the LR must drop after `patience` bad validations.
+    losses = {0: 1.0, 1: 0.5}
+    seen = run_schedule(t, 6, 4, metrics=lambda epoch, mid: losses.get(epoch, 0.9))
+    firsts = [row[0] for row in seen]
+    if interval == "epoch":
+        # Stepped at epoch-end validations only: bad at epochs 2, 3 -> reduce after epoch 3.
+        assert firsts == pytest.approx([LR, LR, LR, LR, LR * 0.1, LR * 0.1])
+    else:
+        # Stepped at every validation (mid-epoch and epoch end): two bad ones by the end of epoch 2.
+        assert firsts[:3] == pytest.approx([LR, LR, LR]) and firsts[3] == pytest.approx(LR * 0.1)
+        assert firsts[5] < LR * 0.1 + 1e-12
+
+
+def test_reduce_on_plateau_is_never_stepped_without_a_metric():
+    t = resolved_training("scheduler: {name: ReduceLROnPlateau, patience: 0}")
+    seen = run_schedule(t, 4, 3)  # no validations at all
+    assert {lr for row in seen for lr in row} == {LR}
+
+
+def test_every_config_buildable_scheduler_is_known():
+    # LambdaLR/MultiplicativeLR need callables; everything else must resolve with its required args.
+    required = {
+        "StepLR": "step_size: 2",
+        "MultiStepLR": "milestones: [1]",
+        "ConstantLR": "",
+        "LinearLR": "",
+        "ExponentialLR": "gamma: 0.9",
+        "PolynomialLR": "",
+        "CosineAnnealingLR": "T_max: 3",
+        "ReduceLROnPlateau": "",
+        "CyclicLR": "base_lr: 0.01, max_lr: 0.1",
+        "CosineAnnealingWarmRestarts": "T_0: 2",
+        "OneCycleLR": "max_lr: 0.1",
+        "SequentialLR": "milestones: [1], schedulers: [{name: ConstantLR}, {name: ConstantLR}]",
+        "ChainedScheduler": "schedulers: [{name: ConstantLR}, {name: ExponentialLR, gamma: 0.9}]",
+    }
+    assert set(required) | {"LambdaLR", "MultiplicativeLR"} == set(SCHEDULERS)
+    for name, args in required.items():
+        t = resolved_training(f"scheduler: {{name: {name}{', ' + args if args else ''}}}")
+        seen = run_schedule(t, 3, 2)
+        assert all(lr > 0 for row in seen for lr in row), name
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def test_precision_policy(caplog):
+    cpu = torch.device("cpu")
+    assert precision_policy("off", cpu).dtype is None
+    bf16 = precision_policy("bf16", cpu)
+    assert bf16.dtype is torch.bfloat16 and not bf16.use_scaler
+    with bf16.autocast():
+        assert torch.randn(2, 2).matmul(torch.randn(2, 2)).dtype is torch.bfloat16
+    fp16 = precision_policy("fp16", cpu)
+    assert fp16.mode == "off" and fp16.dtype is None and not fp16.grad_scaler().is_enabled()
+    assert [r.message for r in caplog.records] == [
+        "mixed_precision fp16 needs CUDA; training in fp32 on cpu"
+    ]
+    gpu = precision_policy("fp16", torch.device("cuda"))
+    assert gpu.dtype is torch.float16 and gpu.use_scaler
