@@ -13,9 +13,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-from recjobs.config import Overrides, add_override_arguments, resolve
+from recjobs.config import Overrides, add_override_arguments, load_yaml, resolve, resolve_dict
 from recjobs.errors import UserError
-from recjobs.schema import TASKS
+from recjobs.schema import TASKS, ResolvedConfig
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,8 +27,12 @@ class _Parser(argparse.ArgumentParser):
 
 def _task_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("task", choices=TASKS, help="which model to train")
-    parser.add_argument(
-        "--config", metavar="FILE", help="YAML config; omitted: built-in defaults on synthetic data"
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="FILE", help="YAML config; default: built-in defaults")
+    source.add_argument(
+        "--config-json",
+        metavar="JSON",
+        help="the config inline, e.g. a resolved config passed to a job by the TorchX component",
     )
     add_override_arguments(parser)
 
@@ -78,8 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resolve_args(args: argparse.Namespace) -> ResolvedConfig:
+    overrides = Overrides.from_args(args)
+    if args.config_json is not None:
+        return resolve_dict(load_yaml(args.config_json, "--config-json"), args.task, overrides)
+    return resolve(args.task, args.config, overrides)
+
+
 def _resolve(args: argparse.Namespace) -> int:
-    cfg = resolve(args.task, args.config, Overrides.from_args(args))
+    cfg = _resolve_args(args)
     json.dump(cfg.to_dict(), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
@@ -88,7 +99,7 @@ def _resolve(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from recjobs.trainer import EXIT_PREEMPTED, Preempted, train
 
-    cfg = resolve(args.task, args.config, Overrides.from_args(args))
+    cfg = _resolve_args(args)
     try:
         train(cfg, args.run_dir, resume=args.resume)
     except Preempted as exc:

@@ -25,7 +25,7 @@ EVAL_BATCH = 65536
 class RetrievalTask:
     """Two-tower retrieval: in-batch softmax on (user, item) positives; full-catalogue metrics."""
 
-    def __init__(self, cfg: ResolvedConfig, data: TaskData, device: torch.device):
+    def __init__(self, cfg: ResolvedConfig, data: TaskData, device: torch.device, rank: int = 0):
         tr = cfg.training
         self.temperature, self.ks, self.batch_size = tr.temperature, tuple(tr.eval_k), tr.batch_size
         self.user_features = data.user_features.to(device)
@@ -53,8 +53,7 @@ class RetrievalTask:
         return len(self.train_users)
 
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
-        items = self.train_items[idx]
-        return {"users": self.train_users[idx], "items": items}
+        return {"users": self.train_users[idx], "items": self.train_items[idx]}
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         user_emb, item_emb = model(
@@ -82,11 +81,17 @@ class RetrievalTask:
         out.update({f"val/{k}": v for k, v in found.items()})
         return out
 
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # batches are pure index gathers: nothing random to restore
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
 
 class RankingTask:
     """DLRM/DCN ranking: BCE with sampled negatives (implicit) or MSE on a label column."""
 
-    def __init__(self, cfg: ResolvedConfig, data: TaskData, device: torch.device):
+    def __init__(self, cfg: ResolvedConfig, data: TaskData, device: torch.device, rank: int = 0):
         tr = cfg.training
         self.loss_func, self.negatives = tr.loss_func, tr.negatives_per_pos
         self.n_items = data.n_items
@@ -98,7 +103,7 @@ class RankingTask:
         # Negatives for training come from a generator whose state is checkpointed (exact resume);
         # validation negatives are drawn once from a fixed seed: val/auc compares across runs.
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(cfg.shared.seed + 1)
+        self.generator.manual_seed(cfg.shared.seed + 1 + rank)  # each rank its own negatives
         val_gen = torch.Generator().manual_seed(cfg.shared.seed + 2)
         if self.loss_func == "bce":
             self.val = self._with_negatives(data.val_users, data.val_items, val_gen, device)
@@ -177,6 +182,6 @@ class RankingTask:
 
 
 def make_task(
-    cfg: ResolvedConfig, data: TaskData, device: torch.device
+    cfg: ResolvedConfig, data: TaskData, device: torch.device, rank: int = 0
 ) -> RetrievalTask | RankingTask:
-    return (RetrievalTask if cfg.task == "retrieval" else RankingTask)(cfg, data, device)
+    return (RetrievalTask if cfg.task == "retrieval" else RankingTask)(cfg, data, device, rank)

@@ -190,7 +190,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
     device = pick_device(tr.device, ddp)
     encoders = Encoders.from_json(checkpoint["encoders"]) if checkpoint else None
     data = load_task_data(cfg, encoders)
-    task = make_task(cfg, data, device)
+    task = make_task(cfg, data, device, rank=ddp.rank)
     model = build_model(cfg.task, cfg.model, data.user_cardinalities, data.item_cardinalities).to(
         device
     )
@@ -224,9 +224,15 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
         schedule.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         early.load_state_dict(checkpoint["early_stopping"])
-        if hasattr(task, "load_state_dict"):
-            task.load_state_dict(checkpoint["task"])
-        set_rng_state(checkpoint["rng"][min(ddp.rank, len(checkpoint["rng"]) - 1)])
+        if ddp.world_size != len(checkpoint["ranks"]):
+            raise CheckpointError(
+                str(rundir.last),
+                f"was written by {len(checkpoint['ranks'])} processes, not {ddp.world_size}",
+                "resume with the same -j/--nproc_per_node",
+            )
+        own = checkpoint["ranks"][ddp.rank]
+        set_rng_state(own["rng"])
+        task.load_state_dict(own["task"])
         epoch, batch_in_epoch, step = (
             checkpoint["epoch"],
             checkpoint["batch_in_epoch"],
@@ -240,7 +246,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
         tracker.truncate(0)  # --resume before any checkpoint existed: start the record afresh
 
     def write_checkpoint(path: Path) -> None:
-        rngs = _gather_rng(ddp)
+        ranks = _gather_rank_states(ddp, task)
         if not ddp.is_main:
             return
         save_checkpoint(
@@ -252,8 +258,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                 "scheduler": schedule.state_dict(),
                 "scaler": scaler.state_dict(),
                 "early_stopping": early.state_dict(),
-                "task": task.state_dict() if hasattr(task, "state_dict") else {},
-                "rng": rngs,
+                "ranks": ranks,
                 "epoch": epoch,
                 "batch_in_epoch": batch_in_epoch,
                 "step": step,
@@ -308,6 +313,11 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                 if tr.grad_clip_norm:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip_norm)
+                logging_now = (step + 1) % tr.log_steps == 0
+                if (
+                    logging_now
+                ):  # train/lr is the LR this step used, read before the scheduler moves it
+                    lr_record = _lr_record(optimizer)
                 scaler.step(optimizer)
                 scaler.update()
                 schedule.after_step()
@@ -318,7 +328,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                 examples += len(idx)
                 progress.update(1)
 
-                if step % tr.log_steps == 0:
+                if logging_now:
                     mean_loss = _mean_over_ranks(
                         loss_sum / loss_count, ddp
                     )  # the one sync per log step
@@ -326,7 +336,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                         raise FloatingPointError(f"training loss is {mean_loss} at step {step}")
                     elapsed = time.perf_counter() - tick
                     record = {"step": step, "epoch": epoch, "train/loss": mean_loss}
-                    record.update(_lr_record(optimizer))
+                    record.update(lr_record)
                     record["train/examples_per_s"] = examples * ddp.world_size / max(elapsed, 1e-9)
                     tracker.log(record)
                     loss_sum.zero_()
@@ -415,9 +425,9 @@ def _stop_requested(stop: StopSignal, step: int, ddp: Distributed) -> bool:
     return bool(flag.item())
 
 
-def _gather_rng(ddp: Distributed) -> list[dict[str, Any]]:
-    """Every rank's RNG state (dropout differs per rank only if it ever diverges)."""
-    state = rng_state()
+def _gather_rank_states(ddp: Distributed, task: Any) -> list[dict[str, Any]]:
+    """Each rank's own random state (dropout RNG, negative sampler), for an exact resume."""
+    state = {"rng": rng_state(), "task": task.state_dict()}
     if ddp.world_size == 1:
         return [state]
     gathered: list[Any] = [None] * ddp.world_size

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
+from lr_curves import LR, cosine, one_cycle, warm_restarts
 
 from recjobs.config import load_yaml, resolve_dict
 from recjobs.errors import ConfigError
 from recjobs.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, current_lrs
 from recjobs.precision import precision_policy
-
-LR = 0.1
 
 
 def resolved_training(snippet: str, task: str = "retrieval") -> dict:
@@ -94,17 +91,6 @@ def run_schedule(
     return seen
 
 
-def cosine(n: float, period: float, lo: float, hi: float = LR) -> float:
-    return lo + (hi - lo) * (1 + math.cos(math.pi * n / period)) / 2
-
-
-def warm_restarts(n: int, t0: int, mult: int, lo: float) -> float:
-    period, start = t0, 0
-    while n >= start + period:
-        start, period = start + period, period * mult
-    return cosine(n - start, period, lo)
-
-
 CLOSED_FORMS = {
     "{name: StepLR, step_size: 3, gamma: 0.5}": lambda n: LR * 0.5 ** (n // 3),
     "{name: CosineAnnealingLR, T_max: 7, eta_min: 1e-6}": lambda n: cosine(n, 7, 1e-6),
@@ -137,21 +123,6 @@ def test_schedule_matches_closed_form(snippet, interval):
         for s in range(spe):
             n = e if interval == "epoch" else e * spe + s
             assert seen[e][s] == pytest.approx(form(n), rel=1e-9, abs=1e-12), (e, s)
-
-
-def one_cycle(
-    n: int, total: int, max_lr: float, pct: float = 0.3, div: float = 25.0, final_div: float = 1e4
-) -> float:
-    initial, low = max_lr / div, max_lr / div / final_div
-    peak = pct * total - 1
-    if n <= peak:
-        return (
-            low + 0
-            if False
-            else initial + (max_lr - initial) * (1 - math.cos(math.pi * n / peak)) / 2
-        )
-    frac = (n - peak) / (total - 1 - peak)
-    return low + (max_lr - low) * (1 + math.cos(math.pi * frac)) / 2
 
 
 def test_one_cycle_derives_total_steps_from_the_run():

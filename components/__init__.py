@@ -1,0 +1,1 @@
+"""TorchX components of recjobs: `torchx run components/train.py:train ...` (see README)."""

@@ -1,0 +1,97 @@
+# TorchX reads this signature twice: its linter parses the source and only accepts the
+# spellings Optional[...], Dict[...] and List[...], and its argument parser reads the real
+# annotations at run time (so no `from __future__ import annotations` either).
+# ruff: noqa: UP006, UP007, UP035, UP045, N803
+"""TorchX component for recjobs training: the same job on local_cwd, local_docker and Kubernetes.
+
+    torchx run components/train.py:train --task retrieval --config config/quickstart.yaml \\
+        -j 1x2 -- --optimizer SGD --set=training.max_epochs=1
+
+The config is resolved here, at submit time; see `recjobs.launch` for what the job runs.
+"""
+
+import sys
+from typing import Dict, List, Optional
+
+from torchx import specs
+
+from recjobs import launch
+from recjobs.errors import UserError
+
+
+def train(
+    *overrides: str,
+    task: str,
+    config: Optional[str] = None,
+    j: str = "1x1",
+    gpu: int = 0,
+    cpu: int = 2,
+    memMB: int = 4096,
+    h: Optional[str] = None,
+    image: str = launch.DEFAULT_IMAGE,
+    env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
+    max_retries: int = 0,
+    run_dir: Optional[str] = None,
+    wandb_project: Optional[str] = None,
+    wandb_mode: Optional[str] = None,
+) -> specs.AppDef:
+    """Train a recjobs model (two-tower retrieval or DLRM/DCN ranking) as one DDP job.
+
+    The config is resolved on the submitting machine exactly like `recjobs resolve` does, and
+    an invalid one stops the submission with that command's one-line error (exit code 2).
+    The resolved config travels with the job, which runs torchrun (c10d rendezvous) with
+    `python -m recjobs train TASK --config-json ... --run-dir RUN_DIR --resume`: a retried
+    job continues from RUN_DIR/checkpoints/last.pt.
+
+    Config overrides go after `--`, with the flags of `recjobs resolve`; TorchX rejects a
+    repeated flag, so write repeated ones as `--set=KEY=VALUE`:
+    `-- --optimizer AdamW --set=training.batch_size=2048 --set=shared.seed=7`.
+
+    Args:
+        overrides: config overrides after `--`: --optimizer, --optimizer-args, --scheduler,
+            --scheduler-args, --scheduler-interval, --mixed-precision/--no-mixed-precision,
+            --set (write each as --set=KEY=VALUE)
+        task: which model to train: retrieval or ranking
+        config: YAML config file on the submitting machine (default: the built-in defaults)
+        j: [MIN:]NODESxPROCS, e.g. 1x2 (one node, 2 processes), 2x8, or elastic 1:4x8
+        gpu: GPUs per node (nvidia.com/gpu on Kubernetes, a device request on local_docker)
+        cpu: CPUs per node
+        memMB: memory per node in MB
+        h: a registered named resource (e.g. gpu.small); takes precedence over cpu, gpu, memMB
+        image: container image with recjobs installed (ignored by local_cwd)
+        env: extra environment variables, e.g. FOO=1,BAR=2 (never secrets: WANDB_API_KEY
+            comes from your environment or a Kubernetes Secret)
+        mounts: volumes, e.g. type=volume,src=recjobs-runs,dst=/runs (a PVC on Kubernetes)
+            or type=bind,src=/host/runs,dst=/runs (local_docker)
+        max_retries: scheduler retries; a retry resumes from the run dir's last checkpoint
+        run_dir: where config, metrics, checkpoints and model go; put it on a mount for
+            containers (default: runs/${app_id}, one directory per job)
+        wandb_project: turn W&B on and log to this project (same as
+            --set training.use_wandb=true --set training.wandb_project=P)
+        wandb_mode: WANDB_MODE for the job: online, offline or disabled
+    """
+    try:
+        return launch.train_app(
+            overrides,
+            task=task,
+            config=config,
+            j=j,
+            gpu=gpu,
+            cpu=cpu,
+            memMB=memMB,
+            h=h,
+            image=image,
+            env=env,
+            mounts=mounts,
+            max_retries=max_retries,
+            run_dir=run_dir,
+            wandb_project=wandb_project,
+            wandb_mode=wandb_mode,
+        )
+    except UserError as exc:
+        # torchx prints a traceback for any other exception; SystemExit passes through
+        # `torchx run` untouched, so the user sees the same line and exit code as from
+        # `recjobs resolve`, and nothing is submitted.
+        print(exc.line(), file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None

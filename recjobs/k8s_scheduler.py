@@ -1,0 +1,199 @@
+"""TorchX's kubernetes scheduler plus what GPU clusters need: tolerations, node selectors, secrets.
+
+torchx 0.7.0 builds a Volcano Job from an AppDef but has no run option for tolerations or
+node selectors (GPU nodes are usually tainted, e.g. `nvidia.com/gpu:NoSchedule`) and can only
+put literal values into a container's env. This scheduler is registered under the same name,
+`kubernetes`, through the `torchx.schedulers` entry point (see pyproject.toml), so
+`torchx run -s kubernetes`, `torchx status/log/cancel kubernetes://...` and `.torchxconfig`'s
+`[kubernetes]` section all use it. It builds the Volcano Job with torchx's own code and then
+edits the pod templates:
+
+- `tolerations` run option: `KEY[:VALUE][:EFFECT]` items separated by `;`
+  (`nvidia.com/gpu:NoSchedule` tolerates that taint whatever its value);
+- `node_selector` run option: `LABEL:VALUE` items separated by `;`;
+- every secret variable a role asks for (`recjobs.secret_env`) becomes
+  `env.valueFrom.secretKeyRef` into the Secret named by `wandb_secret` (key = variable name),
+  so the key is never in the job spec.
+
+The colon syntax is forced by torchx's `-cfg` parser, which splits on `=`, `,` and `;`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any, Dict, List  # noqa: UP035 - see the runopts below
+
+from torchx.schedulers.api import AppDryRunInfo
+from torchx.schedulers.kubernetes_scheduler import (
+    LABEL_ROLE_INDEX,
+    KubernetesJob,
+    KubernetesOpts,
+    KubernetesScheduler,
+)
+from torchx.specs import AppDef, runopts
+
+from recjobs import secret_env
+from recjobs.errors import UserError
+
+DEFAULT_WANDB_SECRET = "wandb"
+EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def parse_toleration(text: str) -> dict[str, str]:
+    """`KEY[:VALUE][:EFFECT]` -> a Kubernetes toleration (camelCase keys, as in the API).
+
+    `KEY` alone or `KEY:EFFECT` tolerate the taint whatever its value (operator Exists);
+    `KEY:VALUE` and `KEY:VALUE:EFFECT` only that value (operator Equal). No effect: all effects.
+    """
+    parts = text.strip().split(":")
+    if len(parts) == 2 and parts[1] in EFFECTS:
+        parts = [parts[0], "", parts[1]]
+    if not parts[0] or len(parts) > 3:
+        raise UserError(
+            "-cfg tolerations",
+            f"expected KEY[:VALUE][:EFFECT], got {text!r}",
+            "e.g. nvidia.com/gpu:NoSchedule",
+        )
+    key, value, effect = (parts + ["", ""])[:3]
+    if effect and effect not in EFFECTS:
+        raise UserError(
+            "-cfg tolerations",
+            f"{text!r}: unknown effect {effect!r}",
+            "one of " + ", ".join(EFFECTS),
+        )
+    toleration = {"key": key, "operator": "Equal" if value else "Exists"}
+    if value:
+        toleration["value"] = value
+    if effect:
+        toleration["effect"] = effect
+    return toleration
+
+
+def parse_node_selector(selector: Mapping[str, str]) -> dict[str, str]:
+    """Checks the `LABEL:VALUE` pairs torchx parsed; a label without a value is a mistake."""
+    cleaned = {k.strip(): v.strip() for k, v in selector.items()}
+    for label, value in cleaned.items():
+        if not label or not value:
+            raise UserError(
+                "-cfg node_selector",
+                f"expected LABEL:VALUE, got {label!r}:{value!r}",
+                "e.g. nvidia.com/gpu.present:true",
+            )
+    return cleaned
+
+
+def _user_error(exc: UserError) -> SystemExit:
+    # Same contract as the component: one `error:` line, exit code 2, nothing submitted. torchx
+    # would print a traceback for any other exception raised here.
+    print(exc.line(), file=sys.stderr)
+    return SystemExit(exc.exit_code)
+
+
+class RecjobsKubernetesScheduler(KubernetesScheduler):
+    """torchx's KubernetesScheduler whose Volcano Jobs get tolerations, node selectors, secrets."""
+
+    def _run_opts(self) -> runopts:
+        opts = super()._run_opts()
+        opts.add(
+            "tolerations",
+            # torchx compares option types with typing.List/Dict (list[str] != List[str]).
+            type_=List[str],  # noqa: UP006
+            default=None,
+            help="pod tolerations, KEY[:VALUE][:EFFECT] separated by ';'"
+            " (e.g. nvidia.com/gpu:NoSchedule)",
+        )
+        opts.add(
+            "node_selector",
+            type_=Dict[str, str],  # noqa: UP006
+            default=None,
+            help="pod node selector, LABEL:VALUE separated by ';'"
+            " (e.g. nvidia.com/gpu.present:true)",
+        )
+        opts.add(
+            "wandb_secret",
+            type_=str,
+            default=DEFAULT_WANDB_SECRET,
+            help="Kubernetes Secret whose WANDB_API_KEY key the pods get as WANDB_API_KEY"
+            " (only jobs with W&B on)",
+        )
+        return opts
+
+    def _submit_dryrun(self, app: AppDef, cfg: KubernetesOpts) -> AppDryRunInfo[KubernetesJob]:
+        options: Mapping[str, Any] = cfg
+        try:
+            for role in app.roles:
+                leaked = secret_env.literal_secrets(role.env)
+                if leaked:
+                    raise UserError(
+                        f"role {role.name} env",
+                        f"{leaked[0]} is a literal value; it would be stored in the job spec",
+                        f"put it in the Kubernetes Secret {options.get('wandb_secret')!r}",
+                    )
+            tolerations = [parse_toleration(t) for t in options.get("tolerations") or []]
+            node_selector = parse_node_selector(options.get("node_selector") or {})
+        except UserError as exc:
+            raise _user_error(exc) from None
+
+        info = super()._submit_dryrun(app, cfg)
+        secret = str(options.get("wandb_secret") or DEFAULT_WANDB_SECRET)
+        for task in info.request.resource["spec"]["tasks"]:  # type: ignore[index]
+            pod = task["template"]
+            role = app.roles[int(pod.metadata.labels[LABEL_ROLE_INDEX])]
+            _edit_pod(pod, tolerations, node_selector, secret_env.requested(role.metadata), secret)
+        return info
+
+
+def _edit_pod(
+    pod: Any,
+    tolerations: list[dict[str, str]],
+    node_selector: dict[str, str],
+    secret_names: list[str],
+    secret: str,
+) -> None:
+    """Adds tolerations, node selector labels and secret env refs to one V1Pod template."""
+    from kubernetes.client.models import (
+        V1EnvVar,
+        V1EnvVarSource,
+        V1SecretKeySelector,
+        V1Toleration,
+    )
+
+    if tolerations:
+        pod.spec.tolerations = [
+            *(pod.spec.tolerations or []),
+            *(
+                V1Toleration(
+                    key=t["key"],
+                    operator=t["operator"],
+                    value=t.get("value"),
+                    effect=t.get("effect"),
+                )
+                for t in tolerations
+            ),
+        ]
+    if node_selector:
+        # torchx may already have put the named resource's instance type here; keep it.
+        pod.spec.node_selector = {**(pod.spec.node_selector or {}), **node_selector}
+    for container in pod.spec.containers:
+        container.env = [
+            *(container.env or []),
+            *(
+                V1EnvVar(
+                    name=name,
+                    value_from=V1EnvVarSource(
+                        secret_key_ref=V1SecretKeySelector(name=secret, key=name)
+                    ),
+                )
+                for name in secret_names
+            ),
+        ]
+
+
+def create_scheduler(session_name: str, **kwargs: Any) -> RecjobsKubernetesScheduler:
+    """The `torchx.schedulers` entry point: same arguments as torchx's kubernetes factory."""
+    return RecjobsKubernetesScheduler(
+        session_name=session_name,
+        client=kwargs.get("client"),
+        docker_client=kwargs.get("docker_client"),
+    )

@@ -1,0 +1,279 @@
+"""Submit-time side of a TorchX training job: resolve the config, then describe the job.
+
+`components/train.py` is the thin, documented TorchX component; this module does its work so
+that it can be unit-tested and so the component file stays a signature plus a docstring.
+
+What happens at submit time (in `torchx run`, `--dryrun` included):
+
+1. The pass-through overrides are parsed with the same flags as `recjobs resolve`
+   (`recjobs.config.add_override_arguments`) and the config is resolved with
+   `recjobs.config.resolve()`. Any mistake is a `UserError` *before* anything is queued.
+2. The resolved config travels inside the job as `--config-json`, so the container needs
+   neither the config file nor the submitting machine's working directory, and the job
+   trains on exactly what `recjobs resolve` printed (the trainer re-validates it and writes
+   it to RUN_DIR/config.yaml).
+3. The job is `torchrun` with c10d rendezvous running `python -m recjobs train ... --resume`,
+   so a job the scheduler retries continues from RUN_DIR/checkpoints/last.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torchx import specs
+from torchx.specs import macros
+
+from recjobs import secret_env
+from recjobs.config import Overrides, add_override_arguments, resolve
+from recjobs.errors import ConfigError, UserError
+from recjobs.schema import TASKS, ResolvedConfig
+
+ROLE_NAME = "train"
+DEFAULT_IMAGE = "recjobs:latest"
+# One directory per job: a retry of the same job (same app id) finds its checkpoints again,
+# while a new submission never resumes somebody else's run by accident.
+DEFAULT_RUN_DIR = f"runs/{macros.app_id}"
+RDZV_PORT = 29500
+WANDB_MODES = ("online", "offline", "disabled")
+# Under these modes W&B needs no key, so the job does not ask for the secret.
+_WANDB_KEYLESS = ("offline", "disabled")
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """`-j [MIN:]NxP`: nodes (elastic between min and max) x processes per node."""
+
+    min_nodes: int
+    max_nodes: int
+    nproc_per_node: int
+
+    @property
+    def torchrun_nnodes(self) -> str:
+        if self.min_nodes == self.max_nodes:
+            return str(self.max_nodes)
+        return f"{self.min_nodes}:{self.max_nodes}"
+
+
+_NODES = re.compile(r"^(?:(\d+):)?(\d+)x(\d+)$")
+
+
+def parse_nodes(j: str) -> Nodes:
+    match = _NODES.match(j.strip())
+    if not match:
+        raise UserError(
+            "-j", f"expected [MIN:]NODESxPROCS, got {j!r}", "e.g. 1x2, 2x8 or elastic 1:4x8"
+        )
+    lo, hi, nproc = match.groups()
+    max_nodes, per_node = int(hi), int(nproc)
+    min_nodes = int(lo) if lo is not None else max_nodes
+    if max_nodes < 1 or per_node < 1 or min_nodes < 1:
+        raise UserError("-j", f"nodes and processes must be at least 1, got {j!r}")
+    if min_nodes > max_nodes:
+        raise UserError("-j", f"minimum nodes {min_nodes} exceed maximum nodes {max_nodes}")
+    return Nodes(min_nodes, max_nodes, per_node)
+
+
+class _OverrideParser(argparse.ArgumentParser):
+    """The override flags of `recjobs resolve`; a mistake is one `error:` line, not usage text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ConfigError(
+            "config overrides",
+            message,
+            "overrides go after `--`, e.g. -- --optimizer SGD --set=training.max_epochs=1",
+        )
+
+
+def parse_overrides(argv: Sequence[str]) -> Overrides:
+    """The pass-through arguments (everything after `--`) as `Overrides`."""
+    parser = _OverrideParser(
+        prog="torchx run components/train.py:train [component args] --", allow_abbrev=False
+    )
+    add_override_arguments(parser)
+    return Overrides.from_args(parser.parse_args(list(argv)))
+
+
+def with_wandb(overrides: Overrides, project: str | None) -> Overrides:
+    """`--wandb_project P` is shorthand for `--set training.use_wandb=true ...project=P`."""
+    if project is None:
+        return overrides
+    if not project.strip():
+        raise UserError("--wandb_project", "must not be empty")
+    sets = [*overrides.sets, "training.use_wandb=true", f"training.wandb_project={project}"]
+    return dataclasses.replace(overrides, sets=sets)
+
+
+def config_json(cfg: ResolvedConfig) -> str:
+    """The resolved config as the job receives it: compact JSON, `$` escaped for TorchX.
+
+    Schedulers substitute macros (`${app_id}`) in the job's arguments with
+    `string.Template`, which also turns `$$` into `$`; escaping every `$` makes the text the
+    job sees byte-for-byte the JSON of `cfg`, whatever strings the config holds.
+    """
+    return json.dumps(cfg.to_dict(), separators=(",", ":")).replace("$", "$$")
+
+
+class _Raw(str):
+    """A shell word that must not be quoted (it holds a `${VAR:=default}` expansion)."""
+
+
+def torchrun_command(
+    nodes: Nodes, task: str, cfg: ResolvedConfig, run_dir: str, rdzv_port: int = RDZV_PORT
+) -> str:
+    """The job's shell command: torchrun (c10d rendezvous) running `recjobs train --resume`."""
+    if nodes.max_nodes == 1:
+        # One agent hosts the store itself; port 0 lets it pick a free one (no clashes between
+        # jobs sharing a machine).
+        endpoint: str = "localhost:0"
+    else:
+        # Every replica but rank 0 gets the scheduler's rank-0 host in the variable that
+        # `rank0_env` names (`$$` is TorchX's escape for a literal `$`); rank 0 uses localhost.
+        endpoint = _Raw(f"$${{{macros.rank0_env}:=localhost}}:{rdzv_port}")
+    words: list[str] = [
+        "torchrun",
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        endpoint,
+        "--rdzv_id",
+        macros.app_id,
+        "--nnodes",
+        nodes.torchrun_nnodes,
+        "--nproc_per_node",
+        str(nodes.nproc_per_node),
+        "-m",
+        "recjobs",
+        "train",
+        task,
+        "--config-json",
+        config_json(cfg),
+        "--run-dir",
+        run_dir,
+        "--resume",
+    ]
+    quoted = " ".join(w if isinstance(w, _Raw) else shlex.quote(w) for w in words)
+    # exec: torchrun becomes the container's main process and receives SIGTERM itself, so a
+    # preempted job checkpoints (exit 143) instead of being killed behind bash's back.
+    return f"exec {quoted}"
+
+
+def _resource(cpu: int, gpu: int, memMB: int, h: str | None) -> specs.Resource:  # noqa: N803
+    if h:
+        try:
+            return specs.resource(h=h)
+        except KeyError as exc:
+            raise UserError("-h", str(exc.args[0]) if exc.args else f"unknown {h!r}") from None
+    for flag, value, least in (("--cpu", cpu, 1), ("--gpu", gpu, 0), ("--memMB", memMB, 1)):
+        if value < least:
+            raise UserError(flag, f"must be at least {least}, got {value}")
+    return specs.Resource(cpu=cpu, gpu=gpu, memMB=memMB)
+
+
+def _mounts(
+    mounts: list[str] | None,
+) -> list[specs.BindMount | specs.VolumeMount | specs.DeviceMount]:
+    if not mounts:
+        return []
+    try:
+        return specs.parse_mounts(mounts)
+    except (KeyError, ValueError) as exc:
+        problem = str(exc.args[0]) if exc.args else type(exc).__name__
+        raise UserError(
+            "--mounts", problem, "e.g. type=volume,src=recjobs-runs,dst=/runs"
+        ) from None
+
+
+def _env(env: dict[str, str] | None, wandb_mode: str | None) -> dict[str, str]:
+    env = dict(env or {})
+    leaked = secret_env.literal_secrets(env)
+    if leaked:
+        raise UserError(
+            "--env",
+            f"{leaked[0]} must not be passed as a value (it would be printed and stored in the "
+            "job spec)",
+            "set it in your environment (local) or in the Kubernetes Secret (see docs/deploy.md)",
+        )
+    if wandb_mode is not None:
+        if wandb_mode not in WANDB_MODES:
+            raise UserError(
+                "--wandb_mode", f"expected one of {', '.join(WANDB_MODES)}, got {wandb_mode!r}"
+            )
+        env["WANDB_MODE"] = wandb_mode
+    # Logs show up as they happen in `torchx log` / `kubectl logs`, not at buffer flushes.
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    # torchrun's own logging: warnings only, unless the caller asks for more.
+    env.setdefault("LOGLEVEL", "WARNING")
+    return env
+
+
+def train_app(
+    overrides: Sequence[str],
+    *,
+    task: str,
+    config: str | None,
+    j: str,
+    gpu: int,
+    cpu: int,
+    memMB: int,  # noqa: N803 - TorchX's name for it (-memMB) in every builtin component
+    h: str | None,
+    image: str,
+    env: dict[str, str] | None,
+    mounts: list[str] | None,
+    max_retries: int,
+    run_dir: str | None,
+    wandb_project: str | None,
+    wandb_mode: str | None,
+) -> specs.AppDef:
+    """The AppDef of one training job; every argument is the component's (see its docstring).
+
+    Raises UserError for anything wrong, before a job exists.
+    """
+    if task not in TASKS:
+        raise UserError("--task", f"expected one of {', '.join(TASKS)}, got {task!r}")
+    nodes = parse_nodes(j)
+    resource = _resource(cpu, gpu, memMB, h)
+    if resource.gpu > 0 and nodes.nproc_per_node > resource.gpu:
+        raise UserError(
+            "-j",
+            f"{nodes.nproc_per_node} processes per node but {resource.gpu} GPU(s) per node",
+            f"use -j {nodes.max_nodes}x{resource.gpu} (one process per GPU)",
+        )
+    if max_retries < 0:
+        raise UserError("--max_retries", f"must be 0 or more, got {max_retries}")
+    run_dir = run_dir or DEFAULT_RUN_DIR
+    if "://" in run_dir:
+        # The trainer writes its run directory with local file operations (atomic renames,
+        # fsync); a URL would silently become a local folder named "s3:".
+        raise UserError(
+            "--run_dir",
+            f"{run_dir!r}: URLs are not supported by the trainer",
+            "mount a volume and use a path on it, e.g. --mounts type=volume,src=recjobs-runs,"
+            "dst=/runs --run_dir /runs/NAME",
+        )
+    job_env = _env(env, wandb_mode)
+    role_mounts = _mounts(mounts)
+
+    cfg = resolve(task, config, with_wandb(parse_overrides(overrides), wandb_project))
+
+    role = specs.Role(
+        name=ROLE_NAME,
+        image=image,
+        entrypoint="bash",
+        args=["-c", torchrun_command(nodes, task, cfg, run_dir)],
+        env=job_env,
+        num_replicas=nodes.max_nodes,
+        min_replicas=nodes.min_nodes,
+        resource=resource,
+        port_map={"c10d": RDZV_PORT},
+        max_retries=max_retries,
+        mounts=role_mounts,
+    )
+    if cfg.training.use_wandb and wandb_mode not in _WANDB_KEYLESS:
+        secret_env.request(role.metadata, [secret_env.WANDB_API_KEY])
+    return specs.AppDef(name=f"recjobs-{task}", roles=[role])

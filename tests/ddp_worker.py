@@ -1,0 +1,42 @@
+"""Run under torchrun by tests/test_train_ddp.py: trains, then dumps what each rank saw and holds.
+
+Usage: torchrun --nproc_per_node 2 tests/ddp_worker.py TASK CONFIG_JSON RUN_DIR OUT_DIR
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from recjobs import trainer
+from recjobs.config import resolve_dict
+
+
+def main() -> None:
+    task, config_json, run_dir, out = sys.argv[1], sys.argv[2], sys.argv[3], Path(sys.argv[4])
+    rank = int(os.environ["RANK"])
+    seen: list[list[int]] = []
+    models: list[torch.nn.Module] = []
+    real_batches, real_build = trainer.epoch_batches, trainer.build_model
+
+    def spy_batches(*args, **kwargs):
+        batches = real_batches(*args, **kwargs)
+        seen.append(torch.cat(batches).tolist())
+        return batches
+
+    def spy_build(*args, **kwargs):
+        models.append(real_build(*args, **kwargs))
+        return models[-1]
+
+    trainer.epoch_batches, trainer.build_model = spy_batches, spy_build
+    metrics = trainer.train(resolve_dict(json.loads(config_json), task), run_dir)
+    torch.save(models[0].state_dict(), out / f"weights{rank}.pt")
+    (out / f"rank{rank}.json").write_text(json.dumps({"seen": seen, "metrics": metrics}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+"""The training loop on CPU: it learns, its LR curves are right, it resumes exactly, it obeys SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lr_curves import cosine, one_cycle, step_lr, warm_restarts
+
+from recjobs import metrics, trainer
+from recjobs.cli import main
+from recjobs.config import Overrides, resolve
+from recjobs.data import load_task_data
+from recjobs.export import ITEM_EMBEDDINGS, load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "config" / "quickstart.yaml"
+# Tiny data and model: each run takes a second or two on 2 CPU cores.
+TINY = [
+    "dataset.synth.users=300",
+    "dataset.synth.items=80",
+    "dataset.synth.interactions=4000",
+    "model.embedding_dim=8",
+    "model.hidden_dims=[16]",
+    "training.batch_size=256",
+    "training.log_steps=1",
+]
+
+
+def cfg(task: str, *sets: str, config: Path | None = QUICKSTART, **flags):
+    return resolve(task, config, Overrides(sets=[*TINY, *sets], **flags))
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if "train/loss" in r]
+
+
+def val_records(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir) if "val/loss" in r]
+
+
+# --------------------------------------------------------------------------- it learns
+
+
+def most_popular_recall(config) -> float:
+    data = load_task_data(config)
+    users, rows = torch.unique(data.val_users, return_inverse=True)
+    n = len(users)
+    position = torch.full((data.user_features.shape[0],), -1)
+    position[users] = torch.arange(n)
+    seen = position[data.train_users]
+    keep = seen >= 0
+    popularity = data.item_counts.float()[:, None]
+    found = metrics.retrieval_metrics(
+        torch.ones(n, 1),
+        popularity,
+        *metrics.csr_from_pairs(rows, data.val_items, n),
+        *metrics.csr_from_pairs(seen[keep], data.train_items[keep], n),
+        [10],
+    )
+    return found["recall@10"]
+
+
+def test_retrieval_beats_most_popular(tmp_path):
+    config = resolve("retrieval", QUICKSTART, Overrides(sets=["training.max_epochs=3"]))
+    trainer.train(config, tmp_path)
+    best = max(r["val/recall@10"] for r in val_records(tmp_path))
+    baseline = most_popular_recall(config)
+    assert baseline > 0.1  # the baseline itself is not trivial on this data
+    assert best > 1.5 * baseline, (best, baseline)
+
+
+@pytest.mark.parametrize("arch", ["dlrm", "dcn"])
+def test_ranking_auc_well_above_chance(tmp_path, arch):
+    config = resolve(
+        "ranking", QUICKSTART, Overrides(sets=[f"model.model_arch={arch}", "training.max_epochs=3"])
+    )
+    trainer.train(config, tmp_path)
+    assert val_records(tmp_path)[-1]["val/auc"] > 0.75
+
+
+def test_ranking_mse_beats_predicting_the_mean(tmp_path):
+    config = cfg("ranking", "training.loss_func=mse", "training.max_epochs=4", "training.lr=0.01")
+    trainer.train(config, tmp_path)
+    data = load_task_data(config)
+    constant = float((data.val_labels - data.train_labels.mean()).pow(2).mean().sqrt())
+    assert val_records(tmp_path)[-1]["val/rmse"] < 0.9 * constant
+
+
+# --------------------------------------------------------------------------- LR curves in real runs
+
+
+def lr_by_step(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["train/lr"] for r in train_records(run_dir)}
+
+
+SPEC_SCHEDULERS = {
+    "StepLR": ("{name: StepLR, step_size: 2, gamma: 0.5}", lambda n: step_lr(n, 2, 0.5)),
+    "CosineAnnealingLR": (
+        "{name: CosineAnnealingLR, T_max: 4, eta_min: 1e-6}",
+        lambda n: cosine(n, 4, 1e-6),
+    ),
+    "ExponentialLR": ("{name: ExponentialLR, gamma: 0.95}", lambda n: 0.1 * 0.95**n),
+    "CosineAnnealingWarmRestarts": (
+        "{name: CosineAnnealingWarmRestarts, T_0: 2, T_mult: 2, eta_min: 1e-6}",
+        lambda n: warm_restarts(n, 2, 2, 1e-6),
+    ),
+}
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+@pytest.mark.parametrize("name", list(SPEC_SCHEDULERS))
+def test_train_lr_follows_the_schedule(tmp_path, name, interval):
+    spec, form = SPEC_SCHEDULERS[name]
+    config = cfg(
+        "retrieval",
+        "training.max_epochs=4",
+        "training.lr=0.1",
+        "training.optimizer=SGD",
+        f"training.scheduler={spec[:-1]}, interval: {interval}}}",
+    )
+    trainer.train(config, tmp_path)
+    lrs = lr_by_step(tmp_path)
+    per_epoch = len(lrs) // 4
+    assert per_epoch >= 10 and len(lrs) == 4 * per_epoch
+    for step, lr in lrs.items():
+        n = (step - 1) // per_epoch if interval == "epoch" else step - 1
+        assert lr == pytest.approx(form(n), rel=1e-9), (step, lr)
+
+
+def test_one_cycle_in_a_real_run_derives_total_steps(tmp_path):
+    config = cfg(
+        "retrieval", "training.max_epochs=2", "training.scheduler={name: OneCycleLR, max_lr: 0.05}"
+    )
+    trainer.train(config, tmp_path)
+    lrs = lr_by_step(tmp_path)
+    total = len(lrs)
+    assert [lrs[s] for s in sorted(lrs)] == pytest.approx(
+        [one_cycle(n, total, 0.05) for n in range(total)]
+    )
+
+
+def test_reduce_on_plateau_reduces_when_the_metric_stalls(tmp_path):
+    # mode max on val/loss: a falling loss is "no improvement", so every epoch after the first
+    # is a stall and (patience 0) halves the LR. The curve is computed from the logged metric.
+    config = cfg(
+        "retrieval",
+        "training.max_epochs=4",
+        "training.lr=0.01",
+        "training.scheduler={name: ReduceLROnPlateau, monitor: loss, mode: max, patience: 0, factor: 0.5, threshold: 0}",
+    )
+    trainer.train(config, tmp_path)
+    losses = [r["val/loss"] for r in val_records(tmp_path)]
+    expected, best, lr = [], -float("inf"), 0.01
+    for loss in losses:
+        expected.append(lr)
+        if loss > best:
+            best = loss
+        else:
+            lr *= 0.5
+    records = train_records(tmp_path)
+    first_lr_of_epoch = [next(r["train/lr"] for r in records if r["epoch"] == e) for e in range(4)]
+    assert first_lr_of_epoch == pytest.approx(expected)
+    assert first_lr_of_epoch[-1] < 0.01  # it did reduce
+
+
+# --------------------------------------------------------------------------- run dir and export
+
+
+def test_run_dir_contents(tmp_path, capsys):
+    argv = [
+        "--config",
+        str(QUICKSTART),
+        *[a for s in TINY for a in ("--set", s)],
+        "--set",
+        "training.max_epochs=2",
+    ]
+    assert main(["train", "retrieval", *argv, "--run-dir", str(tmp_path)]) == 0
+    assert main(["resolve", "retrieval", *argv]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == resolved
+    records = read_metrics(tmp_path)
+    assert all({"step", "epoch"} <= set(r) for r in records)
+    train_keys = {"step", "epoch", "train/loss", "train/lr", "train/examples_per_s"}
+    assert set(train_records(tmp_path)[0]) == train_keys
+    val_keys = {"step", "epoch", "val/loss"} | {
+        f"val/{m}@{k}" for m in ("recall", "ndcg", "hit") for k in (10, 50)
+    }
+    assert set(val_records(tmp_path)[0]) == val_keys
+    assert (tmp_path / "checkpoints" / "last.pt").is_file() and (
+        tmp_path / "checkpoints" / "best.pt"
+    ).is_file()
+    model, config, encoders = load_model(tmp_path / "model")
+    assert config.to_dict() == resolved and not model.training
+    emb = torch.load(tmp_path / "model" / ITEM_EMBEDDINGS)
+    assert len(emb["item_ids"]) == 80 and emb["embeddings"].shape == (80, 16)
+    assert emb["item_ids"] == encoders.item_id.values()
+    data = load_task_data(config, encoders)
+    with torch.no_grad():
+        again = model.item_embeddings(data.item_features[1:])
+    assert torch.allclose(again, emb["embeddings"])
+
+
+def test_fresh_run_refuses_a_used_run_dir(tmp_path, capsys):
+    trainer.train(cfg("ranking", "training.max_epochs=1"), tmp_path)
+    before = (tmp_path / "metrics.jsonl").read_text()
+    assert main(["train", "ranking", "--config", str(QUICKSTART), "--run-dir", str(tmp_path)]) == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            "already holds a run (checkpoints/last.pt) (pass --resume to continue it, or use another --run-dir)"
+        )
+    )
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+
+
+def test_resume_with_another_config_is_refused(tmp_path, capsys):
+    trainer.train(cfg("ranking", "training.max_epochs=1"), tmp_path)
+    argv = [
+        "train",
+        "ranking",
+        "--config",
+        str(QUICKSTART),
+        *[a for s in TINY for a in ("--set", s)],
+    ]
+    assert main([*argv, "--set", "training.lr=0.5", "--run-dir", str(tmp_path), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "error: checkpoints/last.pt: was trained with a different config (ranking.training.lr, ranking.training.optimizer) "
+        "(resume with the same config, or start a new --run-dir)"
+    )
+    # Longer training of the same run is allowed.
+    assert (
+        main([*argv, "--set", "training.max_epochs=2", "--run-dir", str(tmp_path), "--resume"]) == 0
+    )
+    assert max(r["epoch"] for r in val_records(tmp_path)) == 1
+
+
+def test_cpu_runs_are_deterministic(tmp_path):
+    config = cfg("ranking", "training.max_epochs=2")
+    trainer.train(config, tmp_path / "a")
+    trainer.train(config, tmp_path / "b")
+    a = torch.load(tmp_path / "a" / "model" / "model.pt")
+    b = torch.load(tmp_path / "b" / "model" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "train/examples_per_s"} for r in rs]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "a")) == strip(read_metrics(tmp_path / "b"))
+
+
+def test_early_stopping_stops_and_restores_the_best(tmp_path):
+    # mode max on logloss: while the loss falls, every epoch after the best one is a bad one,
+    # so patience 2 stops right after the third epoch whose logloss is not a new maximum.
+    config = cfg(
+        "ranking",
+        "training.max_epochs=8",
+        "training.early_stopping={enabled: true, metric: logloss, mode: max, patience: 2}",
+    )
+    trainer.train(config, tmp_path)
+    losses = [r["val/logloss"] for r in val_records(tmp_path)]
+    best, bad, expected_epochs = -1.0, 0, 0
+    for loss in losses:
+        expected_epochs += 1
+        best, bad = (loss, 0) if loss > best else (best, bad + 1)
+        if bad >= 2:
+            break
+    assert len(losses) == expected_epochs < 8
+    best_state = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
+    last_state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    exported = torch.load(tmp_path / "model" / "model.pt")
+    assert best_state["epoch"] == losses.index(max(losses)) + 1
+    assert all(torch.equal(best_state["model"][k], exported[k]) for k in exported)
+    assert not all(torch.equal(last_state["model"][k], exported[k]) for k in exported)
+
+
+def test_max_steps_ends_mid_epoch_with_a_validation(tmp_path):
+    trainer.train(cfg("retrieval", "training.max_steps=5", "training.max_epochs=3"), tmp_path)
+    assert max(r["step"] for r in train_records(tmp_path)) == 5
+    assert val_records(tmp_path)[-1]["step"] == 5
+
+
+# --------------------------------------------------------------------------- resume and SIGTERM
+
+
+class StopAfter(trainer.StopSignal):
+    """A SIGTERM that arrives after `n` checks (one check per step on a single process)."""
+
+    n = 0
+
+    def __init__(self):
+        super().__init__()
+        self.checks = 0
+
+    @property
+    def requested(self):  # noqa: D401
+        self.checks += 1
+        return self.checks > StopAfter.n
+
+    @requested.setter
+    def requested(self, value):
+        pass
+
+
+@pytest.mark.parametrize("task", ["retrieval", "ranking"])
+@pytest.mark.parametrize("stop_at", [7, 16])  # mid-epoch, and just after an epoch end
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, task, stop_at):
+    sets = [
+        "training.max_epochs=3",
+        "training.scheduler={name: CosineAnnealingLR, T_max: 40, interval: step}",
+    ]
+    config = cfg(task, *sets, "model.dropout=0.3")
+    trainer.train(config, tmp_path / "straight")
+
+    StopAfter.n = stop_at
+    monkeypatch.setattr(trainer, "StopSignal", StopAfter)
+    with pytest.raises(trainer.Preempted):
+        trainer.train(config, tmp_path / "resumed")
+    monkeypatch.undo()
+    assert (tmp_path / "resumed" / "checkpoints" / "last.pt").exists()
+    trainer.train(config, tmp_path / "resumed", resume=True)
+
+    a = torch.load(tmp_path / "straight" / "model" / "model.pt")
+    b = torch.load(tmp_path / "resumed" / "model" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "train/examples_per_s"} for r in rs]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "resumed")) == strip(read_metrics(tmp_path / "straight"))
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
+    run_dir = tmp_path / "run"
+    argv = [
+        sys.executable,
+        "-m",
+        "recjobs",
+        "train",
+        "retrieval",
+        "--config",
+        str(QUICKSTART),
+        "--run-dir",
+        str(run_dir),
+    ]
+    argv += ["--set", "training.max_epochs=50", "--set", "training.log_steps=5"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while (
+            not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text()
+        ):
+            assert proc.poll() is None and time.monotonic() < deadline, "training never started"
+            time.sleep(0.05)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert time.monotonic() - sent < 10
+    assert "SIGTERM at step" in err
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert 0 < state["step"] < 50 * 100
+    logged = max(r["step"] for r in train_records(run_dir))
+    assert state["step"] >= logged
+    # And it resumes from there.
+    resumed = subprocess.run(
+        argv[:-4] + ["--set", "training.max_epochs=1", "--resume"], capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert (run_dir / "model" / "model.pt").exists()
+
+
+# --------------------------------------------------------------------------- W&B
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """History rows of an offline W&B run, read from its LevelDB-log record file."""
+    from wandb.proto import wandb_internal_pb2
+
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    rows, pos, chunk = [], 7, b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        pos += 7
+        if kind == 0 and length == 0:
+            pos += left - 7
+            continue
+        chunk += data[pos : pos + length]
+        pos += length
+        if kind in (1, 4):  # FULL or LAST fragment
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(chunk)
+            chunk = b""
+            if record.WhichOneof("record_type") == "history":
+                rows.append(
+                    {
+                        i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                        for i in record.history.item
+                    }
+                )
+    return rows
+
+
+def test_wandb_offline_records_train_lr(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    config = cfg(
+        "retrieval",
+        "training.max_epochs=2",
+        "training.use_wandb=true",
+        "training.scheduler={name: StepLR, step_size: 1, gamma: 0.5}",
+    )
+    trainer.train(config, tmp_path)
+    rows = wandb_history(tmp_path)
+    logged = {r["_step"]: r["train/lr"] for r in rows if "train/lr" in r}
+    assert logged == lr_by_step(tmp_path)
+    assert sorted(set(logged.values())) == pytest.approx([0.0015, 0.003])
+    assert any("val/recall@10" in r for r in rows)
+
+
+def test_wandb_off_without_key_says_so_once(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    with caplog.at_level("INFO"):
+        trainer.train(cfg("ranking", "training.max_epochs=1", "training.use_wandb=true"), tmp_path)
+    said = [r.message for r in caplog.records if "W&B" in r.message]
+    assert said == [
+        "W&B is off: use_wandb is true but neither WANDB_API_KEY nor WANDB_MODE=offline is set"
+    ]
+    assert not (tmp_path / "wandb").exists()
+
+
+# --------------------------------------------------------------------------- data commands
+
+
+def test_data_synth_then_train_on_parquet(tmp_path):
+    out = tmp_path / "data"
+    assert (
+        main(
+            [
+                "data",
+                "synth",
+                "--out",
+                str(out),
+                "--users",
+                "300",
+                "--items",
+                "80",
+                "--interactions",
+                "4000",
+            ]
+        )
+        == 0
+    )
+    config = resolve(
+        "ranking",
+        out / "config.yaml",
+        Overrides(sets=["training.max_epochs=1", "training.batch_size=256"]),
+    )
+    assert config.dataset.paths.users == str(out / "users.parquet")
+    trainer.train(config, tmp_path / "run")
+    assert val_records(tmp_path / "run")[-1]["val/auc"] > 0.5
+
+
+def test_os_environ_untouched_by_training(tmp_path):
+    before = dict(os.environ)
+    trainer.train(cfg("ranking", "training.max_epochs=1"), tmp_path)
+    assert dict(os.environ) == before
