@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from lr_curves import LR, cosine, one_cycle, warm_restarts
@@ -10,6 +12,8 @@ from recjobs.config import load_yaml, resolve_dict
 from recjobs.errors import ConfigError
 from recjobs.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, current_lrs
 from recjobs.precision import precision_policy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def resolved_training(snippet: str, task: str = "retrieval") -> dict:
@@ -217,3 +221,27 @@ def test_precision_policy(caplog):
     ]
     gpu = precision_policy("fp16", torch.device("cuda"))
     assert gpu.dtype is torch.float16 and gpu.use_scaler
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "config").glob("example_*.yaml")), ids=lambda p: p.name
+)
+def test_spec_examples_build_their_optimizer_and_scheduler(path):
+    raw = load_yaml(path.read_text(), str(path))
+    for task in (t for t in ("retrieval", "ranking") if t in raw):
+        t = resolve_dict(raw, task).to_dict()[task]["training"]
+        model = torch.nn.Linear(3, 2)
+        opt = build_optimizer(model.parameters(), t["optimizer"])
+        assert type(opt).__name__ == t["optimizer"]["name"]
+        assert opt.param_groups[0]["lr"] == t["optimizer"]["lr"]
+        for key, value in t["optimizer"].items():
+            if key != "name":
+                assert opt.param_groups[0][key] == (
+                    tuple(value) if isinstance(value, list) else value
+                )
+        schedule = build_scheduler(
+            opt, t["scheduler"], steps_per_epoch=10, max_epochs=t["max_epochs"]
+        )
+        if t["scheduler"] is not None:
+            assert type(schedule.scheduler).__name__ == t["scheduler"]["name"]
+            assert schedule.interval == t["scheduler"]["interval"]
