@@ -8,7 +8,9 @@ stopping state and the resolved config it was trained with.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -18,10 +20,17 @@ import torch
 
 from recjobs.errors import CheckpointError
 
+log = logging.getLogger(__name__)
+
 FORMAT = "recjobs-checkpoint/1"
+# File layout: MAGIC, the SHA-256 of the payload, then the torch.save payload. The digest makes
+# a truncated or bit-flipped file detectable before torch tries to unpickle it.
+MAGIC = b"RECJOBS-CKPT-1\n"
+DIGEST = 32
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
+def atomic_write_bytes(path: Path, payload: bytes, keep_previous: Path | None = None) -> None:
+    """Write `payload` to `path` atomically; optionally keep the old file as `keep_previous`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -29,37 +38,70 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)  # make the renames themselves durable
     finally:
         os.close(dir_fd)
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+def previous(path: Path) -> Path:
+    """Where the checkpoint before `path` is kept (last.pt -> last.prev.pt)."""
+    return path.with_suffix(".prev" + path.suffix)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    payload = buffer.getvalue()
+    blob = MAGIC + hashlib.sha256(payload).digest() + payload
+    atomic_write_bytes(path, blob, previous(path) if keep_previous else None)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        # weights_only=False: the checkpoint holds RNG states and plain Python containers we wrote.
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        blob = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(str(path), "checkpoint not found") from None
+    head = len(MAGIC) + DIGEST
+    if not blob.startswith(MAGIC):
+        raise CheckpointError(str(path), "not a recjobs checkpoint")
+    payload = blob[head:]
+    if len(blob) < head or hashlib.sha256(payload).digest() != blob[len(MAGIC) : head]:
+        raise CheckpointError(str(path), "checksum mismatch", "the file is truncated or corrupted")
+    try:
+        # weights_only=False: the checkpoint holds RNG states and plain Python containers we
+        # wrote ourselves, and its checksum matched.
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            str(path), f"unreadable checkpoint ({first})", "the file is truncated or corrupted"
-        ) from None
+        raise CheckpointError(str(path), f"unreadable checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(str(path), "not a recjobs checkpoint")
     return state
+
+
+def load_latest_good(path: Path) -> dict[str, Any]:
+    """`path`, or the checkpoint before it when `path` is damaged or missing; never garbage."""
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as damaged:
+        fallback = previous(path)
+        if not fallback.exists():
+            raise
+        state = load_checkpoint(fallback)
+        log.warning(
+            "%s; resuming from the previous checkpoint %s",
+            damaged.line().removeprefix("error: "),
+            fallback,
+        )
+        return state
 
 
 def rng_state() -> dict[str, Any]:

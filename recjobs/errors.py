@@ -27,3 +27,9 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used (missing, corrupted, from another config)."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite. No checkpoint is written from the diverged state."""
+
+    exit_code = 3

@@ -9,12 +9,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from recjobs.checkpoint import atomic_write_bytes
+from recjobs.checkpoint import atomic_write_bytes, previous
 from recjobs.errors import CheckpointError
 
 
@@ -44,7 +48,7 @@ class RunDir:
 
     def check_start(self, resume: bool) -> bool:
         """Whether this run resumes. A fresh run never overwrites another run's checkpoints."""
-        if self.last.exists():
+        if self.last.exists() or previous(self.last).exists():
             if not resume:
                 raise CheckpointError(
                     str(self.path),
@@ -57,6 +61,31 @@ class RunDir:
                 str(self.path), "already holds metrics.jsonl", "use another --run-dir"
             )
         return False
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold an exclusive lock on the run dir: a second trainer on it stops instead of
+        interleaving writes. The kernel drops the lock when the process dies, even by SIGKILL."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / ".lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "unknown"
+                raise CheckpointError(
+                    str(self.path),
+                    f"another trainer is using this run dir (pid {holder})",
+                    "wait for it or use another --run-dir",
+                ) from None
+            f.seek(0)
+            f.truncate()
+            f.write(str(os.getpid()))
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
     def write_config(self, resolved: dict) -> None:
         text = yaml.safe_dump(resolved, sort_keys=False)

@@ -28,9 +28,15 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from recjobs.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from recjobs.checkpoint import (
+    load_checkpoint,
+    load_latest_good,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from recjobs.data import Encoders, epoch_batches, load_task_data, steps_per_epoch
-from recjobs.errors import CheckpointError, ConfigError
+from recjobs.errors import CheckpointError, ConfigError, TrainingDiverged
 from recjobs.export import export_model
 from recjobs.models import build_model
 from recjobs.optim import build_optimizer, build_scheduler, current_lrs
@@ -173,7 +179,10 @@ def train(
     rundir = RunDir(Path(run_dir or tr.artifact_dir))
     ddp = init_distributed(tr.device)
     try:
-        return _train(cfg, rundir, resume, ddp)
+        if not ddp.is_main:
+            return _train(cfg, rundir, resume, ddp)
+        with rundir.lock():
+            return _train(cfg, rundir, resume, ddp)
     finally:
         if ddp.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -182,7 +191,7 @@ def train(
 def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) -> dict[str, float]:
     tr = cfg.training
     resuming = rundir.check_start(resume)  # read-only, on every rank: all ranks fail alike
-    checkpoint = load_checkpoint(rundir.last) if resuming else None
+    checkpoint = load_latest_good(rundir.last) if resuming else None
     if checkpoint is not None:
         _check_same_run(checkpoint["config"], cfg)
 
@@ -246,6 +255,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
         tracker.truncate(0)  # --resume before any checkpoint existed: start the record afresh
 
     def write_checkpoint(path: Path) -> None:
+        check_finite()  # a diverged state never replaces a good checkpoint
         ranks = _gather_rank_states(ddp, task)
         if not ddp.is_main:
             return
@@ -266,6 +276,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                 "encoders": data.encoders.to_json(),
                 "wandb_id": getattr(tracker.wandb, "id", None),
             },
+            keep_previous=path == rundir.last,  # a damaged last.pt falls back to last.prev.pt
         )
 
     def validate(end_of_epoch: bool) -> dict[str, float]:
@@ -291,6 +302,21 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
         )
     progress = _progress(total_steps, step, ddp.is_main)
     loss_sum = torch.zeros((), device=device)
+    # Divergence is tracked on the device (the first step whose loss was not finite) and read
+    # only where the loop syncs anyway: at log steps and before checkpoints.
+    step_counter = torch.full((), step, dtype=torch.long, device=device)
+    first_bad_step = torch.zeros((), dtype=torch.long, device=device)
+
+    def check_finite() -> None:
+        bad = _max_over_ranks(first_bad_step, ddp)
+        if bad:
+            raise TrainingDiverged(
+                "training",
+                f"loss is not finite at step {bad}",
+                f"no checkpoint was written after it; {rundir.last} holds the last good state. "
+                "Lower the learning rate or set grad_clip_norm",
+            )
+
     loss_count, examples, tick = 0, 0, time.perf_counter()
     metrics: dict[str, float] = {}
     model.train()
@@ -324,16 +350,19 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                 step += 1
                 batch_in_epoch += 1
                 loss_sum += loss.detach().float()
+                step_counter += 1
+                first_bad_step = torch.where(
+                    (first_bad_step == 0) & ~torch.isfinite(loss.detach()),
+                    step_counter,
+                    first_bad_step,
+                )
                 loss_count += 1
                 examples += len(idx)
                 progress.update(1)
 
-                if logging_now:
-                    mean_loss = _mean_over_ranks(
-                        loss_sum / loss_count, ddp
-                    )  # the one sync per log step
-                    if not math.isfinite(mean_loss):
-                        raise FloatingPointError(f"training loss is {mean_loss} at step {step}")
+                if logging_now:  # the loop's only host sync: at log steps
+                    check_finite()
+                    mean_loss = _mean_over_ranks(loss_sum / loss_count, ddp)
                     elapsed = time.perf_counter() - tick
                     record = {"step": step, "epoch": epoch, "train/loss": mean_loss}
                     record.update(lr_record)
@@ -413,6 +442,13 @@ def _mean_over_ranks(value: torch.Tensor, ddp: Distributed) -> float:
         dist.all_reduce(value)
         value /= ddp.world_size
     return float(value)
+
+
+def _max_over_ranks(value: torch.Tensor, ddp: Distributed) -> int:
+    if ddp.world_size > 1:
+        value = value.detach().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value)
 
 
 def _stop_requested(stop: StopSignal, step: int, ddp: Distributed) -> bool:

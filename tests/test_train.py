@@ -17,6 +17,7 @@ import yaml
 from lr_curves import cosine, one_cycle, step_lr, warm_restarts
 
 from recjobs import metrics, trainer
+from recjobs.checkpoint import load_checkpoint
 from recjobs.cli import main
 from recjobs.config import Overrides, resolve
 from recjobs.data import load_task_data
@@ -278,8 +279,8 @@ def test_early_stopping_stops_and_restores_the_best(tmp_path):
         if bad >= 2:
             break
     assert len(losses) == expected_epochs < 8
-    best_state = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
-    last_state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=False)
+    best_state = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    last_state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     exported = torch.load(tmp_path / "model" / "model.pt")
     assert best_state["epoch"] == losses.index(max(losses)) + 1
     assert all(torch.equal(best_state["model"][k], exported[k]) for k in exported)
@@ -369,7 +370,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
     assert proc.returncode == 143, err
     assert time.monotonic() - sent < 10
     assert "SIGTERM at step" in err
-    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert 0 < state["step"] < 50 * 100
     logged = max(r["step"] for r in train_records(run_dir))
     assert state["step"] >= logged

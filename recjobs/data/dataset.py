@@ -1,0 +1,337 @@
+"""From the config's four tables to the integer tensors the models train on.
+
+The users and items tables are the catalogue: vocabularies are fit on them, and every
+feature lookup goes through a row index of `TaskData.user_features` / `item_features`. Row 0
+of each is the out-of-vocabulary (OOV) entity, all zeros, used for anything unseen.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from recjobs.data import synth
+from recjobs.data.tables import (
+    Encoders,
+    Vocabulary,
+    as_key_array,
+    key_kind,
+    read_table,
+    select_columns,
+)
+from recjobs.errors import CheckpointError, DataError
+from recjobs.schema import ColumnsConfig, ResolvedConfig
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("users", "items", "interactions_train", "interactions_val")
+
+
+@dataclass
+class TaskData:
+    """Everything a trainer needs from the data, as tensors indexed by vocabulary index."""
+
+    # int64 [n_users + 1, 1 + len(user_cat_cols)]; row 0 is the OOV user (all zeros). Column
+    # 0 is the user index itself, then one encoded column per user_cat_col.
+    user_features: torch.Tensor
+    item_features: torch.Tensor
+    # Embedding-table size per feature column, OOV included.
+    user_cardinalities: list[int]
+    item_cardinalities: list[int]
+    # Row indices into user_features / item_features, one per interaction.
+    train_users: torch.Tensor
+    train_items: torch.Tensor
+    train_labels: torch.Tensor | None  # float32, when columns.label_col is set
+    val_users: torch.Tensor
+    val_items: torch.Tensor
+    val_labels: torch.Tensor | None
+    # int64 [n_items + 1]: training interactions per item (for popularity / logQ correction).
+    item_counts: torch.Tensor
+    encoders: Encoders
+
+    @property
+    def n_users(self) -> int:
+        """Number of users, excluding the OOV row."""
+        return self.user_features.shape[0] - 1
+
+    @property
+    def n_items(self) -> int:
+        return self.item_features.shape[0] - 1
+
+
+def load_task_data(cfg: ResolvedConfig, encoders: Encoders | None = None) -> TaskData:
+    """Read (or generate) the four tables of `cfg` and encode them.
+
+    Vocabularies are fit on the users and items tables unless `encoders` is given (resume,
+    inference), in which case those are used and catalogue entries they do not know become
+    OOV. Interaction rows whose user or item is not in the catalogue are dropped, with one
+    warning per table giving the count; in validation they are first mapped to OOV (index 0)
+    and then dropped, because metrics on an unknown user or item measure nothing the model
+    could have learned. Null categorical values encode as OOV (0), which acts as their own
+    "missing" category. Errors in the data (missing files or columns, duplicate or null ids,
+    non-numeric or NaN labels, no training rows) raise DataError naming file and column.
+    """
+    cols = cfg.columns
+    tables, sources = _load_tables(cfg)
+    users, items = tables["users"], tables["items"]
+
+    user_ids = _catalogue_ids(users, cols.user_id, sources["users"], "user")
+    item_ids = _catalogue_ids(items, cols.item_id, sources["items"], "item")
+    user_cats = {c: as_key_array(users.column(c)) for c in cols.user_cat_cols}
+    item_cats = {c: as_key_array(items.column(c)) for c in cols.item_cat_cols}
+
+    if encoders is None:
+        encoders = Encoders(
+            user_id=Vocabulary.fit(user_ids),
+            item_id=Vocabulary.fit(item_ids),
+            user_cats={c: Vocabulary.fit(v) for c, v in user_cats.items()},
+            item_cats={c: Vocabulary.fit(v) for c, v in item_cats.items()},
+        )
+    else:
+        _check_encoders(encoders, cols)
+
+    user_features = _features(
+        encoders.user_id, user_ids, encoders.user_cats, user_cats, sources["users"], cols.user_id
+    )
+    item_features = _features(
+        encoders.item_id, item_ids, encoders.item_cats, item_cats, sources["items"], cols.item_id
+    )
+
+    train = tables["interactions_train"]
+    if train.num_rows == 0:
+        raise DataError(
+            sources["interactions_train"],
+            "no training interactions: the table has no rows",
+        )
+    train_users, train_items, train_labels = _interactions(
+        train, sources["interactions_train"], "training", cols, encoders, sources
+    )
+    if len(train_users) == 0:
+        raise DataError(
+            sources["interactions_train"],
+            f"no training interactions left: none of the {train.num_rows} rows has both its "
+            "user and its item in the users and items tables",
+            hint=f"check that {cols.interaction_user_col}/{cols.interaction_item_col} hold the "
+            f"same ids as {cols.user_id}/{cols.item_id}",
+        )
+    val = tables["interactions_val"]
+    val_users, val_items, val_labels = _interactions(
+        val, sources["interactions_val"], "validation", cols, encoders, sources
+    )
+    if len(val_users) == 0:
+        logger.warning("%s: no validation interactions", sources["interactions_val"])
+
+    n_item_rows = item_features.shape[0]
+    item_counts = np.bincount(train_items, minlength=n_item_rows).astype(np.int64)
+
+    def labels(x: np.ndarray | None) -> torch.Tensor | None:
+        return None if x is None else torch.from_numpy(x.astype(np.float32))
+
+    return TaskData(
+        user_features=torch.from_numpy(user_features),
+        item_features=torch.from_numpy(item_features),
+        user_cardinalities=encoders.user_cardinalities(),
+        item_cardinalities=encoders.item_cardinalities(),
+        train_users=torch.from_numpy(train_users),
+        train_items=torch.from_numpy(train_items),
+        train_labels=labels(train_labels),
+        val_users=torch.from_numpy(val_users),
+        val_items=torch.from_numpy(val_items),
+        val_labels=labels(val_labels),
+        item_counts=torch.from_numpy(item_counts),
+        encoders=encoders,
+    )
+
+
+def _load_tables(cfg: ResolvedConfig) -> tuple[dict[str, pa.Table], dict[str, str]]:
+    """The four tables reduced to the configured columns, and a name for each in messages."""
+    cols = cfg.columns
+    interaction_cols = [cols.interaction_user_col, cols.interaction_item_col]
+    interaction_cols += [c for c in (cols.interaction_time_col, cols.label_col) if c]
+    wanted = {
+        "users": [cols.user_id, *cols.user_cat_cols],
+        "items": [cols.item_id, *cols.item_cat_cols],
+        "interactions_train": interaction_cols,
+        "interactions_val": interaction_cols,
+    }
+    paths = cfg.dataset.paths
+    if paths is None:
+        size = cfg.dataset.synth
+        generated = synth.generate_tables(
+            size.users, size.items, size.interactions, seed=cfg.shared.seed
+        )
+        sources = {role: f"synthetic data set ({role})" for role in ROLES}
+        tables = {
+            role: select_columns(generated[role], wanted[role], source=sources[role], role=role)
+            for role in ROLES
+        }
+        return tables, sources
+    sources = {role: getattr(paths, role) for role in ROLES}
+    tables = {role: read_table(sources[role], wanted[role], role=role) for role in ROLES}
+    return tables, sources
+
+
+def _catalogue_ids(table: pa.Table, col: str, source: str, entity: str) -> pa.Array:
+    """The id column as int64/string; DataError for null or duplicate ids."""
+    where = f"{source}: column '{col}'"
+    ids = _key_column(table, col, where)
+    if ids.null_count:
+        raise DataError(where, f"{ids.null_count} null ids", hint=f"every {entity} needs an id")
+    if len(ids):
+        values, counts = _value_counts(ids)
+        n_dup = int((counts > 1).sum())
+        if n_dup:
+            example = values[int(np.flatnonzero(counts > 1)[0])]
+            raise DataError(
+                where,
+                f"duplicate id {example!r} (ids with duplicates: {n_dup})",
+                hint=f"each {entity} must have exactly one row",
+            )
+    return ids
+
+
+def _value_counts(arr: pa.Array) -> tuple[list, np.ndarray]:
+    vc = arr.value_counts()
+    return vc.field("values").to_pylist(), vc.field("counts").to_numpy()
+
+
+def _key_column(table: pa.Table, col: str, where: str) -> pa.Array:
+    try:
+        arr = as_key_array(table.column(col))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(
+            where, f"expected integer or string values, got {table.schema.field(col).type}"
+        ) from exc
+    assert arr is not None  # tables never hold mixed Python objects
+    return arr
+
+
+def _check_kind(vocab: Vocabulary, arr: pa.Array, where: str, vocab_source: str) -> None:
+    """DataError when ids are ints here but strings in the catalogue (or the reverse).
+
+    Never coerced: "007" and 7 are different ids, and silently matching or not matching them
+    would lose data without a word.
+    """
+    have, want = key_kind(arr), vocab.kind
+    if {have, want} == {"int", "str"}:
+        names = {"int": "integers", "str": "strings"}
+        raise DataError(
+            where,
+            f"values are {names[have]} but {names[want]} in {vocab_source}",
+            hint="use the same id type in all tables",
+        )
+
+
+def _check_encoders(encoders: Encoders, cols: ColumnsConfig) -> None:
+    for entity, got, want in (
+        ("user", list(encoders.user_cats), list(cols.user_cat_cols)),
+        ("item", list(encoders.item_cats), list(cols.item_cat_cols)),
+    ):
+        if got != want:
+            raise CheckpointError(
+                "encoders",
+                f"saved {entity} categorical columns {got} differ from the config's {want}",
+                hint="the run was trained with another columns config",
+            )
+
+
+def _features(
+    id_vocab: Vocabulary,
+    ids: pa.Array,
+    cat_vocabs: dict[str, Vocabulary],
+    cat_values: dict[str, pa.Array],
+    source: str,
+    id_col: str,
+) -> np.ndarray:
+    """Feature matrix indexed by vocabulary index: [index, encoded cat 1, cat 2, ...]."""
+    _check_kind(id_vocab, ids, f"{source}: column '{id_col}'", "the saved encoders")
+    n = len(id_vocab)
+    features = np.zeros((n, 1 + len(cat_vocabs)), dtype=np.int64)
+    features[:, 0] = np.arange(n)
+    rows = id_vocab.encode(ids)
+    known = rows > 0
+    if not known.all():
+        logger.warning(
+            "%s: %d of %d ids are not in the saved encoders; they are treated as unseen (OOV)",
+            source,
+            int((~known).sum()),
+            len(rows),
+        )
+    for j, (col, vocab) in enumerate(cat_vocabs.items(), start=1):
+        values = cat_values[col]
+        _check_kind(vocab, values, f"{source}: column '{col}'", "the saved encoders")
+        features[rows[known], j] = vocab.encode(values)[known]
+    features[0] = 0
+    return features
+
+
+def _interactions(
+    table: pa.Table,
+    source: str,
+    split: str,
+    cols: ColumnsConfig,
+    encoders: Encoders,
+    sources: dict[str, str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(user rows, item rows, labels) of the interactions whose user and item are known."""
+    encoded = []
+    for col, vocab, role in (
+        (cols.interaction_user_col, encoders.user_id, "users"),
+        (cols.interaction_item_col, encoders.item_id, "items"),
+    ):
+        where = f"{source}: column '{col}'"
+        arr = _key_column(table, col, where)
+        if arr.null_count:
+            raise DataError(
+                where, f"{arr.null_count} null ids", hint="every interaction needs a user and item"
+            )
+        _check_kind(vocab, arr, where, sources[role])
+        encoded.append(vocab.encode(arr))
+    users, items = encoded
+    labels = _labels(table, cols.label_col, source) if cols.label_col else None
+
+    keep = (users > 0) & (items > 0)
+    n_dropped = len(keep) - int(keep.sum())
+    if n_dropped:
+        logger.warning(
+            "%s: dropped %d of %d %s interactions whose user or item is not in the users/items "
+            "tables (%d unknown users, %d unknown items)",
+            source,
+            n_dropped,
+            len(keep),
+            split,
+            int((users == 0).sum()),
+            int((items == 0).sum()),
+        )
+        users, items = users[keep], items[keep]
+        labels = None if labels is None else labels[keep]
+    return users, items, labels
+
+
+def _labels(table: pa.Table, col: str, source: str) -> np.ndarray:
+    """The label column as float64; DataError unless numeric and free of nulls and NaNs."""
+    where = f"{source}: column '{col}'"
+    arr = table.column(col)
+    t = arr.type
+    numeric = (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_decimal(t)
+        or (pa.types.is_null(t) and table.num_rows == 0)
+    )
+    if not numeric:
+        raise DataError(where, f"expected a numeric column, got {t}")
+    values = arr.cast(pa.float64()).to_numpy()  # nulls become NaN
+    n_bad = int(np.isnan(values).sum())
+    if n_bad:
+        raise DataError(
+            where,
+            f"{n_bad} of {len(values)} labels are null or NaN",
+            hint="drop or fill those rows",
+        )
+    return values

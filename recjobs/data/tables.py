@@ -1,0 +1,537 @@
+"""Reading and writing the four input tables, and turning raw ids into contiguous indices.
+
+Everything here is columnar (pyarrow/numpy): data sets of millions of rows must load in
+about a second, so no function walks rows in Python. Errors the user can fix (a missing file,
+a misspelt column, an unreadable file) become `DataError`s naming the file and column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import yaml
+
+from recjobs.errors import CheckpointError, DataError
+
+PARQUET_EXTENSIONS = (".parquet", ".pq")
+CSV_EXTENSIONS = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+_COLUMNS_HINT = "check the `columns:` section of the config"
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def table_format(path: str) -> str:
+    """'parquet' or 'csv', chosen by the file name's extension (case-insensitive).
+
+    The extension rather than sniffing the bytes decides, so that a wrong file fails with a
+    message about its name before anything is downloaded from a remote store.
+    """
+    name = path.rstrip("/").rsplit("/", 1)[-1].lower()
+    if name.endswith(PARQUET_EXTENSIONS):
+        return "parquet"
+    if name.endswith(CSV_EXTENSIONS):
+        return "csv"
+    ext = os.path.splitext(name)[1]
+    raise DataError(
+        path,
+        f"unsupported file extension {ext!r}" if ext else "file name has no extension",
+        hint="supported: " + ", ".join(PARQUET_EXTENSIONS + CSV_EXTENSIONS),
+    )
+
+
+def _filesystem(path: str) -> tuple[Any, str]:
+    """(fsspec filesystem, path inside it) for URLs; (None, path) for local paths."""
+    if "://" not in path:
+        return None, path
+    import fsspec
+
+    protocol = path.split("://", 1)[0]
+    try:
+        return fsspec.core.url_to_fs(path)
+    except ImportError as exc:
+        match = re.search(r"install (\S+)", str(exc), flags=re.IGNORECASE)
+        package = match.group(1) if match else f"the fsspec backend for {protocol}://"
+        raise DataError(
+            path,
+            f"cannot open {protocol}:// URLs: the filesystem package is not installed",
+            hint=f"pip install {package}",
+        ) from exc
+    except ValueError as exc:
+        raise DataError(path, f"unknown URL protocol '{protocol}://'", hint=str(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 300 else line[:297] + "..."
+
+
+def select_columns(table: pa.Table, columns: Sequence[str], *, source: str, role: str) -> pa.Table:
+    """`table` reduced to `columns` (in that order, duplicates once); DataError if one is absent.
+
+    Shared by file reading and the in-memory synthetic tables so both fail the same way.
+    """
+    wanted = list(dict.fromkeys(columns))
+    _check_columns(table.column_names, wanted, source=source, role=role)
+    return table.select(wanted)
+
+
+def _check_columns(present: Sequence[str], wanted: Sequence[str], *, source: str, role: str):
+    for col in wanted:
+        if col not in present:
+            raise DataError(
+                f"{source}: column '{col}'",
+                f"no such column in the {role} table (columns present: {', '.join(present)})",
+                hint=_COLUMNS_HINT,
+            )
+
+
+def read_table(path: str, columns: Sequence[str], *, role: str) -> pa.Table:
+    """Read only `columns` of the table at `path` (local path or fsspec URL).
+
+    `role` (users, items, interactions_train, interactions_val) appears in messages and hints.
+    Parquet may also be a directory of parquet files (as Spark writes them). CSV empty strings
+    read as nulls, so CSV and parquet versions of the same data load identically.
+    """
+    fmt = table_format(path)
+    fs, fs_path = _filesystem(path)
+    try:
+        exists = os.path.exists(path) if fs is None else fs.exists(fs_path)
+    except Exception as exc:  # credentials, network: whatever the backend raises
+        raise DataError(path, f"cannot access the {role} table: {_first_line(exc)}") from exc
+    if not exists:
+        raise DataError(path, "file not found", hint=f"check dataset.paths.{role}")
+    wanted = list(dict.fromkeys(columns))
+    try:
+        if fmt == "parquet":
+            dataset = pads.dataset(fs_path, format="parquet", filesystem=fs)
+            _check_columns(dataset.schema.names, wanted, source=path, role=role)
+            return dataset.to_table(columns=wanted)
+        return _read_csv(path, fs, fs_path, wanted, role)
+    except DataError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read the {role} table as {fmt}: {_first_line(exc)}") from exc
+
+
+def _read_csv(path: str, fs: Any, fs_path: str, wanted: list[str], role: str) -> pa.Table:
+    delimiter = "\t" if ".tsv" in path.rsplit("/", 1)[-1].lower() else ","
+    parse = pacsv.ParseOptions(delimiter=delimiter)
+
+    def source():
+        # pyarrow decompresses local .gz by extension; for URLs fsspec does it.
+        return path if fs is None else fs.open(fs_path, "rb", compression="infer")
+
+    src = source()
+    try:
+        header = pacsv.open_csv(src, parse_options=parse).schema.names
+    finally:
+        if fs is not None:
+            src.close()
+    _check_columns(header, wanted, source=path, role=role)
+    convert = pacsv.ConvertOptions(include_columns=wanted, strings_can_be_null=True)
+    src = source()
+    try:
+        return pacsv.read_csv(src, parse_options=parse, convert_options=convert)
+    finally:
+        if fs is not None:
+            src.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_table(table: pa.Table, path: str) -> None:
+    """Write `table` as parquet, atomically: a reader never sees a half-written file."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _write_text(text: str, path: str) -> None:
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_dataset_dir(
+    out_dir: str,
+    tables: dict[str, pa.Table],
+    *,
+    name: str,
+    seed: int,
+    user_cat_cols: Sequence[str],
+    item_cat_cols: Sequence[str],
+) -> str:
+    """Write the four tables as parquet plus a ready-to-train config.yaml; return its path.
+
+    Used by the synthetic generator and the MovieLens converter, whose tables share the column
+    names user_id, item_id, timestamp and rating. Paths in the config are joined from `out_dir`
+    exactly as given, so a relative `out_dir` gives a config usable from the same directory.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    roles = ("users", "items", "interactions_train", "interactions_val")
+    paths = {role: os.path.join(out_dir, f"{role}.parquet") for role in roles}
+    for role in roles:
+        write_table(tables[role], paths[role])
+
+    def columns(label_col: str | None) -> dict[str, Any]:
+        return {
+            "user_id": "user_id",
+            "item_id": "item_id",
+            "user_cat_cols": list(user_cat_cols),
+            "item_cat_cols": list(item_cat_cols),
+            "interaction_user_col": "user_id",
+            "interaction_item_col": "item_id",
+            "interaction_time_col": "timestamp",
+            "label_col": label_col,
+        }
+
+    config = {
+        "dataset": {"name": name, "paths": paths},
+        "shared": {"seed": seed},
+        "retrieval": {
+            "columns": columns(None),
+            "model": {
+                "model_arch": "two_tower",
+                "embedding_dim": 64,
+                "hidden_dims": [128, 64],
+                "dropout": 0.1,
+            },
+            "training": {
+                "batch_size": 1024,
+                "max_epochs": 3,
+                "lr": 0.001,
+                "optimizer": "Adam",
+                "temperature": 0.05,
+                "loss_func": "cross_entropy",
+            },
+        },
+        "ranking": {
+            "columns": columns("rating"),
+            "model": {
+                "model_arch": "dlrm",
+                "embedding_dim": 64,
+                "hidden_dims": [128, 64],
+                "scorer_hidden_dims": [128, 64],
+                "dropout": 0.1,
+            },
+            "training": {
+                "batch_size": 4096,
+                "max_epochs": 3,
+                "lr": 0.001,
+                "optimizer": "Adam",
+                "loss_func": "bce",
+                "negatives_per_pos": 4,
+            },
+        },
+    }
+    config_path = os.path.join(out_dir, "config.yaml")
+    _write_text(yaml.safe_dump(config, sort_keys=False), config_path)
+    return config_path
+
+
+# --------------------------------------------------------------------------------------------
+# Vocabularies
+
+
+def as_key_array(values: Any) -> pa.Array | None:
+    """Ids or categories as a pyarrow array of int64 or large_string (or null type).
+
+    Integer-like types (any int width, bool, floats that are all whole numbers) become int64,
+    so the same ids read from CSV and parquet match; NaN becomes null; anything else that is not
+    a string (non-integral floats, dates, decimals) is cast to its string form. Returns None for
+    a Python object array mixing ints and strings, which callers split by type.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks() if values.num_chunks != 1 else values.chunk(0)
+    if not isinstance(values, pa.Array):
+        # A list goes through an object array: np.asarray([1, "a"]) would turn 1 into "1".
+        values = values if isinstance(values, np.ndarray) else np.array(values, dtype=object)
+        try:
+            values = pa.array(values, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            if values.dtype == object:
+                return None
+            raise
+    arr = values
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    t = arr.type
+    if pa.types.is_null(t) or t == pa.int64() or t == pa.large_string():
+        return arr
+    if pa.types.is_integer(t) or pa.types.is_boolean(t):
+        return arr.cast(pa.int64())
+    if pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return arr.cast(pa.large_string())
+    if pa.types.is_floating(t):
+        arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, t), arr)
+        whole = pc.all(pc.equal(pc.floor(arr), arr)).as_py()
+        if whole is None or whole:  # all null, or all whole numbers
+            return arr.cast(pa.int64())
+        return arr.cast(pa.large_string())
+    return arr.cast(pa.large_string())
+
+
+def key_kind(arr: pa.Array | None) -> str:
+    """'int', 'str', 'empty' (all null) or 'mixed' (None) for a result of `as_key_array`."""
+    if arr is None:
+        return "mixed"
+    if pa.types.is_null(arr.type):
+        return "empty"
+    return "int" if arr.type == pa.int64() else "str"
+
+
+def _split_mixed(values: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(int positions, int values, str positions, str values) of a mixed object array.
+
+    The one place with a per-element Python loop: only Python-object input mixing ints and
+    strings gets here (data files always have one type per column).
+    """
+    obj = np.asarray(values, dtype=object)
+    is_str = np.fromiter((isinstance(v, str) for v in obj), bool, len(obj))
+    is_int = np.fromiter((isinstance(v, (int, np.integer)) for v in obj), bool, len(obj))
+    int_pos, str_pos = np.flatnonzero(is_int), np.flatnonzero(is_str)
+    return int_pos, obj[int_pos].astype(np.int64), str_pos, obj[str_pos].astype(str)
+
+
+class Vocabulary:
+    """Raw value (int or str) -> contiguous index; 0 is reserved for unseen values (OOV).
+
+    Indices follow sorted order: all integer values first, then all strings, so fitting is
+    deterministic and the integer 1 and the string "1" stay distinct values. `len()` counts
+    the OOV slot, so it is the embedding-table size.
+    """
+
+    def __init__(self, ints: np.ndarray, strs: pa.Array):
+        """Build from already sorted, unique values; use `fit` or `from_json` instead."""
+        self._ints = np.asarray(ints, dtype=np.int64)
+        self._strs = strs.cast(pa.large_string())
+
+    @classmethod
+    def fit(cls, values: np.ndarray | pa.Array | Sequence[Any]) -> Vocabulary:
+        """Vocabulary of the distinct non-null values of `values`."""
+        arr = as_key_array(values)
+        if arr is None:
+            _, ints, _, strs = _split_mixed(values)
+            return cls(np.unique(ints), _sorted_unique(pa.array(strs, pa.large_string())))
+        kind = key_kind(arr)
+        if kind == "int":
+            ints = pc.unique(arr.drop_null()).to_numpy()
+            return cls(np.sort(ints), pa.array([], pa.large_string()))
+        if kind == "str":
+            return cls(np.empty(0, np.int64), _sorted_unique(arr))
+        return cls(np.empty(0, np.int64), pa.array([], pa.large_string()))
+
+    @property
+    def kind(self) -> str:
+        """'int', 'str', 'mixed' or 'empty': the type of the values it holds."""
+        if len(self._ints) and len(self._strs):
+            return "mixed"
+        if len(self._ints):
+            return "int"
+        return "str" if len(self._strs) else "empty"
+
+    def __len__(self) -> int:
+        return 1 + len(self._ints) + len(self._strs)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Vocabulary)
+            and np.array_equal(self._ints, other._ints)
+            and self._strs.equals(other._strs)
+        )
+
+    def __repr__(self) -> str:
+        return f"Vocabulary({len(self) - 1} values + OOV, kind={self.kind})"
+
+    def values(self) -> list[Any]:
+        """The raw values in index order: `values()[i]` has index `i + 1`."""
+        return self._ints.tolist() + self._strs.to_pylist()
+
+    def decode(self, indices: np.ndarray | Sequence[int]) -> list[Any]:
+        """Raw values of `indices`; None for the OOV index 0 (for exporting predictions)."""
+        table = [None, *self.values()]
+        return [table[i] for i in np.asarray(indices, dtype=np.int64).tolist()]
+
+    def encode(self, values: np.ndarray | pa.Array | pa.ChunkedArray | Sequence[Any]) -> np.ndarray:
+        """int64 indices of `values`; unseen values and nulls map to 0.
+
+        Vectorised: integers by binary search, strings by a hash lookup (pyarrow index_in).
+        Values of the other type than the vocabulary holds (ints against a string vocabulary)
+        are unseen, never coerced.
+        """
+        arr = as_key_array(values)
+        if arr is None:
+            int_pos, ints, str_pos, strs = _split_mixed(values)
+            out = np.zeros(len(values), dtype=np.int64)
+            out[int_pos] = self.encode(ints)
+            out[str_pos] = self.encode(pa.array(strs, pa.large_string()))
+            return out
+        kind = key_kind(arr)
+        if kind == "int" and len(self._ints):
+            valid = None
+            if arr.null_count:
+                valid = pc.is_valid(arr).to_numpy(zero_copy_only=False)
+                arr = pc.fill_null(arr, 0)
+            vals = arr.to_numpy()
+            pos = np.searchsorted(self._ints, vals)
+            hit = self._ints[np.minimum(pos, len(self._ints) - 1)] == vals
+            if valid is not None:
+                hit &= valid
+            return np.where(hit, pos + 1, 0).astype(np.int64)
+        if kind == "str" and len(self._strs):
+            idx = pc.fill_null(pc.index_in(arr, value_set=self._strs), -1)
+            idx = idx.to_numpy(zero_copy_only=False).astype(np.int64)
+            return np.where(idx >= 0, idx + 1 + len(self._ints), 0)
+        return np.zeros(len(arr), dtype=np.int64)
+
+    def to_json(self) -> dict[str, Any]:
+        """{"values": [...]} in index order; JSON keeps ints as numbers and strings quoted."""
+        return {"values": self.values()}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Vocabulary:
+        """Inverse of `to_json`; ValueError if the list is not in the order `fit` produces."""
+        values = d["values"]
+        if not isinstance(values, list):
+            raise ValueError("'values' must be a list")
+        n_int = 0
+        while n_int < len(values) and _is_int(values[n_int]):
+            n_int += 1
+        ints, strs = values[:n_int], values[n_int:]
+        if not all(isinstance(v, str) for v in strs):
+            raise ValueError("values must be integers followed by strings")
+        ints_np = np.asarray(ints, dtype=np.int64)
+        strs_pa = pa.array(strs, pa.large_string())
+        if np.any(np.diff(ints_np) <= 0) or not _strictly_sorted(strs_pa):
+            raise ValueError("values are not sorted and unique")
+        return cls(ints_np, strs_pa)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _sorted_unique(arr: pa.Array) -> pa.Array:
+    uniq = pc.unique(arr.drop_null())
+    return uniq.take(pc.array_sort_indices(uniq))
+
+
+def _strictly_sorted(arr: pa.Array) -> bool:
+    if len(arr) < 2:
+        return True
+    return bool(pc.all(pc.less(arr[:-1], arr[1:])).as_py())
+
+
+@dataclass
+class Encoders:
+    """Every vocabulary of a data set, saved with a run so resume and inference reuse them.
+
+    Column order of the categorical dicts is the feature-column order of
+    `TaskData.user_features` / `item_features` (after the id column).
+    """
+
+    user_id: Vocabulary
+    item_id: Vocabulary
+    user_cats: dict[str, Vocabulary] = field(default_factory=dict)
+    item_cats: dict[str, Vocabulary] = field(default_factory=dict)
+
+    FORMAT = "recjobs.encoders"
+    VERSION = 1
+
+    def user_cardinalities(self) -> list[int]:
+        """Embedding-table size per user feature column (id first), OOV included."""
+        return [len(self.user_id), *(len(v) for v in self.user_cats.values())]
+
+    def item_cardinalities(self) -> list[int]:
+        return [len(self.item_id), *(len(v) for v in self.item_cats.values())]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.FORMAT,
+            "version": self.VERSION,
+            "user_id": self.user_id.to_json(),
+            "item_id": self.item_id.to_json(),
+            "user_cats": {c: v.to_json() for c, v in self.user_cats.items()},
+            "item_cats": {c: v.to_json() for c, v in self.item_cats.items()},
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Encoders:
+        """Inverse of `to_json`; ValueError naming the problem for anything else."""
+        if not isinstance(d, dict) or d.get("format") != cls.FORMAT:
+            raise ValueError("not a recjobs encoders file")
+        if d.get("version") != cls.VERSION:
+            raise ValueError(f"unsupported encoders version {d.get('version')!r}")
+        try:
+            return cls(
+                user_id=Vocabulary.from_json(d["user_id"]),
+                item_id=Vocabulary.from_json(d["item_id"]),
+                user_cats={c: Vocabulary.from_json(v) for c, v in d["user_cats"].items()},
+                item_cats={c: Vocabulary.from_json(v) for c, v in d["item_cats"].items()},
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"malformed encoders: {exc!r}") from exc
+
+    def save(self, path: str) -> None:
+        """Write JSON atomically (temp file + os.replace); fsspec URLs are written directly."""
+        text = json.dumps(self.to_json(), separators=(",", ":"))
+        fs, fs_path = _filesystem(path)
+        if fs is not None:
+            with fs.open(fs_path, "w", encoding="utf-8") as f:
+                f.write(text)
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        _write_text(text, path)
+
+    @classmethod
+    def load(cls, path: str) -> Encoders:
+        """Read a file written by `save`; CheckpointError if it is missing or corrupt.
+
+        CheckpointError rather than DataError: the encoders are an artifact of a run, found in
+        its model directory, not part of the user's input data.
+        """
+        fs, fs_path = _filesystem(path)
+        try:
+            if fs is None:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            else:
+                with fs.open(fs_path, "r", encoding="utf-8") as f:
+                    text = f.read()
+        except FileNotFoundError as exc:
+            raise CheckpointError(path, "encoders file not found") from exc
+        try:
+            return cls.from_json(json.loads(text))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            raise CheckpointError(path, f"corrupt encoders file: {_first_line(exc)}") from exc
