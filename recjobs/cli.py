@@ -140,5 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except UserError as exc:
-        print(exc.line(), file=sys.stderr)
+        # backslashreplace: a message quoting odd input (lone surrogates) must still print.
+        print(exc.line().encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
         return exc.exit_code
