@@ -9,6 +9,7 @@ meaning cannot change: an int where a float is expected, a list where a tuple is
 from __future__ import annotations
 
 import collections.abc
+import re
 import types
 import typing
 from typing import Any, Literal, Union
@@ -68,6 +69,12 @@ def _configurable(hint: Any) -> bool:
     if origin in (Union, types.UnionType):
         return any(_configurable(a) for a in typing.get_args(hint))
     return origin in (*_SEQUENCES, dict)
+
+
+def key_text(key: Any) -> str:
+    """A user-given key as it reads inside a dotted error path: quoted unless it is plain."""
+    text = str(key)
+    return text if re.fullmatch(r"[A-Za-z0-9_@/+-]+", text) else repr(key)
 
 
 def show(value: Any) -> str:

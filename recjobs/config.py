@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from recjobs import optim
-from recjobs.coerce import coerce, show
+from recjobs.coerce import coerce, key_text, show
 from recjobs.errors import ConfigError
 from recjobs.schema import (
     ARCHS,
@@ -364,7 +364,7 @@ def _build_dataclass(
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(names)
-            raise ConfigError(f"{where}.{key}", "unknown key", hint)
+            raise ConfigError(f"{where}.{key_text(key)}", "unknown key", hint)
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f)]
     if missing:
         raise ConfigError(f"{where}.{missing[0]}", "missing key", "required: " + ", ".join(missing))
@@ -539,7 +539,7 @@ def _task_section(task: str, raw: dict[str, Any]) -> TaskConfig:
             names = list(TASK_DEFAULTS[task])
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
             raise ConfigError(
-                f"{task}.{key}",
+                f"{task}.{key_text(key)}",
                 "unknown key",
                 f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(names),
             )
@@ -587,7 +587,7 @@ def _check_top_level(raw: dict[str, Any]) -> None:
         if key not in allowed:
             close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
             hint = f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(allowed)
-            raise ConfigError(str(key), "unknown top-level key", hint)
+            raise ConfigError(key_text(key), "unknown top-level key", hint)
 
 
 def _or_empty(value: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
-from recjobs.coerce import coerce, describe
+from recjobs.coerce import coerce, describe, key_text
 from recjobs.errors import ConfigError
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -93,6 +93,8 @@ def _check_kwargs(cls: type, kwargs: dict[str, Any], where: str, skip: set[str])
     accepted = sorted(n for n in params if n not in RESERVED | skip)
     out = {}
     for key, value in kwargs.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}.{key_text(key)}", "argument names must be strings")
         if key in RESERVED:
             raise ConfigError(f"{where}.{key}", "is set by recjobs and cannot be configured")
         if key not in params:
@@ -102,7 +104,9 @@ def _check_kwargs(cls: type, kwargs: dict[str, Any], where: str, skip: set[str])
                 + f"{cls.__name__} accepts: "
                 + ", ".join(accepted)
             )
-            raise ConfigError(f"{where}.{key}", f"unknown argument for {cls.__name__}", hint)
+            raise ConfigError(
+                f"{where}.{key_text(key)}", f"unknown argument for {cls.__name__}", hint
+            )
         hint_type, _ = params[key]
         if _needs_callable(hint_type):
             raise ConfigError(

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from recjobs.cli import main
 from recjobs.config import resolve
 
-ERROR_LINE = re.compile(r"^error: [^\s:][^:]*: .+\n$")
+ERROR_LINE = re.compile(r"^error: \S.*?: \S.*\n$")
 
 scalars = st.one_of(
     st.none(),
@@ -81,7 +81,7 @@ def _check(capsys, task: str, config) -> None:
     if code == 0:
         assert err == "" and json.loads(out)[task]
     else:
-        assert out == "" and ERROR_LINE.match(err), err
+        assert out == "" and err.count("\n") == 1 and ERROR_LINE.match(err), err
 
 
 @settings(
