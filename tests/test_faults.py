@@ -20,19 +20,10 @@ from recjobs.cli import main
 from recjobs.config import Overrides, resolve
 from recjobs.errors import CheckpointError
 from recjobs.rundir import RunDir
+from runs import QUICKSTART, StopAfter
+from runs import TINY as TINY_RUN
 
-ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "config" / "quickstart.yaml"
-TINY = [
-    "dataset.synth.users=300",
-    "dataset.synth.items=80",
-    "dataset.synth.interactions=4000",
-    "model.embedding_dim=8",
-    "model.hidden_dims=[16]",
-    "training.batch_size=256",
-    "training.log_steps=1",
-    "training.max_epochs=3",
-]
+TINY = [*TINY_RUN, "training.max_epochs=3"]
 
 
 def tiny_argv(task: str, run_dir: Path, *sets: str) -> list[str]:
@@ -49,23 +40,6 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def same_weights(a: Path, b: Path) -> bool:
     wa, wb = weights(a), weights(b)
     return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-class StopAfter(trainer.StopSignal):
-    n = 0
-
-    def __init__(self):
-        super().__init__()
-        self.checks = 0
-
-    @property
-    def requested(self):
-        self.checks += 1
-        return self.checks > StopAfter.n
-
-    @requested.setter
-    def requested(self, value):
-        pass
 
 
 def test_sigterm_at_random_steps_then_resume_gives_the_same_weights(tmp_path, monkeypatch):

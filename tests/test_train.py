@@ -22,19 +22,9 @@ from recjobs.cli import main
 from recjobs.config import Overrides, resolve
 from recjobs.data import load_task_data
 from recjobs.export import ITEM_EMBEDDINGS, load_model
+from runs import QUICKSTART, TINY, StopAfter
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "config" / "quickstart.yaml"
-# Tiny data and model: each run takes a second or two on 2 CPU cores.
-TINY = [
-    "dataset.synth.users=300",
-    "dataset.synth.items=80",
-    "dataset.synth.interactions=4000",
-    "model.embedding_dim=8",
-    "model.hidden_dims=[16]",
-    "training.batch_size=256",
-    "training.log_steps=1",
-]
 
 
 def cfg(task: str, *sets: str, config: Path | None = QUICKSTART, **flags):
@@ -294,25 +284,6 @@ def test_max_steps_ends_mid_epoch_with_a_validation(tmp_path):
 
 
 # --------------------------------------------------------------------------- resume and SIGTERM
-
-
-class StopAfter(trainer.StopSignal):
-    """A SIGTERM that arrives after `n` checks (one check per step on a single process)."""
-
-    n = 0
-
-    def __init__(self):
-        super().__init__()
-        self.checks = 0
-
-    @property
-    def requested(self):  # noqa: D401
-        self.checks += 1
-        return self.checks > StopAfter.n
-
-    @requested.setter
-    def requested(self, value):
-        pass
 
 
 @pytest.mark.parametrize("task", ["retrieval", "ranking"])

@@ -1,0 +1,39 @@
+"""Shared pieces of the tests that train for real: tiny settings and a scripted SIGTERM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recjobs import trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "config" / "quickstart.yaml"
+# Tiny data and model: each run takes a second or two on 2 CPU cores.
+TINY = [
+    "dataset.synth.users=300",
+    "dataset.synth.items=80",
+    "dataset.synth.interactions=4000",
+    "model.embedding_dim=8",
+    "model.hidden_dims=[16]",
+    "training.batch_size=256",
+    "training.log_steps=1",
+]
+
+
+class StopAfter(trainer.StopSignal):
+    """A SIGTERM that "arrives" after `n` checks (a single process checks once per step)."""
+
+    n = 0
+
+    def __init__(self):
+        super().__init__()
+        self.checks = 0
+
+    @property
+    def requested(self):
+        self.checks += 1
+        return self.checks > StopAfter.n
+
+    @requested.setter
+    def requested(self, value):
+        pass  # the real handler is never needed here
