@@ -508,10 +508,14 @@ def _validate_section(task: str, section: TaskConfig, raw_section: dict[str, Any
     es = dataclasses.replace(es, metric=metric, mode=es.mode or optim.metric_mode(metric))
 
     opt = optim.resolve_optimizer(tr.optimizer, tr.lr, f"{p}.training.optimizer")
+    emb_opt = optim.resolve_embedding_optimizer(
+        tr.embedding_optimizer, opt, f"{p}.training.embedding_optimizer"
+    )
     sched = optim.resolve_scheduler(tr.scheduler, opt, f"{p}.training.scheduler", "loss", metrics)
     tr = dataclasses.replace(
         tr,
         optimizer=opt,
+        embedding_optimizer=emb_opt,
         lr=opt["lr"],
         scheduler=sched,
         early_stopping=es,
@@ -557,6 +561,7 @@ def _early_stopping(value: Any, where: str) -> EarlyStopping:
 _TRAINING_SPECIAL = {
     # Checked in _validate_section, against torch's signatures, once lr is known.
     "optimizer": lambda v, w: v,
+    "embedding_optimizer": lambda v, w: v,
     "scheduler": lambda v, w: v,
     "mixed_precision": _mixed_precision,
     "early_stopping": _early_stopping,

@@ -176,6 +176,128 @@ def resolve_optimizer(value: Any, lr: float, where: str) -> dict[str, Any]:
     return {"name": cls.__name__, "lr": kwargs.pop("lr"), **kwargs}
 
 
+# torch.optim classes that accept sparse gradients (none of them with weight decay).
+SPARSE_CAPABLE = ("SparseAdam", "Adagrad", "SGD")
+# Below this many rows in the largest table, dense updates cost little: `auto` keeps them.
+SPARSE_AUTO_ROWS = 100_000
+
+
+def resolve_embedding_optimizer(value: Any, dense: dict[str, Any], where: str) -> dict[str, Any]:
+    """The optimizer for embedding tables when sparse updates are on.
+
+    Null derives it from the dense optimizer: SGD -> SGD (momentum/nesterov/dampening carried
+    over), Adagrad -> Adagrad (lr_decay/eps/initial_accumulator_value), anything else ->
+    SparseAdam (betas/eps carried over when the dense optimizer has them). Weight decay never
+    applies to tables here: torch's sparse updates do not support it.
+    """
+    if value is None:
+        name = dense["name"] if dense["name"] in ("SGD", "Adagrad") else "SparseAdam"
+        carry = {
+            "SGD": ("momentum", "nesterov", "dampening"),
+            "Adagrad": ("lr_decay", "eps", "initial_accumulator_value"),
+            "SparseAdam": ("betas", "eps"),
+        }[name]
+        value = {"name": name, "lr": dense["lr"], **{k: dense[k] for k in carry if k in dense}}
+        if name == "SparseAdam" and "betas" in value:
+            value["betas"] = list(value["betas"])
+    resolved = resolve_optimizer(value, dense["lr"], where)
+    if resolved["name"] not in SPARSE_CAPABLE:
+        raise ConfigError(
+            f"{where}.name",
+            f"{resolved['name']} does not accept sparse gradients",
+            "one of " + ", ".join(SPARSE_CAPABLE),
+        )
+    if resolved.get("weight_decay"):
+        raise ConfigError(
+            f"{where}.weight_decay",
+            "weight decay does not work with sparse gradients",
+            "drop it, or set sparse_embeddings: false",
+        )
+    return resolved
+
+
+def sparse_decision(setting: bool | str, cardinalities: list[int], nccl: bool) -> tuple[bool, str]:
+    """Whether embedding tables get sparse gradients, and why (for the log)."""
+    largest = max(cardinalities)
+    if setting is False:
+        return False, "sparse_embeddings is false"
+    if nccl:
+        if setting is True:
+            raise ConfigError(
+                "training.sparse_embeddings",
+                "NCCL cannot all-reduce sparse gradients",
+                "use sparse_embeddings: auto or false for multi-GPU jobs",
+            )
+        return False, "NCCL DDP cannot all-reduce sparse gradients"
+    if setting is True:
+        return True, "sparse_embeddings is true"
+    if largest >= SPARSE_AUTO_ROWS:
+        return True, f"largest table has {largest:,} rows >= {SPARSE_AUTO_ROWS:,}"
+    return False, f"largest table has {largest:,} rows < {SPARSE_AUTO_ROWS:,}"
+
+
+@dataclass
+class Optimizers:
+    """The optimizer for dense parameters, and the one for embedding tables when they are sparse."""
+
+    dense: torch.optim.Optimizer
+    embeddings: torch.optim.Optimizer | None = None
+
+    @property
+    def all(self) -> list[torch.optim.Optimizer]:
+        return [self.dense] if self.embeddings is None else [self.dense, self.embeddings]
+
+    def zero_grad(self) -> None:
+        for opt in self.all:
+            opt.zero_grad(set_to_none=True)
+
+    def lr_record(self) -> dict[str, float]:
+        """train/lr for the dense optimizer (train/lr/<group> with several groups), plus
+        train/lr/embeddings when the tables have their own optimizer."""
+        lrs = current_lrs(self.dense)
+        if len(lrs) == 1:
+            record = {"train/lr": lrs[0]}
+        else:
+            names = [g.get("name", str(i)) for i, g in enumerate(self.dense.param_groups)]
+            record = {f"train/lr/{n}": lr for n, lr in zip(names, lrs)}
+        if self.embeddings is not None:
+            record["train/lr/embeddings"] = current_lrs(self.embeddings)[0]
+        return record
+
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [opt.state_dict() for opt in self.all]
+
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        for opt, state in zip(self.all, states, strict=True):
+            opt.load_state_dict(state)
+
+
+def build_optimizers(
+    model: torch.nn.Module, optimizer: dict[str, Any], embedding_optimizer: dict[str, Any] | None
+) -> Optimizers:
+    """One optimizer for everything, or (with `embedding_optimizer`) one for the nn.Embedding
+    tables and `optimizer` for the rest."""
+    if embedding_optimizer is None:
+        return Optimizers(build_optimizer(model.parameters(), optimizer))
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    dense = [p for p in model.parameters() if id(p) not in tables]
+    sparse = [p for p in model.parameters() if id(p) in tables]
+    return Optimizers(
+        build_optimizer(dense, optimizer), build_optimizer(sparse, embedding_optimizer)
+    )
+
+
+def clip_grad_norm(parameters: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """clip_grad_norm_ that also takes sparse gradients (torch's does not); no host sync."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    squares = [(g.coalesce().values() if g.is_sparse else g).float().pow(2).sum() for g in grads]
+    total = torch.stack(squares).sum().sqrt()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.to(g.dtype))
+    return total
+
+
 def build_optimizer(params_or_groups: Any, optimizer: dict[str, Any]) -> torch.optim.Optimizer:
     """Build the configured optimizer. `optimizer` is a resolved `training.optimizer` dict."""
     cls = OPTIMIZERS[optimizer["name"]]
@@ -337,36 +459,43 @@ class LRSchedule:
       validations for `interval: epoch`, after every validation for `interval: step`.
     """
 
-    scheduler: Any | None
+    schedulers: list[Any]  # one per optimizer, all built from the same config
     interval: str = "epoch"
     monitor: str | None = None
 
+    @property
+    def scheduler(self) -> Any | None:
+        """The dense optimizer's scheduler (None without a scheduler)."""
+        return self.schedulers[0] if self.schedulers else None
+
     def after_step(self) -> None:
-        if self.scheduler is not None and self.monitor is None and self.interval == "step":
-            self.scheduler.step()
+        if self.monitor is None and self.interval == "step":
+            for s in self.schedulers:
+                s.step()
 
     def after_epoch(self) -> None:
-        if self.scheduler is not None and self.monitor is None and self.interval == "epoch":
-            self.scheduler.step()
+        if self.monitor is None and self.interval == "epoch":
+            for s in self.schedulers:
+                s.step()
 
     def after_validation(self, metrics: dict[str, float], end_of_epoch: bool) -> None:
-        if self.scheduler is None or self.monitor is None:
+        if self.monitor is None or not (self.interval == "step" or end_of_epoch):
             return
-        if self.interval == "step" or end_of_epoch:
-            value = metrics[f"val/{self.monitor}"]
-            if math.isfinite(value):
-                self.scheduler.step(value)
+        value = metrics[f"val/{self.monitor}"]
+        if math.isfinite(value):
+            for s in self.schedulers:
+                s.step(value)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.scheduler.state_dict() if self.scheduler is not None else {}
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [s.state_dict() for s in self.schedulers]
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state)
+    def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        for s, state in zip(self.schedulers, states, strict=True):
+            s.load_state_dict(state)
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer],
     scheduler: dict[str, Any] | None,
     steps_per_epoch: int,
     max_epochs: int,
@@ -377,8 +506,9 @@ def build_scheduler(
     OneCycleLR without total_steps gets total_steps = the steps this run takes; an explicit
     one shorter than the run is an error now rather than a crash when it runs out.
     """
+    optimizers = optimizer if isinstance(optimizer, list) else [optimizer]
     if scheduler is None:
-        return LRSchedule(None)
+        return LRSchedule([])
     total = total_train_steps(steps_per_epoch, max_epochs, max_steps)
     if scheduler["name"] == "OneCycleLR":
         given = scheduler.get("total_steps") or (
@@ -392,7 +522,7 @@ def build_scheduler(
                 f"OneCycleLR ends after {given} steps but this run takes {total}",
                 "omit total_steps to derive it",
             )
-    built = _build(optimizer, scheduler, steps_per_epoch, max_epochs, max_steps)
+    built = [_build(opt, scheduler, steps_per_epoch, max_epochs, max_steps) for opt in optimizers]
     return LRSchedule(built, scheduler.get("interval", "epoch"), scheduler.get("monitor"))
 
 

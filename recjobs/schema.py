@@ -96,6 +96,14 @@ class TrainingConfig:
     lr: float = 0.001
     # Resolved: {"name": ..., "lr": ..., **kwargs}. See recjobs.optim.
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "Adam"})
+    # Sparse gradients for the embedding tables, updated by `embedding_optimizer`, so that a
+    # step costs O(rows in the batch) instead of O(rows in the tables). auto: on when the
+    # largest table has at least 100,000 rows and the backend supports it (not NCCL DDP).
+    # false: one optimizer for all parameters, exactly as configured.
+    sparse_embeddings: bool | Literal["auto"] = "auto"
+    # Resolved: {"name": SparseAdam|Adagrad|SGD, "lr": ..., **kwargs}; null derives it from
+    # `optimizer` (same lr; betas/eps or momentum carried over; no weight decay on tables).
+    embedding_optimizer: dict[str, Any] | None = None
     # Resolved: None or {"name": ..., "interval": "epoch"|"step", **kwargs}.
     scheduler: dict[str, Any] | None = None
     # Resolved: "off", "fp16" or "bf16".

@@ -39,7 +39,13 @@ from recjobs.data import Encoders, epoch_batches, load_task_data, steps_per_epoc
 from recjobs.errors import CheckpointError, ConfigError, TrainingDiverged
 from recjobs.export import export_model
 from recjobs.models import build_model
-from recjobs.optim import build_optimizer, build_scheduler, current_lrs
+from recjobs.optim import (
+    Optimizers,
+    build_optimizers,
+    build_scheduler,
+    clip_grad_norm,
+    sparse_decision,
+)
 from recjobs.precision import precision_policy
 from recjobs.rundir import RunDir
 from recjobs.schema import ResolvedConfig
@@ -200,13 +206,16 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
     encoders = Encoders.from_json(checkpoint["encoders"]) if checkpoint else None
     data = load_task_data(cfg, encoders)
     task = make_task(cfg, data, device, rank=ddp.rank)
-    model = build_model(cfg.task, cfg.model, data.user_cardinalities, data.item_cardinalities).to(
-        device
-    )
+    cards = data.user_cardinalities + data.item_cardinalities
+    nccl = ddp.world_size > 1 and device.type == "cuda"
+    sparse, why = sparse_decision(tr.sparse_embeddings, cards, nccl)
+    model = build_model(
+        cfg.task, cfg.model, data.user_cardinalities, data.item_cardinalities, sparse=sparse
+    ).to(device)
     trained = DistributedDataParallel(model) if ddp.world_size > 1 else model
-    optimizer = _build_optimizer(model, tr.optimizer)
+    optimizers = _build_optimizers(model, tr.optimizer, tr.embedding_optimizer if sparse else None)
     per_epoch = steps_per_epoch(task.num_examples, tr.batch_size, ddp.world_size)
-    schedule = build_scheduler(optimizer, tr.scheduler, per_epoch, tr.max_epochs, tr.max_steps)
+    schedule = build_scheduler(optimizers.all, tr.scheduler, per_epoch, tr.max_epochs, tr.max_steps)
     precision = precision_policy(tr.mixed_precision, device)
     scaler = precision.grad_scaler()
     es = tr.early_stopping
@@ -229,7 +238,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
     best_state = None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        optimizers.load_state_dict(checkpoint["optimizers"])
         schedule.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         early.load_state_dict(checkpoint["early_stopping"])
@@ -264,7 +273,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
             {
                 "config": cfg.to_dict(),
                 "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
+                "optimizers": optimizers.state_dict(),
                 "scheduler": schedule.state_dict(),
                 "scaler": scaler.state_dict(),
                 "early_stopping": early.state_dict(),
@@ -300,6 +309,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
             per_epoch,
             total_steps,
         )
+        log.info("sparse embedding updates: %s (%s)", "on" if sparse else "off", why)
     progress = _progress(total_steps, step, ddp.is_main)
     loss_sum = torch.zeros((), device=device)
     # Divergence is tracked on the device (the first step whose loss was not finite) and read
@@ -334,17 +344,19 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                 batch = task.batch(idx.to(device, non_blocking=True))
                 with precision.autocast():
                     loss = task.loss(trained, batch)
-                optimizer.zero_grad(set_to_none=True)
+                optimizers.zero_grad()
                 scaler.scale(loss).backward()
                 if tr.grad_clip_norm:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tr.grad_clip_norm)
+                    for opt in optimizers.all:
+                        scaler.unscale_(opt)
+                    clip_grad_norm(list(model.parameters()), tr.grad_clip_norm)
                 logging_now = (step + 1) % tr.log_steps == 0
                 if (
                     logging_now
                 ):  # train/lr is the LR this step used, read before the scheduler moves it
-                    lr_record = _lr_record(optimizer)
-                scaler.step(optimizer)
+                    lr_record = optimizers.lr_record()
+                for opt in optimizers.all:
+                    scaler.step(opt)
                 scaler.update()
                 schedule.after_step()
                 step += 1
@@ -417,23 +429,15 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
     return metrics
 
 
-def _build_optimizer(
-    model: torch.nn.Module, optimizer_cfg: dict[str, Any]
-) -> torch.optim.Optimizer:
+def _build_optimizers(
+    model: torch.nn.Module, optimizer: dict[str, Any], embedding_optimizer: dict[str, Any] | None
+) -> Optimizers:
     try:
-        return build_optimizer(model.parameters(), optimizer_cfg)
+        return build_optimizers(model, optimizer, embedding_optimizer)
     except (ValueError, TypeError) as exc:  # e.g. Muon on 1-D parameters
         raise ConfigError(
-            "training.optimizer", f"{optimizer_cfg['name']} cannot train this model: {exc}"
+            "training.optimizer", f"{optimizer['name']} cannot train this model: {exc}"
         ) from None
-
-
-def _lr_record(optimizer: torch.optim.Optimizer) -> dict[str, float]:
-    lrs = current_lrs(optimizer)
-    if len(lrs) == 1:
-        return {"train/lr": lrs[0]}
-    names = [g.get("name", str(i)) for i, g in enumerate(optimizer.param_groups)]
-    return {f"train/lr/{n}": lr for n, lr in zip(names, lrs)}
 
 
 def _mean_over_ranks(value: torch.Tensor, ddp: Distributed) -> float:

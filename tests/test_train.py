@@ -231,7 +231,7 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
     assert main([*argv, "--set", "training.lr=0.5", "--run-dir", str(tmp_path), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        "error: checkpoints/last.pt: was trained with a different config (ranking.training.lr, ranking.training.optimizer) "
+        "error: checkpoints/last.pt: was trained with a different config (ranking.training.lr, ranking.training.optimizer, ranking.training.embedding_optimizer) "
         "(resume with the same config, or start a new --run-dir)"
     )
     # Longer training of the same run is allowed.
