@@ -16,8 +16,11 @@ $(BIN)/recjobs: pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
+# The main job through TorchX on this machine: with no arguments, `torchx run` takes
+# .torchxconfig's defaults (components/train.py:train on local_cwd, the quickstart config) and
+# the run directory is runs/<app id>. PATH: the job's torchrun is the venv's.
 run: setup
-	$(BIN)/recjobs train retrieval --config config/quickstart.yaml --run-dir runs/quickstart
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/torchx run
 
 test: setup
 	$(BIN)/python -m pytest -q

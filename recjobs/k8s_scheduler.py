@@ -11,6 +11,8 @@ edits the pod templates:
 - `tolerations` run option: `KEY[:VALUE][:EFFECT]` items separated by `;`
   (`nvidia.com/gpu:NoSchedule` tolerates that taint whatever its value);
 - `node_selector` run option: `LABEL:VALUE` items separated by `;`;
+- `fs_group` run option: the pods' `securityContext.fsGroup`, so the image's non-root user
+  (uid/gid 1000) can write the run directory on a PVC;
 - every secret variable a role asks for (`recjobs.secret_env`) becomes
   `env.valueFrom.secretKeyRef` into the Secret named by `wandb_secret` (key = variable name),
   so the key is never in the job spec.
@@ -20,6 +22,7 @@ The colon syntax is forced by torchx's `-cfg` parser, which splits on `=`, `,` a
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections.abc import Mapping
 from typing import Any, Dict, List  # noqa: UP035 - see the runopts below
@@ -56,6 +59,10 @@ def parse_toleration(text: str) -> dict[str, str]:
             "e.g. nvidia.com/gpu:NoSchedule",
         )
     key, value, effect = (parts + ["", ""])[:3]
+    if len(parts) == 2 and difflib.get_close_matches(value, EFFECTS, n=1, cutoff=0.8):
+        # KEY:VALUE is legal, but a value this close to an effect is a misspelt effect, and
+        # tolerating the wrong value would leave the job Pending with no error anywhere.
+        effect, value = value, ""
     if effect and effect not in EFFECTS:
         raise UserError(
             "-cfg tolerations",
@@ -111,6 +118,13 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
             " (e.g. nvidia.com/gpu.present:true)",
         )
         opts.add(
+            "fs_group",
+            type_=int,
+            default=None,
+            help="pod securityContext.fsGroup: volumes (the runs PVC) become writable for this"
+            " group; the recjobs image runs as uid/gid 1000",
+        )
+        opts.add(
             "wandb_secret",
             type_=str,
             default=DEFAULT_WANDB_SECRET,
@@ -141,6 +155,8 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
             pod = task["template"]
             role = app.roles[int(pod.metadata.labels[LABEL_ROLE_INDEX])]
             _edit_pod(pod, tolerations, node_selector, secret_env.requested(role.metadata), secret)
+            if options.get("fs_group") is not None:
+                _set_fs_group(pod, int(options["fs_group"]))
         return info
 
 
@@ -188,6 +204,16 @@ def _edit_pod(
                 for name in secret_names
             ),
         ]
+
+
+def _set_fs_group(pod: Any, gid: int) -> None:
+    from kubernetes.client.models import V1PodSecurityContext
+
+    context = pod.spec.security_context or V1PodSecurityContext()
+    context.fs_group = gid
+    # Only chown a volume whose root is not already ours: a big runs PVC is not walked per pod.
+    context.fs_group_change_policy = "OnRootMismatch"
+    pod.spec.security_context = context
 
 
 def create_scheduler(session_name: str, **kwargs: Any) -> RecjobsKubernetesScheduler:

@@ -158,8 +158,9 @@ def torchrun_command(
         "--resume",
     ]
     quoted = " ".join(w if isinstance(w, _Raw) else shlex.quote(w) for w in words)
-    # exec: torchrun becomes the container's main process and receives SIGTERM itself, so a
-    # preempted job checkpoints (exit 143) instead of being killed behind bash's back.
+    # exec: torchrun becomes the container's main process and gets the SIGTERM of a
+    # preemption itself; it passes it on to the workers, which write a checkpoint before
+    # exiting, instead of a PID-1 bash ignoring it until the grace period ends in SIGKILL.
     return f"exec {quoted}"
 
 

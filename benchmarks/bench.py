@@ -1,0 +1,381 @@
+"""recjobs benchmark: the real training loop against its ceiling, catalogue scaling, evaluation.
+
+    .venv/bin/python benchmarks/bench.py                 # everything, medians of 3 runs
+    .venv/bin/python benchmarks/bench.py --only scale --users 1000000 --items 100000
+
+Each measurement runs in its own process (clean peak RSS, no warm caches shared between
+measurements) and prints one JSON line; the parent takes medians, prints a table and writes
+JSON (`--out`, default benchmarks/results.json). This is a benchmark, not a test: it asserts
+nothing, it reports.
+
+Measurements
+- throughput:  examples/s of `recjobs.trainer.train` (the real loop: batching, logging, the lot)
+               and of a bare loop over the same model and optimizer on batches prepared in
+               advance (forward, backward, optimizer step, nothing else); their ratio.
+- scale:       trainer examples/s at a small and a large catalogue, same model otherwise.
+- eval:        retrieval and ranking validation time and peak RSS at --eval-users x --eval-items.
+- first_step:  seconds from `torchx run -s local_cwd` to the first logged training step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(
+    task: str, users: int, items: int, interactions: int, batch: int, steps: int, extra: list[str]
+):
+    from recjobs.config import Overrides, resolve
+
+    sets = [
+        f"dataset.synth.users={users}",
+        f"dataset.synth.items={items}",
+        f"dataset.synth.interactions={interactions}",
+        f"training.batch_size={batch}",
+        f"training.max_steps={steps}",
+        "training.max_epochs=1000",
+        "training.log_steps=25",
+        "training.early_stopping=false",
+        "model.embedding_dim=64",
+        "model.hidden_dims=[128, 64]",
+        *extra,
+    ]
+    return resolve(task, None, Overrides(sets=sets))
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --------------------------------------------------------------------------- measurements (child side)
+
+
+def measure_trainer(a: argparse.Namespace) -> dict:
+    """Examples/s of the real loop: median over its log windows, the first (warm-up) dropped."""
+    from recjobs import trainer
+
+    cfg = _config(a.task, a.users, a.items, a.interactions, a.batch, a.steps, a.set)
+    with tempfile.TemporaryDirectory() as run_dir:
+        # No validation inside the measured steps: only the end-of-run one, after the last window.
+        trainer.train(cfg, run_dir)
+        records = [
+            json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()
+        ]
+    rates = [r["train/examples_per_s"] for r in records if "train/examples_per_s" in r][1:]
+    return {"examples_per_s": statistics.median(rates), "peak_rss_mb": _peak_rss_mb()}
+
+
+def measure_bare(a: argparse.Namespace) -> dict:
+    """The ceiling: the same model, optimizers and loss on batches gathered before timing."""
+    import torch
+
+    from recjobs.data import epoch_batches, load_task_data
+    from recjobs.models import build_model
+    from recjobs.optim import build_optimizers, sparse_decision
+    from recjobs.tasks import make_task
+    from recjobs.trainer import seed_everything
+
+    cfg = _config(a.task, a.users, a.items, a.interactions, a.batch, a.steps, a.set)
+    tr = cfg.training
+    seed_everything(cfg.shared.seed)
+    data = load_task_data(cfg)
+    device = torch.device(a.device)
+    task = make_task(cfg, data, device)
+    sparse, _ = sparse_decision(
+        tr.sparse_embeddings, data.user_cardinalities + data.item_cardinalities, False
+    )
+    model = build_model(
+        cfg.task, cfg.model, data.user_cardinalities, data.item_cardinalities, sparse=sparse
+    ).to(device)
+    opts = build_optimizers(model, tr.optimizer, tr.embedding_optimizer if sparse else None)
+    batches = []
+    epoch = 0
+    while len(batches) < a.steps:
+        for idx in epoch_batches(task.num_examples, tr.batch_size, epoch=epoch, seed=0):
+            batches.append(task.batch(idx.to(device)))  # prepared in advance, outside the timing
+        epoch += 1
+    batches = batches[: a.steps]
+    warmup = 10
+
+    def run(batch):
+        loss = task.loss(model, batch)
+        opts.zero_grad()
+        loss.backward()
+        for opt in opts.all:
+            opt.step()
+
+    for batch in batches[:warmup]:
+        run(batch)
+    start = time.perf_counter()
+    examples = 0
+    for batch in batches[warmup:]:
+        run(batch)
+        examples += len(batch["users"]) // (
+            1 + (tr.negatives_per_pos if cfg.task == "ranking" else 0)
+        )
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return {
+        "examples_per_s": examples / (time.perf_counter() - start),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def measure_eval(a: argparse.Namespace) -> dict:
+    """One full validation (the trainer's `task.evaluate`) on a trained-from-scratch model."""
+    import torch
+
+    from recjobs.data import load_task_data
+    from recjobs.models import build_model
+    from recjobs.tasks import make_task
+
+    cfg = _config(a.task, a.users, a.items, a.interactions, a.batch, 1, a.set)
+    data = load_task_data(cfg)
+    task = make_task(cfg, data, torch.device(a.device))
+    model = (
+        build_model(cfg.task, cfg.model, data.user_cardinalities, data.item_cardinalities)
+        .to(a.device)
+        .eval()
+    )
+    task.evaluate(model)  # warm-up (allocator, kernels)
+    before = _peak_rss_mb()
+    start = time.perf_counter()
+    metrics = task.evaluate(model)
+    seconds = time.perf_counter() - start
+    users = int(torch.unique(data.val_users).numel())
+    return {
+        "seconds": seconds,
+        "val_users": users,
+        "seconds_per_1000_users": seconds / users * 1000,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_before_eval_mb": before,
+        "metric_keys": sorted(metrics),
+    }
+
+
+def measure_first_step(a: argparse.Namespace) -> dict:
+    """Wall time from launching `torchx run -s local_cwd` to the first training log record."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / "run"
+        cmd = [
+            str(Path(sys.executable).parent / "torchx"),
+            "run",
+            "-s",
+            "local_cwd",
+            "--workspace",
+            "",
+        ]
+        cmd += [
+            "components/train.py:train",
+            "--task",
+            "ranking",
+            "--config",
+            "config/quickstart.yaml",
+        ]
+        cmd += [
+            "--run_dir",
+            str(run_dir),
+            "--",
+            "--set",
+            "training.log_steps=1",
+            "--set",
+            "training.max_steps=20",
+        ]
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        metrics = run_dir / "metrics.jsonl"
+        first = None
+        while proc.poll() is None and first is None:
+            if metrics.exists() and metrics.read_text():
+                first = time.perf_counter() - start
+            time.sleep(0.01)
+        _, err = proc.communicate(timeout=300)
+        if first is None:
+            if proc.returncode:
+                raise RuntimeError(f"torchx run failed: {err[-2000:]}")
+            first = float("nan")
+    return {"seconds": first}
+
+
+MEASURES = {
+    "trainer": measure_trainer,
+    "bare": measure_bare,
+    "eval": measure_eval,
+    "first_step": measure_first_step,
+}
+
+
+# --------------------------------------------------------------------------- orchestration (parent side)
+
+
+def child(kind: str, **kw) -> dict:
+    argv = [sys.executable, __file__, "_measure", kind]
+    for key, value in kw.items():
+        if isinstance(value, list):
+            for v in value:
+                argv += [f"--{key}", str(v)]
+        else:
+            argv += [f"--{key}", str(value)]
+    env = {**os.environ, "RECJOBS_LOG_LEVEL": "WARNING"}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"{kind} {kw} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median_of(repeats: int, kind: str, key: str, **kw) -> tuple[float, list[dict]]:
+    runs = [child(kind, **kw) for _ in range(repeats)]
+    return statistics.median(r[key] for r in runs), runs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=["throughput", "scale", "eval", "first_step"], action="append")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument(
+        "--users", type=int, default=1_000_000, help="large catalogue for the scale test"
+    )
+    p.add_argument("--items", type=int, default=100_000)
+    p.add_argument("--eval-users", type=int, default=10_000)
+    p.add_argument("--eval-items", type=int, default=2_000)
+    p.add_argument(
+        "--set", action="append", default=[], help="extra config overrides for every run"
+    )
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
+    a = p.parse_args()
+    todo = a.only or ["throughput", "scale", "eval", "first_step"]
+    common = {
+        "device": a.device,
+        "batch": a.batch,
+        "steps": a.steps,
+        "set": a.set + [f"training.device={a.device}"],
+    }
+    results: dict = {"machine": {"cpus": os.cpu_count(), "device": a.device}, "repeats": a.repeats}
+    rows = []
+
+    if "throughput" in todo:
+        for task in ("retrieval", "ranking"):
+            size = {"users": 2000, "items": 500, "interactions": 60000}  # the synth default
+            trainer_rate, _ = median_of(
+                a.repeats, "trainer", "examples_per_s", task=task, **size, **common
+            )
+            bare_rate, _ = median_of(
+                a.repeats, "bare", "examples_per_s", task=task, **size, **common
+            )
+            results[f"throughput_{task}"] = {
+                "trainer": trainer_rate,
+                "bare": bare_rate,
+                "ratio": trainer_rate / bare_rate,
+            }
+            rows.append(
+                (
+                    f"{task}: trainer / bare loop (examples/s)",
+                    f"{trainer_rate:,.0f} / {bare_rate:,.0f}",
+                    f"{trainer_rate / bare_rate:.3f}",
+                )
+            )
+
+    if "scale" in todo:
+        small = {"users": 10_000, "items": 2_000, "interactions": 400_000}
+        large = {"users": a.users, "items": a.items, "interactions": max(400_000, 3 * a.users)}
+        out = {}
+        for name, size in (("small", small), ("large", large)):
+            rate, runs = median_of(
+                a.repeats, "trainer", "examples_per_s", task="retrieval", **size, **common
+            )
+            out[name] = {
+                **size,
+                "examples_per_s": rate,
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            }
+        out["ratio"] = out["large"]["examples_per_s"] / out["small"]["examples_per_s"]
+        dense = dict(common, set=common["set"] + ["training.sparse_embeddings=false"])
+        rate, _ = median_of(
+            1, "trainer", "examples_per_s", task="retrieval", **large, **{**dense, "steps": 60}
+        )
+        out["large_dense_examples_per_s"] = rate
+        results["scale"] = out
+        rows.append(
+            (
+                f"retrieval {small['users']:,}x{small['items']:,} vs {a.users:,}x{a.items:,} (examples/s)",
+                f"{out['small']['examples_per_s']:,.0f} vs {out['large']['examples_per_s']:,.0f}",
+                f"{out['ratio']:.3f}",
+            )
+        )
+        rows.append(
+            (
+                f"  same large catalogue, sparse_embeddings=false (1 run)",
+                f"{rate:,.0f}",
+                f"{rate / out['small']['examples_per_s']:.3f}",
+            )
+        )
+
+    if "eval" in todo:
+        size = {"users": a.eval_users, "items": a.eval_items, "interactions": 40 * a.eval_users}
+        for task in ("retrieval", "ranking"):
+            seconds, runs = median_of(a.repeats, "eval", "seconds", task=task, **size, **common)
+            peak = max(r["peak_rss_mb"] for r in runs)
+            per_k = statistics.median(r["seconds_per_1000_users"] for r in runs)
+            results[f"eval_{task}"] = {
+                "seconds": seconds,
+                "seconds_per_1000_users": per_k,
+                "peak_rss_mb": peak,
+                "val_users": runs[0]["val_users"],
+            }
+            rows.append(
+                (
+                    f"{task} eval {runs[0]['val_users']:,} val users x {a.eval_items:,} items",
+                    f"{seconds:.3f} s ({per_k:.4f} s/1k users)",
+                    f"peak RSS {peak:,.0f} MB",
+                )
+            )
+
+    if "first_step" in todo:
+        seconds, _ = median_of(a.repeats, "first_step", "seconds")
+        results["first_step_seconds"] = seconds
+        rows.append(("torchx run -s local_cwd -> first training step", f"{seconds:.2f} s", ""))
+
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measurement':<{width}}  {'value':>32}  ratio/extra")
+    for name, value, extra in rows:
+        print(f"{name:<{width}}  {value:>32}  {extra}")
+    Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {a.out}")
+
+
+def _measure_main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("kind", choices=MEASURES)
+    p.add_argument("--task", default="retrieval")
+    p.add_argument("--users", type=int, default=2000)
+    p.add_argument("--items", type=int, default=500)
+    p.add_argument("--interactions", type=int, default=60000)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--set", action="append", default=[])
+    a = p.parse_args(sys.argv[2:])
+    print(json.dumps(MEASURES[a.kind](a)))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_measure":
+        _measure_main()
+    else:
+        main()

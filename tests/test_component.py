@@ -1,0 +1,289 @@
+"""The TorchX component `components/train.py:train`: the AppDef it builds and how it refuses input.
+
+Arguments go through torchx's own argument parser (`materialize_appdef`), exactly as
+`torchx run ... components/train.py:train ARGS` passes them, so these tests see what users see.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from torchx import specs
+from torchx.specs.builders import materialize_appdef
+from torchx.specs.file_linter import get_fn_docstring, validate
+from torchx.specs.finder import get_component
+
+from recjobs import launch, secret_env
+from recjobs.config import Overrides, resolve
+from recjobs.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPONENT = ROOT / "components" / "train.py"
+QUICKSTART = str(ROOT / "config" / "quickstart.yaml")
+BASH = shutil.which("bash") or "/bin/bash"
+
+
+@pytest.fixture(scope="module")
+def train_fn():
+    return get_component(f"{COMPONENT}:train").fn
+
+
+def app_for(train_fn, *args: str) -> specs.AppDef:
+    return materialize_appdef(train_fn, list(args))
+
+
+def job_words(role: specs.Role, **env: str) -> list[str]:
+    """The words bash hands to torchrun, after the scheduler's macro substitution.
+
+    bash itself runs the command with `exec torchrun` swapped for printing its arguments, so
+    quoting, `$$` escapes and the rank-0 `${VAR:=localhost}` expansion are all checked for real.
+    """
+    values = specs.macros.Values(
+        img_root="", app_id="app-123", replica_id="0", rank0_env="RANK0_HOST_VAR"
+    )
+    command = values.apply(role).args[1]
+    assert command.startswith("exec torchrun ")
+    shown = command.replace("exec torchrun ", "printf '%s\\0' ", 1)
+    out = subprocess.run(
+        [BASH, "-c", shown], capture_output=True, text=True, check=True, env={"PATH": "", **env}
+    ).stdout
+    return out.split("\0")[:-1]
+
+
+def flag(words: list[str], name: str) -> str:
+    return words[words.index(name) + 1]
+
+
+def test_component_passes_torchx_linter_and_documents_every_parameter(train_fn):
+    assert validate(str(COMPONENT), "train") == []
+    _, described = get_fn_docstring(train_fn)
+    import inspect
+
+    params = list(inspect.signature(train_fn).parameters)
+    assert params[0] == "overrides" and {"task", "config", "j", "gpu", "h", "mounts"} <= set(params)
+    undocumented = [p for p in params if not described[p].strip()]
+    assert undocumented == []
+
+
+def test_one_node_two_processes_runs_recjobs_train_under_torchrun(train_fn):
+    app = app_for(
+        train_fn,
+        "--task",
+        "retrieval",
+        "--config",
+        QUICKSTART,
+        "-j",
+        "1x2",
+        "--",
+        "--optimizer",
+        "SGD",
+        "--optimizer-args",
+        "momentum=0.9",
+        "nesterov=true",
+        "--set=training.max_epochs=1",
+        "--set=shared.seed=7",
+    )
+    assert app.name == "recjobs-retrieval"
+    (role,) = app.roles
+    assert (role.name, role.entrypoint, role.num_replicas, role.min_replicas) == (
+        "train",
+        "bash",
+        1,
+        1,
+    )
+    assert role.image == launch.DEFAULT_IMAGE and role.max_retries == 0 and role.mounts == []
+    words = job_words(role)
+    assert words[:10] == [
+        "--rdzv_backend",
+        "c10d",
+        "--rdzv_endpoint",
+        "localhost:0",
+        "--rdzv_id",
+        "app-123",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+    ]
+    assert words[10:14] == ["-m", "recjobs", "train", "retrieval"]
+    assert flag(words, "--run-dir") == "runs/app-123"  # one directory per job by default
+    assert words[-1] == "--resume"
+    expected = resolve(
+        "retrieval",
+        QUICKSTART,
+        Overrides(
+            optimizer="SGD",
+            optimizer_args=["momentum=0.9", "nesterov=true"],
+            sets=["training.max_epochs=1", "shared.seed=7"],
+        ),
+    ).to_dict()
+    sent = json.loads(flag(words, "--config-json"))
+    assert sent == expected
+    assert sent["retrieval"]["training"]["optimizer"] == {
+        "name": "SGD",
+        "lr": 0.003,
+        "momentum": 0.9,
+        "nesterov": True,
+    }
+
+
+def test_two_nodes_find_rank_zero_through_the_schedulers_rank0_host(train_fn):
+    app = app_for(train_fn, "--task", "ranking", "-j", "2x8", "--gpu", "8")
+    (role,) = app.roles
+    assert (role.num_replicas, role.min_replicas, role.resource.gpu) == (2, 2, 8)
+    assert role.port_map == {"c10d": launch.RDZV_PORT}
+    # Not rank 0: the scheduler's variable holds rank 0's host.
+    words = job_words(role, RANK0_HOST_VAR="train-0.svc")
+    assert flag(words, "--rdzv_endpoint") == "train-0.svc:29500"
+    assert (flag(words, "--nnodes"), flag(words, "--nproc_per_node")) == ("2", "8")
+    # Rank 0 itself (the variable unset or empty): localhost.
+    assert flag(job_words(role), "--rdzv_endpoint") == "localhost:29500"
+
+
+def test_elastic_min_max_nodes_pass_through(train_fn):
+    (role,) = app_for(train_fn, "--task", "ranking", "-j", "1:4x8", "--gpu", "8").roles
+    assert (role.min_replicas, role.num_replicas) == (1, 4)
+    assert flag(job_words(role), "--nnodes") == "1:4"
+
+
+def test_dollar_signs_in_the_config_reach_the_job_unchanged(train_fn):
+    # Schedulers run string.Template over the arguments; the config must survive it verbatim.
+    name = "a$b-${app_id}-$$"
+    (role,) = app_for(
+        train_fn, "--task", "retrieval", "--", f"--set=training.wandb_run_name={name}"
+    ).roles
+    sent = json.loads(flag(job_words(role), "--config-json"))
+    assert sent["retrieval"]["training"]["wandb_run_name"] == name
+
+
+def test_resources_mounts_retries_and_env(train_fn):
+    app = app_for(
+        train_fn,
+        "--task",
+        "retrieval",
+        "-j",
+        "1x2",
+        "--cpu",
+        "8",
+        "--gpu",
+        "2",
+        "--memMB",
+        "30000",
+        "--image",
+        "ghcr.io/acme/recjobs:1.2",
+        "--mounts",
+        "type=volume,src=recjobs-runs,dst=/runs",
+        "--max_retries",
+        "3",
+        "--run_dir",
+        "/runs/${app_id}",
+        "--env",
+        "FOO=1,NCCL_DEBUG=INFO",
+        "--wandb_mode",
+        "offline",
+    )
+    (role,) = app.roles
+    assert (role.resource.cpu, role.resource.gpu, role.resource.memMB) == (8, 2, 30000)
+    assert role.image == "ghcr.io/acme/recjobs:1.2"
+    assert role.mounts == [specs.VolumeMount(src="recjobs-runs", dst_path="/runs")]
+    assert role.max_retries == 3
+    assert flag(job_words(role), "--run-dir") == "/runs/app-123"
+    assert role.env["FOO"] == "1" and role.env["NCCL_DEBUG"] == "INFO"
+    assert role.env["WANDB_MODE"] == "offline"
+    assert secret_env.requested(role.metadata) == []  # W&B is off in this config
+
+
+def test_named_resource_sets_the_gpus(train_fn):
+    (role,) = app_for(train_fn, "--task", "ranking", "-h", "gpu.small", "--gpu", "4").roles
+    # -h wins over --gpu, as in torchx's builtins.
+    assert role.resource == specs.named_resources["gpu.small"]
+    assert role.resource.gpu == 1
+
+
+def test_wandb_project_turns_wandb_on_and_asks_for_the_key_by_name_only(train_fn):
+    (role,) = app_for(train_fn, "--task", "retrieval", "--wandb_project", "recsys").roles
+    training = json.loads(flag(job_words(role), "--config-json"))["retrieval"]["training"]
+    assert (training["use_wandb"], training["wandb_project"]) == (True, "recsys")
+    assert secret_env.requested(role.metadata) == ["WANDB_API_KEY"]
+    assert "WANDB_API_KEY" not in role.env
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--task", "retrieval", "-j", "2"], "error: -j: expected [MIN:]NODESxPROCS, got '2'"),
+        (["--task", "retrieval", "-j", "3:2x1"], "error: -j: minimum nodes 3 exceed maximum"),
+        (["--task", "recsys"], "error: --task: expected one of retrieval, ranking, got 'recsys'"),
+        (["--task", "ranking", "-j", "1x2", "-h", "gpu.small"], "error: -j: 2 processes per"),
+        (["--task", "ranking", "-h", "gpu.smal"], "error: -h: No named resource found for"),
+        (["--task", "ranking", "--gpu", "-1"], "error: --gpu: must be at least 0, got -1"),
+        (["--task", "ranking", "--mounts", "type=nfs,src=a,dst=/b"], "error: --mounts: invalid"),
+        (["--task", "ranking", "--run_dir", "s3://b/r"], "error: --run_dir: 's3://b/r': URLs"),
+        (["--task", "ranking", "--wandb_mode", "on"], "error: --wandb_mode: expected one of"),
+        (
+            ["--task", "ranking", "--", "training.lr=1"],
+            "error: config overrides: unrecognized arguments: training.lr=1 (overrides go after",
+        ),
+        (
+            ["--task", "ranking", "--", "--optimizer", "Adma"],
+            "error: ranking.training.optimizer.name: unknown optimizer 'Adma'",
+        ),
+    ],
+)
+def test_bad_input_is_one_error_line_and_exit_code_2(train_fn, capsys, args, line):
+    with pytest.raises(SystemExit) as exc:
+        app_for(train_fn, *args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(line), err
+
+
+def test_a_config_error_is_exactly_what_recjobs_resolve_says(train_fn, capsys):
+    with pytest.raises(ConfigError) as expected:
+        resolve("retrieval", QUICKSTART, Overrides(sets=["training.max_epoch=3"]))
+    with pytest.raises(SystemExit) as exc:
+        app_for(
+            train_fn,
+            "--task",
+            "retrieval",
+            "--config",
+            QUICKSTART,
+            "--",
+            "--set=training.max_epoch=3",
+        )
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == expected.value.line() + "\n"
+    assert expected.value.line() == (
+        "error: retrieval.training.max_epoch: unknown key (did you mean max_epochs?)"
+    )
+
+
+def test_a_secret_passed_as_env_is_refused_without_echoing_it(train_fn, capsys):
+    with pytest.raises(SystemExit) as exc:
+        app_for(train_fn, "--task", "retrieval", "--env", "WANDB_API_KEY=k-do-not-print")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --env: WANDB_API_KEY must not be passed as a value")
+    assert "k-do-not-print" not in err
+
+
+def test_overrides_without_the_double_dash_are_an_error_not_dropped(train_fn, capsys):
+    with pytest.raises(SystemExit) as exc:
+        app_for(train_fn, "--task", "retrieval", "--set=training.max_epochs=1")
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --set=training.max_epochs=1" in capsys.readouterr().err
+
+
+def test_parse_nodes_and_quoting_helpers():
+    assert launch.parse_nodes("2x8") == launch.Nodes(2, 2, 8)
+    assert launch.parse_nodes("1:3x4").torchrun_nnodes == "1:3"
+    assert launch.config_json(resolve("ranking")).count("$") == 0
+    cmd = launch.torchrun_command(
+        launch.parse_nodes("1x1"), "ranking", resolve("ranking"), "/runs/x y"
+    )
+    assert shlex.split(cmd)[shlex.split(cmd).index("--run-dir") + 1] == "/runs/x y"

@@ -1,0 +1,190 @@
+"""recjobs' registered TorchX schedulers: kubernetes and local_docker wrappers, and the registry.
+
+The wrappers are exercised in-process through torchx's Runner, the same path `torchx run` takes.
+"""
+
+from __future__ import annotations
+
+import pytest
+from torchx.runner import get_runner
+from torchx.schedulers import get_scheduler_factories
+from torchx.specs import AppDef
+
+from recjobs import launch
+from recjobs.k8s_scheduler import RecjobsKubernetesScheduler, parse_toleration
+from recjobs.local_docker_scheduler import RecjobsDockerScheduler
+
+TORCHX_BUILTIN_SCHEDULERS = {
+    "local_docker",
+    "local_cwd",
+    "slurm",
+    "kubernetes",
+    "kubernetes_mcad",
+    "aws_batch",
+    "aws_sagemaker",
+    "gcp_batch",
+    "ray",
+    "lsf",
+}
+
+
+def app(**kwargs) -> AppDef:
+    args = {
+        "task": "ranking",
+        "config": None,
+        "j": "2x1",
+        "gpu": 1,
+        "cpu": 4,
+        "memMB": 8000,
+        "h": None,
+        "image": "recjobs:test",
+        "env": None,
+        "mounts": None,
+        "max_retries": 0,
+        "run_dir": None,
+        "wandb_project": "recsys",
+        "wandb_mode": None,
+    }
+    return launch.train_app([], **{**args, **kwargs})
+
+
+def test_every_torchx_builtin_scheduler_is_still_registered():
+    factories = get_scheduler_factories()
+    assert TORCHX_BUILTIN_SCHEDULERS <= set(factories)
+    assert isinstance(factories["kubernetes"](session_name="t"), RecjobsKubernetesScheduler)
+    assert isinstance(factories["local_docker"](session_name="t"), RecjobsDockerScheduler)
+    assert type(factories["local_cwd"](session_name="t")).__name__ == "LocalScheduler"
+
+
+@pytest.mark.parametrize(
+    "text, toleration",
+    [
+        ("nvidia.com/gpu", {"key": "nvidia.com/gpu", "operator": "Exists"}),
+        (
+            "nvidia.com/gpu:NoSchedule",
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        ),
+        ("dedicated:ml", {"key": "dedicated", "operator": "Equal", "value": "ml"}),
+        (
+            "dedicated:ml:NoExecute",
+            {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"},
+        ),
+    ],
+)
+def test_toleration_syntax(text, toleration):
+    assert parse_toleration(text) == toleration
+
+
+def kube_job(app_def: AppDef, **cfg) -> dict:
+    """The Volcano Job our kubernetes scheduler would create, as the API server receives it."""
+    from kubernetes.client import ApiClient
+
+    with get_runner() as runner:
+        info = runner.dryrun(app_def, "kubernetes", cfg={"queue": "q", **cfg})
+    return ApiClient().sanitize_for_serialization(info.request.resource)
+
+
+def test_kubernetes_pods_get_tolerations_node_selector_secret_ref_and_fs_group():
+    job = kube_job(
+        app(h="gpu.small", j="2x1"),
+        tolerations=["nvidia.com/gpu:NoSchedule", "pool:a100:NoSchedule"],
+        node_selector={"nvidia.com/gpu.present": "true"},
+        wandb_secret="team-wandb",
+        fs_group=1000,
+    )
+    tasks = job["spec"]["tasks"]
+    assert len(tasks) == 2
+    for task in tasks:
+        spec = task["template"]["spec"]
+        assert spec["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+            {"key": "pool", "operator": "Equal", "value": "a100", "effect": "NoSchedule"},
+        ]
+        assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert spec["securityContext"] == {"fsGroup": 1000, "fsGroupChangePolicy": "OnRootMismatch"}
+        (container,) = spec["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        key = [e for e in container["env"] if e["name"] == "WANDB_API_KEY"]
+        assert key == [
+            {
+                "name": "WANDB_API_KEY",
+                "valueFrom": {"secretKeyRef": {"name": "team-wandb", "key": "WANDB_API_KEY"}},
+            }
+        ]
+
+
+def test_kubernetes_adds_nothing_unasked():
+    job = kube_job(app(wandb_project=None))
+    spec = job["spec"]["tasks"][0]["template"]["spec"]
+    assert "tolerations" not in spec and "securityContext" not in spec
+    assert spec["nodeSelector"] == {}
+    assert not [e for e in spec["containers"][0]["env"] if e["name"] == "WANDB_API_KEY"]
+
+
+def test_kubernetes_refuses_a_literal_key_and_bad_tolerations(capsys):
+    literal = app(wandb_project=None)
+    literal.roles[0].env["WANDB_API_KEY"] = "k-do-not-print"
+    with pytest.raises(SystemExit) as exc:
+        kube_job(literal)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: role train env: WANDB_API_KEY is a literal value")
+    assert "k-do-not-print" not in err
+
+    with pytest.raises(SystemExit) as exc:
+        kube_job(app(), tolerations=["nvidia.com/gpu:NoSchedul"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err == (
+        "error: -cfg tolerations: 'nvidia.com/gpu:NoSchedul': unknown effect 'NoSchedul' "
+        "(one of NoSchedule, PreferNoSchedule, NoExecute)\n"
+    )
+
+
+class FakeDocker:
+    """Just enough of docker.DockerClient for DockerScheduler.schedule()."""
+
+    def __init__(self) -> None:
+        self.started: list[dict] = []
+        outer = self
+
+        class Images:
+            def pull(self, image: str) -> None:
+                pass
+
+        class Networks:
+            def create(self, **kwargs: object) -> None:
+                pass
+
+        class Containers:
+            def run(self, image: str, command: list[str], detach: bool, **kwargs: object) -> None:
+                outer.started.append(kwargs)
+
+        self.images, self.networks, self.containers = Images(), Networks(), Containers()
+
+
+def test_local_docker_passes_the_key_from_the_environment_only_at_container_start(monkeypatch):
+    import docker
+
+    fake = FakeDocker()
+    monkeypatch.setattr(docker, "from_env", lambda: fake)
+    monkeypatch.setenv("WANDB_API_KEY", "k-from-env")
+    with get_runner() as runner:
+        info = runner.dryrun(app(j="1x1"), "local_docker", cfg={})
+        printed = repr(info)
+        runner.schedule(info)
+    assert "k-from-env" not in printed
+    assert "k-from-env" not in repr(info)  # the stored request was not touched
+    (started,) = fake.started
+    assert started["environment"]["WANDB_API_KEY"] == "k-from-env"
+    assert started["device_requests"][0]["Count"] == 1
+
+
+def test_local_docker_gives_no_key_to_jobs_without_wandb(monkeypatch):
+    import docker
+
+    fake = FakeDocker()
+    monkeypatch.setattr(docker, "from_env", lambda: fake)
+    monkeypatch.setenv("WANDB_API_KEY", "k-from-env")
+    with get_runner() as runner:
+        runner.schedule(runner.dryrun(app(j="1x1", wandb_project=None), "local_docker", cfg={}))
+    assert "WANDB_API_KEY" not in fake.started[0]["environment"]
