@@ -466,6 +466,7 @@ def _validate_section(task: str, section: TaskConfig, raw_section: dict[str, Any
         _check(value >= 0, f"{p}.{key}", f"must be 0 or more, got {value}")
     for key, value in {
         "training.max_steps": tr.max_steps,
+        "training.eval_max_users": tr.eval_max_users,
         "training.grad_clip_norm": tr.grad_clip_norm,
     }.items():
         _check(

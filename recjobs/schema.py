@@ -117,6 +117,9 @@ class TrainingConfig:
     # Ranking only: sampled negatives per positive for bce.
     negatives_per_pos: int = 4
     eval_k: tuple[int, ...] = (10, 50)
+    # Retrieval only: score at most this many validation users (a fixed sample; null: all).
+    # Full-catalogue scoring costs users x items; bound it for very large catalogues.
+    eval_max_users: int | None = None
     # 0: evaluate only at the end of each epoch.
     eval_steps: int = 0
     log_steps: int = 50
@@ -198,7 +201,10 @@ TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 
 # Keys that only one task understands; setting them for the other is an error, not a no-op.
 TASK_ONLY_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
-    "retrieval": {"training": ("temperature", "logq_correction", "eval_k"), "model": ()},
+    "retrieval": {
+        "training": ("temperature", "logq_correction", "eval_k", "eval_max_users"),
+        "model": (),
+    },
     "ranking": {
         "training": ("negatives_per_pos",),
         "model": ("scorer_hidden_dims", "cross_layers"),

@@ -38,15 +38,23 @@ class RetrievalTask:
         # log of each item's share of training positives: the in-batch sampling probability.
         self.log_q = (counts / counts.sum()).log() if tr.logq_correction else None
         # Validation users and the CSRs of their positives / training items (masked at scoring).
-        self.eval_users, rows = torch.unique(data.val_users, return_inverse=True)
-        n = len(self.eval_users)
-        self.val_csr = metrics.csr_from_pairs(rows, data.val_items, n)
+        users = torch.unique(data.val_users)
+        if tr.eval_max_users and len(users) > tr.eval_max_users:
+            # A fixed sample (same users at every validation, in every run with this seed).
+            pick = torch.randperm(
+                len(users), generator=torch.Generator().manual_seed(cfg.shared.seed)
+            )
+            users = users[pick[: tr.eval_max_users]].sort().values
+        n = len(users)
         position = torch.full((data.user_features.shape[0],), -1, dtype=torch.long)
-        position[self.eval_users] = torch.arange(n)
-        seen = position[data.train_users]
-        keep = seen >= 0
-        self.train_csr = metrics.csr_from_pairs(seen[keep], data.train_items[keep], n)
-        self.eval_users = self.eval_users.to(device)
+        position[users] = torch.arange(n)
+        val_rows, train_rows = position[data.val_users], position[data.train_users]
+        self.val_csr = metrics.csr_from_pairs(
+            val_rows[val_rows >= 0], data.val_items[val_rows >= 0], n
+        )
+        keep = train_rows >= 0
+        self.train_csr = metrics.csr_from_pairs(train_rows[keep], data.train_items[keep], n)
+        self.eval_users = users.to(device)
 
     @property
     def num_examples(self) -> int:

@@ -340,8 +340,10 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                 rank=ddp.rank,
                 world_size=ddp.world_size,
             )
+            # One host-to-device copy per epoch; each step's batch is then a slice on the device.
+            batches = torch.cat(batches).to(device).split([len(b) for b in batches])
             for idx in batches[batch_in_epoch:]:
-                batch = task.batch(idx.to(device, non_blocking=True))
+                batch = task.batch(idx)
                 with precision.autocast():
                     loss = task.loss(trained, batch)
                 optimizers.zero_grad()
