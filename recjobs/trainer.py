@@ -328,6 +328,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
             )
 
     loss_count, examples, tick = 0, 0, time.perf_counter()
+    last_scale = scaler.get_scale() if scaler.is_enabled() else 0.0
     metrics: dict[str, float] = {}
     model.train()
     try:
@@ -381,6 +382,18 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                     record = {"step": step, "epoch": epoch, "train/loss": mean_loss}
                     record.update(lr_record)
                     record["train/examples_per_s"] = examples * ddp.world_size / max(elapsed, 1e-9)
+                    if scaler.is_enabled():  # fp16: overflowing steps are skipped, not fatal
+                        scale = scaler.get_scale()
+                        record["train/grad_scale"] = scale
+                        if scale < last_scale:
+                            log.warning(
+                                "fp16: GradScaler skipped overflowing steps before step %d "
+                                "(scale %g -> %g; each skip halves it)",
+                                step,
+                                last_scale,
+                                scale,
+                            )
+                        last_scale = scale
                     tracker.log(record)
                     loss_sum.zero_()
                     loss_count, examples, tick = 0, 0, time.perf_counter()
@@ -516,7 +529,7 @@ class _NoProgress:
 
 def _progress(total: int, done: int, is_main: bool) -> Any:
     """A tqdm bar on an interactive terminal; container logs get the periodic log lines only."""
-    if not is_main or not sys.stderr.isatty():
+    if not is_main or not (sys.stdout.isatty() and sys.stderr.isatty()):
         return _NoProgress()
     from tqdm import tqdm
 
