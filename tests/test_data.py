@@ -387,6 +387,15 @@ def load_error(tmp_path, tables=None, ext=".parquet", **columns) -> str:
     return exc.value.line()
 
 
+def test_error_no_usable_validation_rows(tmp_path):
+    val = pa.table({"user_id": ["nobody"], "item_id": [10], "timestamp": [6]})
+    line = load_error(tmp_path, tiny_tables(interactions_val=val))
+    assert line.endswith(
+        "interactions_val.parquet: no validation interactions (of 1 rows, none has a known user "
+        "and item) (the validation table must share users and items with the catalogue)"
+    )
+
+
 def test_error_missing_file(tmp_path):
     paths = write_tables(tiny_tables(), tmp_path)
     paths["users"] = str(tmp_path / "nope.parquet")

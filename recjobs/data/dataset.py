@@ -123,7 +123,13 @@ def load_task_data(cfg: ResolvedConfig, encoders: Encoders | None = None) -> Tas
         val, sources["interactions_val"], "validation", cols, encoders, sources
     )
     if len(val_users) == 0:
-        logger.warning("%s: no validation interactions", sources["interactions_val"])
+        # Validation drives the metrics, early stopping, ReduceLROnPlateau and best.pt: a run
+        # without it would report nothing and checkpoint "best" at random.
+        raise DataError(
+            sources["interactions_val"],
+            f"no validation interactions (of {val.num_rows} rows, none has a known user and item)",
+            hint="the validation table must share users and items with the catalogue",
+        )
 
     n_item_rows = item_features.shape[0]
     item_counts = np.bincount(train_items, minlength=n_item_rows).astype(np.int64)
