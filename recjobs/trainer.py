@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,13 @@ def train(
             return _train(cfg, rundir, resume, ddp)
         with rundir.lock():
             return _train(cfg, rundir, resume, ddp)
+    except BaseException as exc:
+        # The traceback holds _train's frames and so the DDP model. Freed only after
+        # destroy_process_group, its Reducer would free the gloo group with the GIL held while a
+        # gloo thread waits for the GIL: a deadlock at exit after SIGTERM. Free the model first,
+        # as a return does.
+        traceback.clear_frames(exc.__traceback__)
+        raise
     finally:
         if ddp.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()

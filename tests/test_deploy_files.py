@@ -165,7 +165,14 @@ def test_dockerignore_keeps_what_the_image_copies_and_drops_the_rest():
     ]
     copied = re.findall(r"^COPY (.+) \S+$", dockerfile(), re.M)
     sources = [s for line in copied for s in line.split()]
-    assert sources == ["pyproject.toml", "README.md", "recjobs", "config", "components"]
+    assert sources == [
+        "docker/wheels",
+        "pyproject.toml",
+        "README.md",
+        "recjobs",
+        "config",
+        "components",
+    ]
     for source in sources:
         assert not ignored(source, patterns), source
     for private in (".venv", ".git", "runs/x/checkpoints/last.pt", "data/users.parquet", "wandb"):
