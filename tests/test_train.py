@@ -357,14 +357,13 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
 # --------------------------------------------------------------------------- W&B
 
 
-def wandb_history(run_dir: Path) -> list[dict]:
-    """History rows of an offline W&B run, read from its LevelDB-log record file."""
+def wandb_records(path: Path) -> list:
+    """The records of a W&B run file (LevelDB log format after a 7-byte W&B header)."""
     from wandb.proto import wandb_internal_pb2
 
-    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     data = path.read_bytes()
     assert data[:4] == b":W&B"
-    rows, pos, chunk = [], 7, b""
+    records, pos, chunk = [], 7, b""
     while pos + 7 <= len(data):
         left = 32768 - pos % 32768
         if left < 7:
@@ -380,15 +379,33 @@ def wandb_history(run_dir: Path) -> list[dict]:
         if kind in (1, 4):  # FULL or LAST fragment
             record = wandb_internal_pb2.Record()
             record.ParseFromString(chunk)
+            records.append(record)
             chunk = b""
-            if record.WhichOneof("record_type") == "history":
-                rows.append(
-                    {
-                        i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                        for i in record.history.item
-                    }
-                )
-    return rows
+    return records
+
+
+def wandb_history(run_dir: Path) -> list[dict]:
+    """History rows of an offline W&B run, once its file is complete.
+
+    wandb.finish() can return before W&B's own service process has written the last records,
+    so wait (bounded) for the run's closing "exit" record.
+    """
+    (path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            records = wandb_records(path)
+        except Exception:  # a record still being written
+            records = []
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        assert time.monotonic() < deadline, "the W&B run file never got its exit record"
+        time.sleep(0.1)
+    return [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
 
 
 def test_wandb_offline_records_train_lr(tmp_path, monkeypatch):
