@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # CI smoke runs on CPU (`make smoke`): the TorchX training job, 2 DDP processes, tiny data, two
 # epochs (seconds of training), on local_cwd and, where Docker can run here (root, dockerd), on
-# local_docker with the CPU image (docker/build-cpu-image.sh in a private daemon,
+# local_docker with the image (docker/build-image.sh in a private daemon,
 # docker/with-dockerd.sh). Each run must write config.yaml, metrics with a validation record and
 # checkpoints/last.pt. One line per scheduler; with RECJOBS_REQUIRE_DOCKER=1 a missing Docker fails.
 #
@@ -52,11 +52,11 @@ local_cwd() {
 }
 
 local_docker() {
-  docker/build-cpu-image.sh recjobs:cpu
+  docker/build-image.sh recjobs:latest
   # The job runs as uid 1000: the mounted run directory must be writable for it.
   install -d -o 1000 -g 1000 "$tmp/runs"
   local start=$SECONDS
-  torchx run -s local_docker "${job[@]}" --image recjobs:cpu \
+  torchx run -s local_docker "${job[@]}" --image recjobs:latest \
     --mounts "type=bind,src=$tmp/runs,dst=/runs" --run_dir /runs/smoke -- "${tiny[@]}" \
     >"$tmp/local_docker.log" 2>&1 || fail "local_docker: the job failed" "$tmp/local_docker.log"
   check local_docker "$tmp/runs/smoke" "$tmp/local_docker.log" $((SECONDS - start))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run a command against a private Docker daemon, then stop that daemon:
 #
-#   docker/with-dockerd.sh COMMAND [ARGS...]      e.g. docker/with-dockerd.sh docker/build-cpu-image.sh
+#   docker/with-dockerd.sh COMMAND [ARGS...]      e.g. docker/with-dockerd.sh docker/build-image.sh
 #
 # The daemon listens on a socket of its own (exported to COMMAND as DOCKER_HOST), keeps its images
 # in $RECJOBS_CACHE_DIR/docker (default ~/.cache/recjobs/docker, reused by the next run), does not

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from recjobs import trainer
 
@@ -48,3 +52,17 @@ def missing(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{reason} (CI=true: this must not be skipped)")
     pytest.skip(reason)
+
+
+def resolve_printed(*overrides: str) -> dict[str, Any]:
+    """What `recjobs resolve retrieval --config config/quickstart.yaml OVERRIDES` prints."""
+    done = subprocess.run(
+        [sys.executable, "-m", "recjobs", "resolve", "retrieval", "--config"]
+        + ["config/quickstart.yaml", *overrides],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)

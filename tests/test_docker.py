@@ -1,10 +1,10 @@
-"""`torchx run -s local_docker` for real: a private Docker daemon, the CPU image, real containers.
+"""`torchx run -s local_docker` for real: a private Docker daemon, the image, real containers.
 
 The session fixture starts dockerd on a socket of its own with docker/with-dockerd.sh (data root
 in the cache directory, so images survive between sessions; --iptables=false --ip-masq=false),
-builds the CPU image with docker/build-cpu-image.sh (base image by debootstrap, wheels from this
-machine: no registry; a rebuild with unchanged inputs takes seconds) and stops the daemon by its
-PID at the end, also when something failed, or when pytest itself is killed.
+builds the image with docker/build-image.sh (base image by debootstrap, the wheelhouse the venv
+was installed from: no registry; with unchanged inputs nothing is rebuilt) and stops the daemon
+by its PID at the end, also when something failed, or when pytest itself is killed.
 
 Where Docker cannot run (no dockerd, not root) the tests skip with a loud reason; with
 RECJOBS_REQUIRE_DOCKER=1 (what .ci/run exports) or CI=true they fail instead.
@@ -27,16 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from recjobs.checkpoint import load_checkpoint
-from runs import ROOT, TINY, missing
+
+from runs import ROOT, TINY, missing, resolve_printed
 
 pytestmark = pytest.mark.docker
 
 BIN = Path(sys.executable).parent
 TORCHX = str(BIN / "torchx")
-IMAGE = "recjobs:cpu"
+IMAGE = "recjobs:latest"  # launch.DEFAULT_IMAGE
 JOB_UID = 1000  # the image's user (docker/Dockerfile, ARG UID)
 APP_ID_LABEL = "torchx.pytorch.org/app-id"
 CACHE = Path(
@@ -157,7 +159,7 @@ def _stop_daemon(wrapper: subprocess.Popen, docker: Docker, pid: int) -> None:
 
 @pytest.fixture(scope="session")
 def docker(tmp_path_factory) -> Iterator[Docker]:
-    """A private dockerd with the CPU image built in it; stopped by its PID at the end."""
+    """A private dockerd with the image built in it; stopped by its PID at the end."""
     if shutil.which("dockerd") is None:
         unavailable("dockerd not found (Debian: apt-get install docker.io)")
     if shutil.which("docker") is None:
@@ -176,13 +178,13 @@ def docker(tmp_path_factory) -> Iterator[Docker]:
         stack.callback(_remove_new_containers, docker, set(docker.containers()))
 
         build = subprocess.run(
-            [str(ROOT / "docker" / "build-cpu-image.sh"), IMAGE],
+            [str(ROOT / "docker" / "build-image.sh"), IMAGE],
             env={**docker.env(), "PYTHON": sys.executable, "RECJOBS_CACHE_DIR": str(CACHE)},
             capture_output=True,
             text=True,
             timeout=1800,
         )
-        assert build.returncode == 0, f"docker/build-cpu-image.sh failed:\n{build.stderr}"
+        assert build.returncode == 0, f"docker/build-image.sh failed:\n{build.stderr}"
         # Images of earlier builds that this one replaced only take space.
         docker.docker("image", "prune", "-f")
         yield docker
@@ -192,19 +194,6 @@ def _remove_new_containers(docker: Docker, before: set[str]) -> None:
     new = [c for c in docker.containers() if c not in before]
     if new:
         docker.docker("rm", "-f", *new)
-
-
-def resolve_printed(*overrides: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "recjobs", "resolve", "retrieval", "--config"]
-        + ["config/quickstart.yaml", *overrides],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -225,7 +214,7 @@ def runs_dir(tmp_path: Path) -> Path:
     return runs
 
 
-def test_the_cpu_image_runs_as_uid_1000_with_python_torchrun_and_recjobs_on_path(docker):
+def test_the_image_runs_as_uid_1000_with_the_venvs_torch_and_recjobs_on_path(docker):
     out = docker.docker(
         "run",
         "--rm",
@@ -233,11 +222,15 @@ def test_the_cpu_image_runs_as_uid_1000_with_python_torchrun_and_recjobs_on_path
         "bash",
         "-c",
         "id -u; command -v python torchrun recjobs; "
-        "python -c 'import torch, torchx; print(torch.__version__, torchx.__version__)'",
+        "python -c 'import torch, torchx; print(torch.__version__, torchx.__version__)'; "
+        "ls /wheels 2>&1 || true",
     ).split()
     assert out[0] == str(JOB_UID)
     assert out[1:4] == ["/opt/venv/bin/python", "/opt/venv/bin/torchrun", "/opt/venv/bin/recjobs"]
-    assert out[4].endswith("+cpu") and out[5] == "0.7.0"
+    # The torch CI tests is the torch the image ships (the wheelhouse the venv came from) ...
+    assert out[4] == torch.__version__ and out[5] == "0.7.0"
+    # ... and the wheels it was installed from stayed in the build stage.
+    assert "No such file or directory" in " ".join(out[6:])
     assert docker.inspect_image(IMAGE)["Config"]["User"] == str(JOB_UID)
 
 
