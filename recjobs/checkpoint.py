@@ -8,17 +8,19 @@ stopping state and the resolved config it was trained with.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from recjobs.errors import CheckpointError
+from recjobs.errors import CheckpointError, RunDirError
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +32,76 @@ DIGEST = 32
 
 
 def atomic_write_bytes(path: Path, payload: bytes, keep_previous: Path | None = None) -> None:
-    """Write `payload` to `path` atomically; optionally keep the old file as `keep_previous`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write `payload` to `path` atomically; optionally keep the old file as `keep_previous`.
+
+    Raises RunDirError when the file cannot be written (disk full, read-only, a directory in
+    the way); `path` and `keep_previous` are then as they were and no temp file is left.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, new_file_mode())  # mkstemp's 0600 would hide it from other users
         if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
+            _copy_atomically(path, keep_previous)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the renames themselves durable
     finally:
         os.close(dir_fd)
+
+
+def new_file_mode() -> int:
+    """The mode open() gives a new file (0666 less the umask); mkstemp's is 0600.
+
+    Files a run writes are read by other users: a serving job, the image's uid 1000.
+    """
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_error(path: Path, exc: OSError) -> RunDirError:
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return RunDirError(
+        str(path),
+        f"cannot write: {exc.strerror or exc}",
+        "nothing was replaced: the previous file, if any, is whole"
+        + ("; free some space and resume with --resume" if full else ""),
+    )
+
+
+def _copy_atomically(source: Path, target: Path) -> None:
+    """`target` becomes `source`'s content while `source` stays where it is.
+
+    A hard link where the filesystem has them, else a copy; either way under a temporary name
+    first. (Renaming `source` away would leave a moment without any file at its name, which a
+    reader, or a crash, would see.)
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        try:
+            os.unlink(tmp)
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def previous(path: Path) -> Path:
@@ -64,11 +117,14 @@ def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = Fal
     atomic_write_bytes(path, blob, previous(path) if keep_previous else None)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The state saved at `path`; CheckpointError unless it is whole and has `required` keys."""
     try:
         blob = path.read_bytes()
     except FileNotFoundError:
         raise CheckpointError(str(path), "checkpoint not found") from None
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise CheckpointError(str(path), f"cannot read: {exc.strerror or exc}") from None
     head = len(MAGIC) + DIGEST
     if not blob.startswith(MAGIC):
         raise CheckpointError(str(path), "not a recjobs checkpoint")
@@ -84,18 +140,25 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(str(path), f"unreadable checkpoint ({first})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(str(path), "not a recjobs checkpoint")
+    missing = [key for key in required if key not in state]
+    if missing:
+        raise CheckpointError(
+            str(path),
+            f"has a valid checksum but lacks {', '.join(missing)}",
+            "it was not written by this version of recjobs train",
+        )
     return state
 
 
-def load_latest_good(path: Path) -> dict[str, Any]:
+def load_latest_good(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """`path`, or the checkpoint before it when `path` is damaged or missing; never garbage."""
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(path, required)
     except CheckpointError as damaged:
         fallback = previous(path)
         if not fallback.exists():
             raise
-        state = load_checkpoint(fallback)
+        state = load_checkpoint(fallback, required)
         log.warning(
             "%s; resuming from the previous checkpoint %s",
             damaged.line().removeprefix("error: "),

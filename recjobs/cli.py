@@ -7,15 +7,19 @@ stderr and exit with code 2; tracebacks are for bugs only.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from recjobs.config import Overrides, add_override_arguments, load_yaml, resolve, resolve_dict
 from recjobs.errors import UserError
-from recjobs.schema import TASKS, ResolvedConfig
+from recjobs.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -104,19 +108,36 @@ def _train(args: argparse.Namespace) -> int:
         train(cfg, args.run_dir, resume=args.resume)
     except Preempted as exc:
         logging.getLogger("recjobs").warning("%s", exc)
-        return EXIT_PREEMPTED
+        return exc.exit_code or EXIT_PREEMPTED
     return 0
 
 
 def _synth(args: argparse.Namespace) -> int:
     from recjobs.data import write_dataset
 
-    for name in ("users", "items", "interactions"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name}", f"must be greater than 0, got {getattr(args, name)}")
-    path = write_dataset(args.out, args.users, args.items, args.interactions, args.seed)
+    # The same ranges as dataset.synth.* and shared.seed in a config.
+    fields = {
+        f.name: f for f in (*dataclasses.fields(SynthSize), *dataclasses.fields(SharedConfig))
+    }
+    for name in ("users", "items", "interactions", "seed"):
+        valid = fields[name].metadata["range"]
+        if getattr(args, name) not in valid:
+            raise UserError(f"--{name}", valid.problem(getattr(args, name)))
+    with _output_errors(args.out):
+        path = write_dataset(args.out, args.users, args.items, args.interactions, args.seed)
     print(path)
     return 0
+
+
+@contextlib.contextmanager
+def _output_errors(out: str) -> Iterator[None]:
+    """An --out that is a file, not writable or full: one line, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise UserError(
+            str(exc.filename or out), f"cannot write: {exc.strerror or exc}", "check --out"
+        ) from None
 
 
 def _movielens(args: argparse.Namespace) -> int:
@@ -124,7 +145,9 @@ def _movielens(args: argparse.Namespace) -> int:
 
     if not 0 < args.val_fraction < 1:
         raise UserError("--val-fraction", f"must be between 0 and 1, got {args.val_fraction}")
-    print(convert_movielens(args.src, args.out, val_fraction=args.val_fraction))
+    with _output_errors(args.out):
+        path = convert_movielens(args.src, args.out, val_fraction=args.val_fraction)
+    print(path)
     return 0
 
 
@@ -143,3 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # backslashreplace: a message quoting odd input (lone surrogates) must still print.
         print(exc.line().encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        # Ctrl-C before the trainer took over SIGINT (while resolving, or in `data`): nothing
+        # of a run was written yet. The trainer itself turns it into a checkpoint and exit 130.
+        print("error: interrupted (SIGINT) before training started", file=sys.stderr)
+        return EXIT_INTERRUPTED

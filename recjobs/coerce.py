@@ -9,6 +9,8 @@ meaning cannot change: an int where a float is expected, a list where a tuple is
 from __future__ import annotations
 
 import collections.abc
+import difflib
+import math
 import re
 import types
 import typing
@@ -73,24 +75,77 @@ def _configurable(hint: Any) -> bool:
 
 def key_text(key: Any) -> str:
     """A user-given key as it reads inside a dotted error path: quoted unless it is plain."""
-    text = str(key)
-    return text if re.fullmatch(r"[A-Za-z0-9_@/+-]+", text) else repr(key)
+    text = key if isinstance(key, str) else None
+    if text is not None and len(text) <= MAX_SHOWN and re.fullmatch(r"[A-Za-z0-9_@/+-]+", text):
+        return text
+    return brief(key)
+
+
+# How much of a user's value an error message quotes: enough to recognise it, never so much
+# that a multi-megabyte value makes the message itself the problem.
+MAX_SHOWN = 60
+_MAX_ITEMS = 5
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def brief(value: Any) -> str:
+    """repr() of a user's value, bounded: long strings, big numbers and lists are shortened."""
+    if isinstance(value, str):
+        if len(value) <= MAX_SHOWN:
+            return repr(value)
+        return f"{value[: MAX_SHOWN - 20]!r}... ({len(value)} characters)"
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return repr(value)
+    if isinstance(value, int):
+        if value.bit_length() <= 200:  # str() of a huge int is slow, and refused past 4300 digits
+            return repr(value)
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    if isinstance(value, (list, tuple)):
+        items = [brief(v) for v in value[:_MAX_ITEMS]]
+        more = f", ... ({len(value)} items)" if len(value) > _MAX_ITEMS else ""
+        return "[" + ", ".join(items) + more + "]"
+    if isinstance(value, dict):
+        return "a mapping"
+    text = repr(value) if isinstance(value, (bytes, bytearray)) and len(value) <= 40 else ""
+    return text or f"a {type(value).__name__}"
 
 
 def show(value: Any) -> str:
+    """A user's value in an error message: its YAML type and a bounded repr."""
     if isinstance(value, str):
-        return f"string {value!r}"
+        return f"string {brief(value)}"
     if isinstance(value, bool) or value is None:
         return {True: "true", False: "false", None: "null"}[value]
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, (list, tuple)):
-        return f"list {list(value)!r}"
-    return repr(value)
+        return f"list {brief(list(value))}"
+    return brief(value)
+
+
+def did_you_mean(name: Any, choices: Any, n: int = 1, cutoff: float = 0.6) -> list[str]:
+    """Close matches of a misspelt name; none for long names (difflib is quadratic)."""
+    if not isinstance(name, str) or len(name) > MAX_SHOWN:
+        return []
+    return difflib.get_close_matches(name, list(choices), n=n, cutoff=cutoff)
 
 
 class _Mismatch(Exception):
     pass
+
+
+class _OutOfRange(Exception):
+    """The value has the right type but no machine type holds it (inf, a 100-digit integer).
+
+    `at` is where inside the value: "[2]" for the third item of a list, ".eps" in a mapping.
+    """
+
+    def __init__(self, problem: str, at: str = ""):
+        super().__init__(problem)
+        self.problem, self.at = problem, at
+
+    def inside(self, step: str) -> _OutOfRange:
+        return _OutOfRange(self.problem, step + self.at)
 
 
 def coerce(value: Any, hint: Any, where: str, hint_text: str | None = None) -> Any:
@@ -101,12 +156,38 @@ def coerce(value: Any, hint: Any, where: str, hint_text: str | None = None) -> A
         raise ConfigError(
             where, f"expected {describe(hint)}, got {show(value)}", hint_text
         ) from None
+    except _OutOfRange as exc:
+        raise ConfigError(where + exc.at, exc.problem, hint_text) from None
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        raise _OutOfRange(f"must fit in a 64-bit integer, got {brief(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _OutOfRange(f"must be a finite number, got {value}")
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _within(item, f"[{i}]", _finite)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _within(item, f".{key_text(key)}", _finite)
+    return value
+
+
+def _within(value: Any, step: str, check: Any, *args: Any) -> Any:
+    """check(value, *args) for an item of a collection, naming the item when out of range."""
+    try:
+        return check(value, *args)
+    except _OutOfRange as exc:
+        raise exc.inside(step) from None
 
 
 def _coerce(value: Any, hint: Any) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
-        return value
+        return _finite(value)
     if hint is type(None):
         if value is None:
             return None
@@ -117,11 +198,14 @@ def _coerce(value: Any, hint: Any) -> Any:
         raise _Mismatch
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _finite(value)
         raise _Mismatch
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return _finite(float(value))
+            except OverflowError:  # an integer beyond float's range
+                raise _OutOfRange(f"must be a finite number, got {brief(value)}") from None
         raise _Mismatch
     if hint is str:
         if isinstance(value, str):
@@ -134,6 +218,7 @@ def _coerce(value: Any, hint: Any) -> Any:
     if origin in (Union, types.UnionType):
         # Exact types first so that `int | float` keeps an int and `float | list` keeps a list.
         members = [a for a in args if _configurable(a)]
+        # An _OutOfRange is not caught: the type fitted, the value is what is wrong.
         for member in sorted(members, key=lambda a: 0 if _exact(value, a) else 1):
             try:
                 return _coerce(value, member)
@@ -146,13 +231,15 @@ def _coerce(value: Any, hint: Any) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise _Mismatch
-            return tuple(_coerce(v, a) for v, a in zip(value, args))
+            return tuple(
+                _within(v, f"[{i}]", _coerce, a) for i, (v, a) in enumerate(zip(value, args))
+            )
         inner = args[0] if args else Any
-        items = [_coerce(v, inner) for v in value]
+        items = [_within(v, f"[{i}]", _coerce, inner) for i, v in enumerate(value)]
         return tuple(items) if origin is tuple or hint is tuple else items
     if origin is dict or hint is dict:
         if isinstance(value, dict):
-            return value
+            return _finite(value)
         raise _Mismatch
     raise _Mismatch  # tensors, callables, modules: nothing in YAML can be one
 

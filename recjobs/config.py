@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -20,11 +20,20 @@ from typing import Any
 import yaml
 
 from recjobs import optim
-from recjobs.coerce import coerce, key_text, show
+from recjobs.coerce import (
+    MAX_SHOWN,
+    brief,
+    coerce,
+    did_you_mean,
+    key_text,
+    show,
+)
 from recjobs.errors import ConfigError
 from recjobs.schema import (
     ARCHS,
     LOSSES,
+    MAX_EVAL_K,
+    MAX_LAYERS,
     TASK_DEFAULTS,
     TASK_ONLY_KEYS,
     TASKS,
@@ -38,40 +47,93 @@ from recjobs.schema import (
 
 # --------------------------------------------------------------------------- YAML
 
+# Limits on what a config may be. The largest example config is 2 KB, 7 levels deep and about
+# 150 values; these are far above that and far below what makes PyYAML, deepcopy or an error
+# message slow (alias bombs expand exponentially) or overflow the stack (deep nesting).
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_VALUES = 10_000  # scalars and collections, counting every alias as the values it repeats
+MAX_NUMBER_CHARS = 100  # a YAML integer or float literal; int64 needs 20
+
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-8` as a float and refuses duplicate keys.
+    """SafeLoader with YAML 1.2 numbers, no duplicate keys and only scalar keys.
 
-    PyYAML follows YAML 1.1, where a float needs a dot: `eps: 1e-8` would be the string
-    "1e-8" and crash the optimizer. A duplicate key would silently keep the last value.
+    PyYAML follows YAML 1.1: a float needs a dot (`eps: 1e-8` would be the string "1e-8" and
+    crash the optimizer), `1:30` is the base-60 integer 90 and `010` the octal 8. Here numbers
+    read as YAML 1.2 (and Python) read them: `1e-8` is a float, `010` is 10, `0o10` is 8, and
+    `1:30` is a string (which the schema then refuses). A duplicate key would silently keep the
+    last value; a list as a key cannot be a config key and would crash the duplicate check.
     """
 
 
 _FLOAT = re.compile(
     r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
+_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$")
+_NUMBER_TAGS = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int")
 _Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
+    k: [(tag, rx) for tag, rx in v if tag not in _NUMBER_TAGS]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _number_text(loader: _Loader, node: yaml.ScalarNode, what: str) -> str:
+    text = loader.construct_scalar(node)
+    if len(text) > MAX_NUMBER_CHARS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{what} of {len(text)} characters is too long", node.start_mark
+        )
+    return text.replace("_", "")
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode) -> int:
+    text = _number_text(loader, node, "integer")
+    try:
+        if text[:2] in ("0o", "0x"):
+            return int(text[2:], {"0o": 8, "0x": 16}[text[:2]])
+        return int(text, 10)
+    except ValueError:  # an explicit !!int tag on something else
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{brief(text)} is not an integer", node.start_mark
+        ) from None
+
+
+def _construct_float(loader: _Loader, node: yaml.ScalarNode) -> float:
+    text = _number_text(loader, node, "number").lower()
+    special = {".inf": math.inf, "+.inf": math.inf, "-.inf": -math.inf, ".nan": math.nan}
+    if text in special:
+        return special[text]
+    try:
+        return float(text)
+    except ValueError:  # an explicit !!float tag on something else
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{brief(text)} is not a number", node.start_mark
+        ) from None
 
 
 def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict:
     loader.flatten_mapping(node)
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a {kind} cannot be a key", key_node.start_mark
+            )
         key = loader.construct_object(key_node, deep=True)
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
                 None,
-                f"duplicate key {key!r} (also on line {seen[key] + 1})",
+                f"duplicate key {brief(key)} (also on line {seen[key] + 1})",
                 key_node.start_mark,
             )
         seen[key] = key_node.start_mark.line
@@ -79,36 +141,141 @@ def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict
 
 
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _construct_float)
+
+
+class _TooBig(Exception):
+    """Text that is valid YAML but beyond the limits above; the message says which."""
+
+
+def _check_limits(text: str) -> None:
+    """Walk the YAML events (PyYAML's parser is iterative) before building anything.
+
+    Counts every value as often as aliases repeat it, so `&a [*b, *b, ...]` chains that expand
+    to billions of values are refused from their few hundred bytes.
+    """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise _TooBig(f"{len(text)} characters, more than the limit of {MAX_CONFIG_BYTES}")
+    sizes: dict[str, int] = {}  # anchor -> values it stands for
+    open_sizes: list[int] = []  # values so far in each collection being read
+    open_anchors: list[str | None] = []
+    total = 0
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in open_anchors:  # `a: &a [*a]`: a list that contains itself
+                at = event.start_mark
+                raise _TooBig(f"line {at.line + 1}: *{event.anchor} is inside &{event.anchor}")
+            added = sizes.get(event.anchor, 1)
+        elif isinstance(event, (yaml.ScalarEvent, yaml.CollectionStartEvent)):
+            added = 1
+            if isinstance(event, yaml.ScalarEvent) and event.anchor:
+                sizes[event.anchor] = 1
+        else:
+            added = 0
+        total += added
+        if total > MAX_VALUES:
+            at = event.start_mark
+            raise _TooBig(
+                f"line {at.line + 1}: more than {MAX_VALUES} values"
+                + (" once aliases are expanded" if sizes else "")
+            )
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(open_sizes) == MAX_DEPTH:
+                at = event.start_mark
+                raise _TooBig(f"line {at.line + 1}: nested more than {MAX_DEPTH} levels deep")
+            open_sizes.append(1)
+            open_anchors.append(event.anchor)
+        elif isinstance(event, yaml.CollectionEndEvent):
+            size, anchor = open_sizes.pop(), open_anchors.pop()
+            if anchor:
+                sizes[anchor] = size
+            if open_sizes:
+                open_sizes[-1] += size
+        elif added and open_sizes:
+            open_sizes[-1] += added
+
+
+def _load(text: str) -> Any:
+    """yaml.load within the limits; YAMLError for bad YAML, _TooBig beyond the limits."""
+    _check_limits(text)
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        # PyYAML's own constructors (an explicit !!bool maybe, !!timestamp junk) raise these.
+        problem = f"a value its tag does not allow ({_first_line(exc)})"
+        raise yaml.constructor.ConstructorError(None, None, problem, None) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    line = lines[0] if lines else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or _first_line(exc)
+    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return f"invalid YAML: {at}{problem}"
 
 
 def load_yaml(text: str, where: str) -> Any:
+    """Parse a config's text; ConfigError naming `where` for bad YAML or one beyond the limits."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        return _load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(where, f"invalid YAML: {at}{problem}") from None
+        raise ConfigError(where, _yaml_problem(exc)) from None
+    except _TooBig as exc:
+        raise ConfigError(where, f"beyond the limits of a config: {exc}", _LIMITS_HINT) from None
 
 
-def parse_value(text: str) -> Any:
-    """A command-line value, read as a YAML scalar or flow collection (`1e-6`, `[0.9,0.999]`)."""
+_LIMITS_HINT = "a recjobs config is a few KB; see docs/reliability.md for the limits"
+
+
+def parse_value(text: str, where: str = "--set") -> Any:
+    """A command-line value, read as a YAML scalar or flow collection (`1e-6`, `[0.9,0.999]`).
+
+    Text that is not YAML at all (`a: b: c`) stays a string for the schema to judge; YAML that
+    parses but cannot be a value (a list as a key, a duplicate key) or is too big is an error.
+    """
     if text == "":
         return ""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506
+        return _load(text)
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(where, _yaml_problem(exc)) from None
     except yaml.YAMLError:
-        return text  # not YAML (e.g. "a: b: c"): keep the string, the schema judges it
+        return text
+    except _TooBig as exc:
+        raise ConfigError(where, f"beyond the limits of a config: {exc}", _LIMITS_HINT) from None
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        text = path.read_text()
+        with path.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: --config /dev/zero must not hang
     except FileNotFoundError:
         raise ConfigError(str(path), "file not found") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (IsADirectoryError, PermissionError) as exc:
         raise ConfigError(str(path), f"cannot read config file: {type(exc).__name__}") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read config file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            str(path), f"config file is larger than {MAX_CONFIG_BYTES} bytes", _LIMITS_HINT
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            str(path),
+            f"cannot read config file: not UTF-8 text (byte {exc.start})",
+            "save it as UTF-8",
+        ) from None
     data = load_yaml(text, str(path))
     if data is None:
         raise ConfigError(
@@ -227,23 +394,37 @@ def _split_kv(item: str, flag: str) -> tuple[str, Any]:
         example = {"--set": "training.batch_size=2048", "--scheduler-args": "step_size=10"}.get(
             flag, "momentum=0.9"
         )
-        raise ConfigError(flag, f"expected KEY=VALUE, got {item!r}", f"e.g. {example}")
-    return key, parse_value(text)
+        raise ConfigError(flag, f"expected KEY=VALUE, got {brief(item)}", f"e.g. {example}")
+    return key, parse_value(text, f"{flag} {_flag_key(key)}")
+
+
+def _flag_key(key: str) -> str:
+    """A KEY of a KEY=VALUE flag as an error message names it: as typed when short."""
+    return key if len(key) <= MAX_SHOWN and key.isprintable() else brief(key)
 
 
 def _apply_set(raw: dict[str, Any], task: str, item: str) -> None:
     key, value = _split_kv(item, "--set")
+    where = f"--set {_flag_key(key)}"
     parts = key.split(".")
+    if parts[0] in TASKS and parts[0] != task:
+        raise ConfigError(where, f"sets the {parts[0]} section but this is a {task} run")
     if parts[0] == task:
         parts = parts[1:]
-    elif parts[0] in TASKS:
-        raise ConfigError(f"--set {key}", f"sets the {parts[0]} section but this is a {task} run")
-    if parts[0] not in ("dataset", "shared"):
+    if parts and parts[0] not in ("dataset", "shared"):
         parts = [task, *parts]
-    if len(parts) < 2 or not all(parts):
+    if not parts:
+        parts = [task]
+    if not all(parts):
         raise ConfigError(
-            f"--set {key}",
-            "expected a dotted key",
+            where, "expected a dotted key", "e.g. training.batch_size=2048 or shared.seed=7"
+        )
+    if tuple(parts) in _sections(task):
+        # `--set training={batch_size: 8}` would replace the file's whole training section:
+        # its lr, optimizer, ... silently back to the defaults.
+        raise ConfigError(
+            where,
+            f"names the whole {'.'.join(parts)} section; set its keys one by one",
             "e.g. training.batch_size=2048 or shared.seed=7",
         )
     node = raw
@@ -257,7 +438,7 @@ def _apply_set(raw: dict[str, Any], task: str, item: str) -> None:
             child = node[part] = {"name": child}
         elif not isinstance(child, dict):
             raise ConfigError(
-                f"--set {key}", f"{'.'.join(parts[: i + 1])} is {show(child)}, not a mapping"
+                where, f"{_flag_key('.'.join(parts[: i + 1]))} is {show(child)}, not a mapping"
             )
         node = child
     if parts == [task, "training", "lr"]:
@@ -266,6 +447,17 @@ def _apply_set(raw: dict[str, Any], task: str, item: str) -> None:
         if isinstance(opt, dict):
             opt.pop("lr", None)
     node[parts[-1]] = value
+
+
+def _sections(task: str) -> set[tuple[str, ...]]:
+    """Dotted paths of the schema's sections (mappings of keys, not values)."""
+    return {
+        ("dataset",),
+        ("dataset", "synth"),
+        ("shared",),
+        (task,),
+        *((task, sub) for sub in TASK_DEFAULTS[task]),
+    }
 
 
 def apply_overrides(raw: dict[str, Any], task: str, ov: Overrides) -> dict[str, Any]:
@@ -355,21 +547,19 @@ def _override_component(
 def _build_dataclass(
     cls: type, data: Any, where: str, special: dict[str, Any] | None = None
 ) -> Any:
-    """Check a mapping against a schema dataclass: unknown keys, types, nested sections."""
+    """Check a mapping against a schema dataclass: unknown keys, types, ranges, nested sections."""
     if not isinstance(data, dict):
         raise ConfigError(where, f"expected a mapping, got {show(data)}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(names)
-            raise ConfigError(f"{where}.{key_text(key)}", "unknown key", hint)
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f)]
+        if key not in fields:
+            raise unknown_key(f"{where}.{key_text(key)}", key, list(fields))
+    missing = [name for name, f in fields.items() if name not in data and _required(f)]
     if missing:
         raise ConfigError(f"{where}.{missing[0]}", "missing key", "required: " + ", ".join(missing))
     values = {}
-    for name in names:
+    for name, f in fields.items():
         if name not in data:
             continue
         key = f"{where}.{name}"
@@ -382,7 +572,27 @@ def _build_dataclass(
             values[name] = _build_dataclass(_optional_dataclass(hint), value, key)
         else:
             values[name] = coerce(value, hint, key)
+            _check_range(f, values[name], key, nullable=type(None) in typing.get_args(hint))
     return cls(**values)
+
+
+def unknown_key(where: str, key: Any, valid: list[str], what: str = "unknown key") -> ConfigError:
+    """The error for a key that is not in `valid`, with a did-you-mean or the valid keys."""
+    close = did_you_mean(key, valid)
+    hint = f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(valid)
+    return ConfigError(where, what, hint)
+
+
+def _check_range(f: dataclasses.Field, value: Any, where: str, nullable: bool) -> None:
+    """The field's documented range (schema.Range), for a number or each number of a list."""
+    valid = f.metadata.get("range")
+    if valid is None or value is None:
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check(item in valid, f"{where}[{i}]", valid.problem(item))
+    else:
+        _check(value in valid, where, valid.problem(value, nullable))
 
 
 def _required(f: dataclasses.Field) -> bool:
@@ -408,6 +618,32 @@ def _mixed_precision(value: Any, where: str) -> str:
 def _check(cond: bool, where: str, problem: str, hint: str | None = None) -> None:
     if not cond:
         raise ConfigError(where, problem, hint)
+
+
+# Names the export writes into model/ itself; a configured file name must not replace them.
+_MODEL_DIR_NAMES = ("config.yaml", "item_embeddings.pt")
+
+
+def _check_file_name(value: str, where: str, example: str) -> None:
+    """A file name the run writes inside its run dir: never a path that leads elsewhere."""
+    plain = (
+        value not in ("", ".", "..")
+        and len(value) <= 255
+        and not any(c in value for c in "/\\\0")
+        and value.isprintable()
+    )
+    _check(
+        plain,
+        where,
+        f"must be a plain file name inside the run dir's model/, got {show(value)}",
+        f"no '/', '..' or control characters; e.g. {example}",
+    )
+    _check(
+        value not in _MODEL_DIR_NAMES,
+        where,
+        f"{value} is a file the export writes itself",
+        f"e.g. {example}",
+    )
 
 
 def validation_metrics(task: str, training: TrainingConfig) -> list[str]:
@@ -446,45 +682,27 @@ def _validate_section(task: str, section: TaskConfig, raw_section: dict[str, Any
             "loss_func mse needs a label column",
             "e.g. label_col: rating",
         )
-    positive = {
-        "training.batch_size": tr.batch_size,
-        "training.max_epochs": tr.max_epochs,
-        "training.log_steps": tr.log_steps,
-        "training.lr": tr.lr,
-        "training.temperature": tr.temperature,
-        "training.negatives_per_pos": tr.negatives_per_pos,
-        "model.embedding_dim": model.embedding_dim,
-        "model.cross_layers": model.cross_layers,
-    }
-    for key, value in positive.items():
-        _check(value > 0, f"{p}.{key}", f"must be greater than 0, got {value}")
-    for key, value in {
-        "training.eval_steps": tr.eval_steps,
-        "training.checkpoint_steps": tr.checkpoint_steps,
-        "training.num_workers": tr.num_workers,
-    }.items():
-        _check(value >= 0, f"{p}.{key}", f"must be 0 or more, got {value}")
-    for key, value in {
-        "training.max_steps": tr.max_steps,
-        "training.eval_max_users": tr.eval_max_users,
-        "training.grad_clip_norm": tr.grad_clip_norm,
-    }.items():
+    if task == "retrieval":
         _check(
-            value is None or value > 0, f"{p}.{key}", f"must be greater than 0 or null, got {value}"
+            tr.batch_size >= 2,
+            f"{p}.training.batch_size",
+            f"must be at least 2 for retrieval, got {tr.batch_size}",
+            "in-batch softmax uses the other items of a batch as negatives; with one the loss "
+            "is 0 and nothing is learnt",
         )
-    for key, dims in {
-        "model.hidden_dims": model.hidden_dims,
-        "model.scorer_hidden_dims": model.scorer_hidden_dims,
-        "training.eval_k": tr.eval_k,
-    }.items():
+    for key, dims, most in (
+        ("model.hidden_dims", model.hidden_dims, MAX_LAYERS),
+        ("model.scorer_hidden_dims", model.scorer_hidden_dims, MAX_LAYERS),
+        ("training.eval_k", tr.eval_k, MAX_EVAL_K),
+    ):
         _check(
-            len(dims) > 0 and all(d > 0 for d in dims),
+            0 < len(dims) <= most,
             f"{p}.{key}",
-            f"expected a non-empty list of positive integers, got {list(dims)}",
+            f"expected a non-empty list of at most {most} positive integers, got {brief(dims)}",
         )
-    _check(0 <= model.dropout < 1, f"{p}.model.dropout", f"must be in [0, 1), got {model.dropout}")
     for key in ("user_id", "item_id", "interaction_user_col", "interaction_item_col"):
         _check(bool(getattr(cols, key)), f"{p}.columns.{key}", "must be a non-empty column name")
+    _check_file_name(tr.checkpoint, f"{p}.training.checkpoint", "model.pt")
 
     metrics = validation_metrics(task, tr)
     es = tr.early_stopping
@@ -496,23 +714,20 @@ def _validate_section(task: str, section: TaskConfig, raw_section: dict[str, Any
         }[task]
     )
     metric = optim._metric_name(metric, f"{p}.training.early_stopping.metric", metrics)
-    _check(
-        es.patience >= 1,
-        f"{p}.training.early_stopping.patience",
-        f"must be at least 1, got {es.patience}",
-    )
-    _check(
-        es.min_delta >= 0,
-        f"{p}.training.early_stopping.min_delta",
-        f"must be 0 or more, got {es.min_delta}",
-    )
     es = dataclasses.replace(es, metric=metric, mode=es.mode or optim.metric_mode(metric))
 
-    opt = optim.resolve_optimizer(tr.optimizer, tr.lr, f"{p}.training.optimizer")
+    opt = optim.resolve_optimizer(tr.optimizer, tr.lr, f"{p}.training.optimizer", tr.device)
     emb_opt = optim.resolve_embedding_optimizer(
-        tr.embedding_optimizer, opt, f"{p}.training.embedding_optimizer"
+        tr.embedding_optimizer, opt, f"{p}.training.embedding_optimizer", tr.device
     )
-    sched = optim.resolve_scheduler(tr.scheduler, opt, f"{p}.training.scheduler", "loss", metrics)
+    sched = optim.resolve_scheduler(
+        tr.scheduler,
+        opt,
+        f"{p}.training.scheduler",
+        "loss",
+        metrics,
+        embedding_optimizer=emb_opt if tr.sparse_embeddings is not False else None,
+    )
     tr = dataclasses.replace(
         tr,
         optimizer=opt,
@@ -541,13 +756,7 @@ def _task_section(task: str, raw: dict[str, Any]) -> TaskConfig:
         merged[sub] = {**defaults, **given}
     for key in section:
         if key not in merged:
-            names = list(TASK_DEFAULTS[task])
-            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-            raise ConfigError(
-                f"{task}.{key_text(key)}",
-                "unknown key",
-                f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(names),
-            )
+            raise unknown_key(f"{task}.{key_text(key)}", key, list(TASK_DEFAULTS[task]))
     special = {"training": lambda v, w: _build_dataclass(TrainingConfig, v, w, _TRAINING_SPECIAL)}
     built = _build_dataclass(TaskConfig, merged, task, special)
     return _validate_section(task, built, section)
@@ -574,16 +783,21 @@ def resolve_dict(
 ) -> ResolvedConfig:
     """Resolve an already-loaded config mapping (a file's content or a resolved config)."""
     if task not in TASKS:
-        raise ConfigError("task", f"unknown task {task!r}", "one of " + ", ".join(TASKS))
+        raise ConfigError("task", f"unknown task {brief(task)}", "one of " + ", ".join(TASKS))
     if not isinstance(raw, dict):
         raise ConfigError("config", f"expected a mapping at the top level, got {show(raw)}")
     _check_top_level(raw)
     raw = apply_overrides(raw, task, overrides or Overrides())
     dataset = _build_dataclass(DatasetConfig, _or_empty(raw.get("dataset")), "dataset")
-    for key, value in dataclasses.asdict(dataset.synth).items():
-        _check(value > 0, f"dataset.synth.{key}", f"must be greater than 0, got {value}")
     shared = _build_dataclass(SharedConfig, _or_empty(raw.get("shared")), "shared")
+    _check_file_name(shared.encoder_cache, "shared.encoder_cache", "encoders.json")
     section = _task_section(task, raw)
+    _check(
+        section.training.checkpoint != shared.encoder_cache,
+        "shared.encoder_cache",
+        f"is the same file as {task}.training.checkpoint ({section.training.checkpoint})",
+        "give the weights and the vocabularies different names",
+    )
     return ResolvedConfig(task=task, dataset=dataset, shared=shared, section=section)
 
 
@@ -591,9 +805,7 @@ def _check_top_level(raw: dict[str, Any]) -> None:
     allowed = ["dataset", "shared", *TASKS]
     for key in raw:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else "valid keys: " + ", ".join(allowed)
-            raise ConfigError(key_text(key), "unknown top-level key", hint)
+            raise unknown_key(key_text(key), key, allowed, "unknown top-level key")
 
 
 def _or_empty(value: Any) -> Any:

@@ -12,9 +12,14 @@ class UserError(Exception):
         self.where, self.problem, self.hint = where, problem, hint
         super().__init__(self.line())
 
+    # However the message was built, it stays one line of readable length.
+    MAX_LINE = 2000
+
     def line(self) -> str:
         text = f"error: {self.where}: {self.problem}"
-        return f"{text} ({self.hint})" if self.hint else text
+        text = f"{text} ({self.hint})" if self.hint else text
+        text = text.replace("\r", "\\r").replace("\n", "\\n")
+        return text if len(text) <= self.MAX_LINE else text[: self.MAX_LINE - 3] + "..."
 
 
 class ConfigError(UserError):
@@ -27,6 +32,13 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be used (missing, corrupted, from another config)."""
+
+
+class RunDirError(UserError):
+    """The run directory cannot hold the run: not a directory, not writable, or full.
+
+    Raised before anything is replaced: what was written before stays as it was.
+    """
 
 
 class TrainingDiverged(UserError):

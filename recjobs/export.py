@@ -13,6 +13,8 @@ model/item_embeddings.pt      retrieval only: {"item_ids": [raw ids], "embedding
 from __future__ import annotations
 
 import io
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -35,7 +37,25 @@ def _save(obj: object, path: Path) -> None:
 
 
 def export_model(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: TaskData) -> None:
-    model_dir.mkdir(parents=True, exist_ok=True)
+    """Write the model to `model_dir`, all of it or nothing.
+
+    The files go to `<model_dir>.partial/` first, which then replaces `model_dir`: a process
+    killed during the export leaves the previous export (or none) and a stray .partial
+    directory, never a model/ that lacks a file. `recjobs train --resume` exports again.
+    """
+    partial = model_dir.with_name(model_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    _write_files(partial, model, cfg, data)
+    old = model_dir.with_name(model_dir.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if model_dir.exists():
+        os.replace(model_dir, old)
+    os.replace(partial, model_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_files(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: TaskData) -> None:
     _save(
         {k: v.detach().cpu() for k, v in model.state_dict().items()},
         model_dir / cfg.training.checkpoint,

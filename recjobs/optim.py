@@ -9,18 +9,19 @@ in the job.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import typing
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.optim import lr_scheduler
 
-from recjobs.coerce import coerce, describe, key_text
+from recjobs.coerce import brief, coerce, describe, did_you_mean, key_text
 from recjobs.errors import ConfigError
+from recjobs.schema import INT32_MAX, Range
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     name: obj
@@ -46,6 +47,53 @@ CONTAINERS = ("SequentialLR", "ChainedScheduler")
 # Arguments recjobs sets itself; a config that sets them would break resume or the loop.
 RESERVED = {"params", "optimizer", "last_epoch", "verbose", "schedulers"}
 PLACEHOLDER_TOTAL_STEPS = 1000  # only for the resolve-time trial build of OneCycleLR
+# The resolve-time trial: the optimizer steps this many times on a trial parameter, the
+# scheduler (with that optimizer) this many times, so that the checks torch makes only when
+# stepping (a closure, dense vs sparse gradients, a division by T_max) fail on the submitting
+# machine, and a learning rate a schedule turns negative or infinite is seen.
+TRIAL_OPTIMIZER_STEPS = 3
+TRIAL_SCHEDULER_STEPS = 30
+
+_COUNT = Range(1, INT32_MAX)
+_NON_NEGATIVE = Range(0)
+_POSITIVE = Range(0, low_open=True)
+# Valid ranges of torch arguments beyond what torch itself checks: values torch accepts but
+# that divide by zero when stepping, turn training into gradient ascent (a negative learning
+# rate) or into a no-op. An argument gets its range wherever a class has an argument of that name.
+# (torch checks eps, weight_decay, momentum and most others itself.)
+OPTIMIZER_ARG_RANGES = {
+    "lr": _POSITIVE,  # torch takes 0: a run that never changes a weight
+    "lambd": _NON_NEGATIVE,  # ASGD: a negative decay term makes its step size grow to inf
+    "alpha": _NON_NEGATIVE,
+    "t0": _NON_NEGATIVE,
+}
+SCHEDULER_ARG_RANGES = {
+    "step_size": _COUNT,
+    "T_max": _COUNT,
+    "T_0": _COUNT,
+    "T_mult": _COUNT,
+    "total_iters": _COUNT,
+    "total_steps": _COUNT,
+    "epochs": _COUNT,
+    "steps_per_epoch": _COUNT,
+    "step_size_up": _COUNT,
+    "step_size_down": _COUNT,
+    "milestones": Range(0, INT32_MAX),
+    "gamma": _POSITIVE,
+    "eta_min": _NON_NEGATIVE,
+    "base_lr": _NON_NEGATIVE,
+    "max_lr": _NON_NEGATIVE,
+    "min_lr": _NON_NEGATIVE,
+    "power": _NON_NEGATIVE,
+    "div_factor": _POSITIVE,
+    "final_div_factor": _POSITIVE,
+    "patience": Range(0, INT32_MAX),
+    "cooldown": Range(0, INT32_MAX),
+    "threshold": _NON_NEGATIVE,
+    "eps": _NON_NEGATIVE,
+}
+# Where one name means something else in one class: ReduceLROnPlateau multiplies by `factor`.
+CLASS_ARG_RANGES = {"ReduceLROnPlateau": {"factor": Range(0, 1, low_open=True, high_open=True)}}
 
 
 def _parameters(cls: type) -> dict[str, tuple[Any, Any]]:
@@ -78,18 +126,35 @@ def _needs_callable(hint: Any) -> bool:
 
 def _pick(name: Any, table: dict[str, type], where: str, what: str) -> type:
     if not isinstance(name, str) or not name:
-        raise ConfigError(where, f"expected the name of a {what}, got {name!r}")
+        raise ConfigError(where, f"expected the name of a {what}, got {brief(name)}")
     if name in table:
         return table[name]
     lowered = {n.lower(): n for n in table}
     close = [lowered[name.lower()]] if name.lower() in lowered else []
-    close = close or difflib.get_close_matches(name, table, n=3, cutoff=0.5)
+    close = close or did_you_mean(name, table, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else f"one of {', '.join(sorted(table))}"
-    raise ConfigError(where, f"unknown {what} {name!r}", hint)
+    raise ConfigError(where, f"unknown {what} {brief(name)}", hint)
+
+
+def _arg_ranges(cls: type) -> dict[str, Range]:
+    table = OPTIMIZER_ARG_RANGES if cls in OPTIMIZERS.values() else SCHEDULER_ARG_RANGES
+    return {**table, **CLASS_ARG_RANGES.get(cls.__name__, {})}
+
+
+def _check_arg_range(value: Any, valid: Range | None, where: str) -> None:
+    """`valid` for a number, or for each number of a list (None entries are torch defaults)."""
+    if valid is None or isinstance(value, bool):
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_arg_range(item, valid, f"{where}[{i}]")
+    elif isinstance(value, (int, float)) and value not in valid:
+        raise ConfigError(where, valid.problem(value))
 
 
 def _check_kwargs(cls: type, kwargs: dict[str, Any], where: str, skip: set[str]) -> dict[str, Any]:
     params = _parameters(cls)
+    ranges = _arg_ranges(cls)
     accepted = sorted(n for n in params if n not in RESERVED | skip)
     out = {}
     for key, value in kwargs.items():
@@ -98,7 +163,7 @@ def _check_kwargs(cls: type, kwargs: dict[str, Any], where: str, skip: set[str])
         if key in RESERVED:
             raise ConfigError(f"{where}.{key}", "is set by recjobs and cannot be configured")
         if key not in params:
-            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+            close = did_you_mean(key, accepted)
             hint = (
                 (f"did you mean {close[0]}? " if close else "")
                 + f"{cls.__name__} accepts: "
@@ -113,6 +178,7 @@ def _check_kwargs(cls: type, kwargs: dict[str, Any], where: str, skip: set[str])
                 f"{where}.{key}", "needs a Python callable, which a config cannot express"
             )
         out[key] = coerce(value, hint_type, f"{where}.{key}")
+        _check_arg_range(out[key], ranges.get(key), f"{where}.{key}")
     missing = [
         n
         for n, (_, default) in params.items()
@@ -148,17 +214,25 @@ def _first_line(exc: Exception) -> str:
 # --------------------------------------------------------------------------- optimizer
 
 
-def resolve_optimizer(value: Any, lr: float, where: str) -> dict[str, Any]:
+def resolve_optimizer(
+    value: Any, lr: float, where: str, device: str = "auto", sparse: bool = False
+) -> dict[str, Any]:
     """Normalise `training.optimizer` (a name or {name, **kwargs}) to {name, lr, **kwargs}.
 
-    `lr` is `training.lr`; an `lr` inside the optimizer mapping wins over it.
+    `lr` is `training.lr`; an `lr` inside the optimizer mapping wins over it. `device` is
+    `training.device`; `sparse`: the optimizer gets sparse gradients (embedding tables).
+
+    Raises:
+        ConfigError: unknown name or argument, a value out of range, an optimizer this loop
+            cannot drive (a closure, differentiable, capturable on the CPU), or one that fails
+            or produces non-finite weights in a trial of a few steps.
     """
     if isinstance(value, str):
         value = {"name": value}
     if not isinstance(value, dict):
         raise ConfigError(
             where,
-            f"expected an optimizer name or a mapping with 'name', got {value!r}",
+            f"expected an optimizer name or a mapping with 'name', got {brief(value)}",
             "e.g. optimizer: AdamW",
         )
     if "name" not in value:
@@ -169,11 +243,82 @@ def resolve_optimizer(value: Any, lr: float, where: str) -> dict[str, Any]:
     kwargs = {k: v for k, v in value.items() if k != "name"}
     kwargs.setdefault("lr", lr)
     kwargs = _check_kwargs(cls, kwargs, where, skip=set())
+    _check_loop_can_drive(cls, kwargs, where)
+    if device == "cpu":
+        check_device({"name": cls.__name__, **kwargs}, "cpu", where, "training.device is cpu")
     try:
-        cls([_trial_parameter()], **kwargs)
+        trial = _trial_optimizer(cls, kwargs)
     except Exception as exc:  # torch's own value checks, e.g. "Invalid learning rate: -1.0"
         raise ConfigError(where, _first_line(exc)) from None
+    _trial_steps(trial, cls.__name__, where, sparse)
     return {"name": cls.__name__, "lr": kwargs.pop("lr"), **kwargs}
+
+
+def _check_loop_can_drive(cls: type, kwargs: dict[str, Any], where: str) -> None:
+    closure = inspect.signature(cls.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise ConfigError(
+            f"{where}.name",
+            f"{cls.__name__} needs a closure that re-evaluates the loss at every step, which "
+            "this training loop does not give",
+            "use Adam, AdamW or SGD",
+        )
+    if kwargs.get("differentiable"):
+        raise ConfigError(
+            f"{where}.differentiable",
+            "differentiable optimizers are for differentiating through the optimizer step, "
+            "which this training loop never does (torch refuses to step them on weights)",
+            "drop it",
+        )
+
+
+def check_device(optimizer: dict[str, Any], device_type: str, where: str, why: str) -> None:
+    """ConfigError for an optimizer flag the training device cannot honour.
+
+    `capturable` keeps optimizer state on the GPU for CUDA graphs; torch refuses it for CPU
+    tensors at the first step. Checked at resolve time for `device: cpu`, and by the trainer
+    once `device: auto` has become a device.
+    """
+    if optimizer.get("capturable") and device_type == "cpu":
+        raise ConfigError(
+            f"{where}.capturable",
+            f"capturable needs a CUDA device, but {why}",
+            "drop capturable, or train on a GPU",
+        )
+
+
+def _trial_optimizer(cls: type, kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    # The trial runs on the CPU; capturable (CUDA only) is judged by check_device instead.
+    kwargs = {k: v for k, v in kwargs.items() if k != "capturable"}
+    return cls([_trial_parameter()], **kwargs)
+
+
+def _fake_gradients(optimizer: torch.optim.Optimizer, sparse: bool) -> None:
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if sparse:  # one row of a table, as an nn.Embedding(sparse=True) gives
+                p.grad = torch.sparse_coo_tensor([[0]], torch.ones(1, p.shape[1]), p.shape)
+            else:
+                p.grad = torch.ones_like(p)
+
+
+def _trial_steps(optimizer: torch.optim.Optimizer, name: str, where: str, sparse: bool) -> None:
+    """Step the trial optimizer: torch checks some arguments only when it steps."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(TRIAL_OPTIMIZER_STEPS):
+                _fake_gradients(optimizer, sparse)
+                optimizer.step()
+    except Exception as exc:
+        raise ConfigError(where, f"{name} fails when it steps: {_first_line(exc)}") from None
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise ConfigError(
+            where,
+            f"{name} makes a trial weight infinite or NaN within {TRIAL_OPTIMIZER_STEPS} steps",
+            "check lr and the other arguments",
+        )
 
 
 # torch.optim classes that accept sparse gradients (none of them with weight decay).
@@ -182,7 +327,9 @@ SPARSE_CAPABLE = ("SparseAdam", "Adagrad", "SGD")
 SPARSE_AUTO_ROWS = 100_000
 
 
-def resolve_embedding_optimizer(value: Any, dense: dict[str, Any], where: str) -> dict[str, Any]:
+def resolve_embedding_optimizer(
+    value: Any, dense: dict[str, Any], where: str, device: str = "auto"
+) -> dict[str, Any]:
     """The optimizer for embedding tables when sparse updates are on.
 
     Null derives it from the dense optimizer: SGD -> SGD (momentum/nesterov/dampening carried
@@ -200,7 +347,18 @@ def resolve_embedding_optimizer(value: Any, dense: dict[str, Any], where: str) -
         value = {"name": name, "lr": dense["lr"], **{k: dense[k] for k in carry if k in dense}}
         if name == "SparseAdam" and "betas" in value:
             value["betas"] = list(value["betas"])
-    resolved = resolve_optimizer(value, dense["lr"], where)
+    # Judged by name first: a trial with sparse gradients would fail less clearly.
+    name = value.get("name") if isinstance(value, dict) else value
+    if isinstance(name, str) and name in OPTIMIZERS and name not in SPARSE_CAPABLE:
+        raise ConfigError(
+            f"{where}.name",
+            f"{name} does not accept sparse gradients",
+            "one of " + ", ".join(SPARSE_CAPABLE),
+        )
+    decay = value.get("weight_decay") if isinstance(value, dict) else None
+    if isinstance(decay, (int, float)) and not isinstance(decay, bool) and decay != 0:
+        raise _sparse_weight_decay(where)
+    resolved = resolve_optimizer(value, dense["lr"], where, device, sparse=True)
     if resolved["name"] not in SPARSE_CAPABLE:
         raise ConfigError(
             f"{where}.name",
@@ -208,12 +366,16 @@ def resolve_embedding_optimizer(value: Any, dense: dict[str, Any], where: str) -
             "one of " + ", ".join(SPARSE_CAPABLE),
         )
     if resolved.get("weight_decay"):
-        raise ConfigError(
-            f"{where}.weight_decay",
-            "weight decay does not work with sparse gradients",
-            "drop it, or set sparse_embeddings: false",
-        )
+        raise _sparse_weight_decay(where)
     return resolved
+
+
+def _sparse_weight_decay(where: str) -> ConfigError:
+    return ConfigError(
+        f"{where}.weight_decay",
+        "weight decay does not work with sparse gradients",
+        "drop it, or set sparse_embeddings: false",
+    )
 
 
 def sparse_decision(setting: bool | str, cardinalities: list[int], nccl: bool) -> tuple[bool, str]:
@@ -316,10 +478,17 @@ def resolve_scheduler(
     where: str,
     monitor_default: str,
     valid_metrics: list[str],
+    embedding_optimizer: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """Normalise `training.scheduler` to None or {name, interval, **kwargs}.
 
     ReduceLROnPlateau also gets `monitor` (a validation metric) and a `mode` derived from it.
+    The scheduler is built and stepped on trial optimizers (`optimizer`, and
+    `embedding_optimizer` with sparse gradients when given).
+
+    Raises:
+        ConfigError: unknown name or argument, a value out of range, or a schedule that fails
+            in the trial or sets a negative or non-finite learning rate.
     """
     if value is None:
         return None
@@ -328,7 +497,7 @@ def resolve_scheduler(
     if not isinstance(value, dict):
         raise ConfigError(
             where,
-            f"expected a mapping with 'name', got {value!r}",
+            f"expected a mapping with 'name', got {brief(value)}",
             "e.g. scheduler: {name: StepLR, step_size: 10}",
         )
     if "name" not in value:
@@ -336,7 +505,7 @@ def resolve_scheduler(
     name = _pick(value["name"], SCHEDULERS, f"{where}.name", "scheduler").__name__
     interval = value.get("interval", "step" if name in PER_STEP_ONLY else "epoch")
     if interval not in INTERVALS:
-        raise ConfigError(f"{where}.interval", f"expected 'epoch' or 'step', got {interval!r}")
+        raise ConfigError(f"{where}.interval", f"expected 'epoch' or 'step', got {brief(interval)}")
     if name in PER_STEP_ONLY and interval != "step":
         raise ConfigError(
             f"{where}.interval", f"{name} must be stepped per iteration", "use interval: step"
@@ -352,22 +521,73 @@ def resolve_scheduler(
     elif "monitor" in spec:
         raise ConfigError(f"{where}.monitor", f"only ReduceLROnPlateau takes a monitor, not {name}")
     resolved = _resolve_one(spec, where)
-    # Trial build against the real optimizer config: catches e.g. CyclicLR's momentum check.
-    trial = build_optimizer([_trial_parameter()], optimizer)
-    try:
-        _build(
-            trial, resolved, steps_per_epoch=None, max_epochs=1, max_steps=PLACEHOLDER_TOTAL_STEPS
-        )
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(where, _first_line(exc)) from None
+    # Trial against the real optimizer config: catches e.g. CyclicLR's momentum check.
+    _trial_schedule(resolved, optimizer, where, sparse=False)
+    if embedding_optimizer is not None:
+        _trial_schedule(resolved, embedding_optimizer, where, sparse=True)
     return {
         "name": name,
         "interval": interval,
         **extra,
         **{k: v for k, v in resolved.items() if k != "name"},
     }
+
+
+def _trial_schedule(
+    spec: dict[str, Any], optimizer: dict[str, Any], where: str, sparse: bool
+) -> None:
+    """Build the scheduler on a trial optimizer and step both, watching the learning rate."""
+    cls = OPTIMIZERS[optimizer["name"]]
+    trial = _trial_optimizer(cls, {k: v for k, v in optimizer.items() if k != "name"})
+    plateau = spec["name"] == "ReduceLROnPlateau"
+    steps = min(TRIAL_SCHEDULER_STEPS, _trial_horizon(spec))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scheduler = _build(
+                trial, spec, steps_per_epoch=None, max_epochs=1, max_steps=PLACEHOLDER_TOTAL_STEPS
+            )
+            for step in range(1, steps + 1):
+                _fake_gradients(trial, sparse)
+                trial.step()
+                if plateau:  # a metric that never improves: it reduces as often as it can
+                    scheduler.step(1.0)
+                else:
+                    scheduler.step()
+                check_learning_rates(trial, spec["name"], step, where)
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(where, _first_line(exc)) from None
+
+
+def _trial_horizon(spec: dict[str, Any]) -> int:
+    """Steps the trial may take: a OneCycleLR with explicit total_steps refuses more."""
+    if spec["name"] in CONTAINERS:
+        return min(_trial_horizon(child) for child in spec["schedulers"])
+    if spec["name"] == "OneCycleLR":
+        if spec.get("total_steps"):
+            return spec["total_steps"]
+        if spec.get("epochs"):
+            return spec["epochs"] * (spec.get("steps_per_epoch") or 1)
+    return TRIAL_SCHEDULER_STEPS
+
+
+def check_learning_rates(
+    optimizer: torch.optim.Optimizer, scheduler: str, step: int, where: str
+) -> None:
+    """ConfigError when a schedule has set a negative or non-finite learning rate.
+
+    A negative one turns training into gradient ascent without any error from torch.
+    """
+    for lr in current_lrs(optimizer):
+        if not (math.isfinite(lr) and lr >= 0):
+            raise ConfigError(
+                where,
+                f"{scheduler} sets the learning rate to {lr:.6g} after {step} steps",
+                "a learning rate must stay finite and 0 or more; check gamma, factors and "
+                "eta_min/min_lr",
+            )
 
 
 def _resolve_one(spec: dict[str, Any], where: str, nested: bool = False) -> dict[str, Any]:
@@ -412,13 +632,13 @@ def metric_mode(metric: str) -> str:
 def _metric_name(value: Any, where: str, valid: list[str]) -> str:
     if not isinstance(value, str):
         raise ConfigError(
-            where, f"expected a metric name, got {value!r}", "one of " + ", ".join(valid)
+            where, f"expected a metric name, got {brief(value)}", "one of " + ", ".join(valid)
         )
     bare = value.removeprefix("val/")
     if bare not in valid:
-        close = difflib.get_close_matches(bare, valid, n=1)
+        close = did_you_mean(bare, valid)
         hint = f"did you mean {close[0]}?" if close else "one of " + ", ".join(valid)
-        raise ConfigError(where, f"unknown validation metric {value!r}", hint)
+        raise ConfigError(where, f"unknown validation metric {brief(value)}", hint)
     return bare
 
 
@@ -462,6 +682,7 @@ class LRSchedule:
     schedulers: list[Any]  # one per optimizer, all built from the same config
     interval: str = "epoch"
     monitor: str | None = None
+    steps: int = 0  # scheduler steps taken in this process, for messages
 
     @property
     def scheduler(self) -> Any | None:
@@ -470,21 +691,26 @@ class LRSchedule:
 
     def after_step(self) -> None:
         if self.monitor is None and self.interval == "step":
-            for s in self.schedulers:
-                s.step()
+            self._step()
 
     def after_epoch(self) -> None:
         if self.monitor is None and self.interval == "epoch":
-            for s in self.schedulers:
-                s.step()
+            self._step()
 
     def after_validation(self, metrics: dict[str, float], end_of_epoch: bool) -> None:
         if self.monitor is None or not (self.interval == "step" or end_of_epoch):
             return
         value = metrics[f"val/{self.monitor}"]
         if math.isfinite(value):
-            for s in self.schedulers:
-                s.step(value)
+            self._step(value)
+
+    def _step(self, *metric: float) -> None:
+        self.steps += 1
+        for s in self.schedulers:
+            s.step(*metric)
+            # The resolve-time trial sees the first steps only; a schedule that turns the
+            # learning rate negative later (StepLR after many epochs) stops here instead.
+            check_learning_rates(s.optimizer, type(s).__name__, self.steps, "training.scheduler")
 
     def state_dict(self) -> list[dict[str, Any]]:
         return [s.state_dict() for s in self.schedulers]

@@ -15,11 +15,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from recjobs.checkpoint import atomic_write_bytes, previous
-from recjobs.errors import CheckpointError
+from recjobs.errors import CheckpointError, RunDirError
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,39 @@ class RunDir:
     def model(self) -> Path:
         return self.path / "model"
 
+    def prepare(self) -> None:
+        """Create the run dir (and its parents) and check this user can write in it.
+
+        Raises:
+            RunDirError: it is a file or under one, cannot be created, or is not writable.
+        """
+        where = str(self.path)
+        if "\0" in where:
+            raise RunDirError(where, "a path cannot hold a NUL character")
+        try:
+            if self.path.exists() and not self.path.is_dir():
+                raise RunDirError(where, "is a file, not a directory", "use another --run-dir")
+            self.path.mkdir(parents=True, exist_ok=True)
+            in_the_way = [p for p in (self.last, previous(self.last), self.best) if p.is_dir()]
+        except (FileExistsError, NotADirectoryError):
+            raise RunDirError(
+                where, "a parent of it is a file, not a directory", "use another --run-dir"
+            ) from None
+        except OSError as exc:
+            raise RunDirError(
+                where, f"cannot create it: {exc.strerror or exc}", "use another --run-dir"
+            ) from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise RunDirError(
+                where,
+                f"not writable by this user (uid {os.getuid()})",
+                "make it writable for this user, or use another --run-dir",
+            )
+        if in_the_way:
+            raise RunDirError(
+                str(in_the_way[0]), "is a directory, not a checkpoint file", "remove it"
+            )
+
     def check_start(self, resume: bool) -> bool:
         """Whether this run resumes. A fresh run never overwrites another run's checkpoints."""
         if self.last.exists() or previous(self.last).exists():
@@ -66,8 +100,14 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Hold an exclusive lock on the run dir: a second trainer on it stops instead of
         interleaving writes. The kernel drops the lock when the process dies, even by SIGKILL."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "a+") as f:
+        self.prepare()
+        try:
+            f = open(self.path / ".lock", "a+")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise RunDirError(
+                str(self.path / ".lock"), f"cannot open the lock file: {exc.strerror or exc}"
+            ) from None
+        with f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -87,6 +127,6 @@ class RunDir:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def write_config(self, resolved: dict) -> None:
+    def write_config(self, resolved: dict[str, Any]) -> None:
         text = yaml.safe_dump(resolved, sort_keys=False)
         atomic_write_bytes(self.config, text.encode())

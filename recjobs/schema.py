@@ -9,11 +9,70 @@ The layout is the spec's: top-level `dataset:` and `shared:`, then one section p
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 TASKS = ("retrieval", "ranking")
 Task = Literal["retrieval", "ranking"]
+
+INT32_MAX = 2**31 - 1  # counts and sizes: far beyond any real run, far below any overflow
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (np.random.seed) takes 32 bits
+MAX_LAYERS = 32  # entries of hidden_dims / scorer_hidden_dims
+MAX_EVAL_K = 10  # entries of eval_k
+MAX_WIDTH = 65536  # embedding_dim and each hidden layer
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric key (of each element, for a list key).
+
+    Every int and float field of the schema carries one (`field(metadata={"range": ...})`);
+    `recjobs.config` checks them at resolve time and docs/reliability.md lists them.
+    """
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def text(self) -> str:
+        return (
+            f"{'(' if self.low_open else '['}{_num(self.low)}, "
+            f"{_num(self.high)}{')' if self.high_open or self.high == math.inf else ']'}"
+        )
+
+    def problem(self, value: float, nullable: bool = False) -> str:
+        """Why `value` is outside: one bound when the other one is only an overflow guard."""
+        if self.high != math.inf and self.high < INT32_MAX:
+            bound = f"in {self.text()}"
+        elif value > self.high:
+            bound = f"at most {_num(self.high)}"
+        elif self.low_open or self.low == 1:  # for integers, >= 1 is > 0
+            bound = f"greater than {_num(self.low if self.low_open else 0)}"
+        elif self.low == 0:
+            bound = "0 or more"
+        else:
+            bound = f"at least {_num(self.low)}"
+        return f"must be {bound}{' or null' if nullable else ''}, got {value}"
+
+
+def _num(x: float) -> str:
+    return "inf" if x == math.inf else str(int(x)) if float(x).is_integer() else str(x)
+
+
+def ranged(default: Any, low: float, high: float = math.inf, **kw: Any) -> Any:
+    """A dataclass field with a default and a valid range (see Range)."""
+    make = {"default_factory": lambda: default} if isinstance(default, list) else {}
+    return field(**(make or {"default": default}), metadata={"range": Range(low, high, **kw)})
+
+
+POSITIVE = {"low_open": True}  # for floats: (0, inf)
 
 
 @dataclass(frozen=True)
@@ -30,9 +89,9 @@ class DataPaths:
 class SynthSize:
     """Size of the built-in synthetic data set used when `dataset.paths` is null."""
 
-    users: int = 2000
-    items: int = 500
-    interactions: int = 60000
+    users: int = ranged(2000, 1, INT32_MAX)
+    items: int = ranged(500, 1, INT32_MAX)
+    interactions: int = ranged(60000, 1, INT32_MAX)
 
 
 @dataclass(frozen=True)
@@ -45,8 +104,9 @@ class DatasetConfig:
 
 @dataclass(frozen=True)
 class SharedConfig:
-    seed: int = 42
-    # File name (inside the run dir's model/) where the id/category vocabularies are saved.
+    seed: int = ranged(42, 0, SEED_MAX)
+    # File name (inside the run dir's model/) where the id/category vocabularies are saved;
+    # a plain name: no / or ..
     encoder_cache: str = "encoders.json"
 
 
@@ -65,13 +125,13 @@ class ColumnsConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     model_arch: Literal["two_tower", "dlrm", "dcn"] = "two_tower"
-    embedding_dim: int = 64
-    hidden_dims: tuple[int, ...] = (128, 64)
+    embedding_dim: int = ranged(64, 1, MAX_WIDTH)
+    hidden_dims: tuple[int, ...] = ranged((128, 64), 1, MAX_WIDTH)
     # Ranking only: the MLP on top of the feature interactions.
-    scorer_hidden_dims: tuple[int, ...] = (128, 64)
+    scorer_hidden_dims: tuple[int, ...] = ranged((128, 64), 1, MAX_WIDTH)
     # DCN only: number of DCN-v2 cross layers.
-    cross_layers: int = 3
-    dropout: float = 0.1
+    cross_layers: int = ranged(3, 1, 64)
+    dropout: float = ranged(0.1, 0, 1, high_open=True)
 
 
 @dataclass(frozen=True)
@@ -80,20 +140,21 @@ class EarlyStopping:
     # A validation metric without the `val/` prefix, e.g. recall@10, auc, loss.
     # null: recall@<first eval_k> for retrieval, auc (bce) or rmse (mse) for ranking.
     metric: str | None = None
-    patience: int = 5
+    patience: int = ranged(5, 1, INT32_MAX)
     # null: derived from the metric (min for losses and errors, max otherwise).
     mode: Literal["min", "max"] | None = None
-    min_delta: float = 0.0
+    min_delta: float = ranged(0.0, 0)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    batch_size: int = 1024
-    num_workers: int = 0
-    max_epochs: int = 3
+    # Retrieval needs at least 2 (the other items of a batch are its negatives).
+    batch_size: int = ranged(1024, 1, INT32_MAX)
+    num_workers: int = ranged(0, 0, 1024)
+    max_epochs: int = ranged(3, 1, INT32_MAX)
     # null: no limit beyond max_epochs.
-    max_steps: int | None = None
-    lr: float = 0.001
+    max_steps: int | None = ranged(None, 1, 2**62)
+    lr: float = ranged(0.001, 0, **POSITIVE)
     # Resolved: {"name": ..., "lr": ..., **kwargs}. See recjobs.optim.
     optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "Adam"})
     # Sparse gradients for the embedding tables, updated by `embedding_optimizer`, so that a
@@ -108,26 +169,26 @@ class TrainingConfig:
     scheduler: dict[str, Any] | None = None
     # Resolved: "off", "fp16" or "bf16".
     mixed_precision: Literal["off", "fp16", "bf16"] = "off"
-    grad_clip_norm: float | None = None
+    grad_clip_norm: float | None = ranged(None, 0, **POSITIVE)
     loss_func: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"
     # Retrieval only: softmax temperature, and the logQ correction for in-batch negatives being
     # sampled by popularity (Yi et al. 2019); without it the model under-recommends popular items.
-    temperature: float = 0.05
+    temperature: float = ranged(0.05, 0, **POSITIVE)
     logq_correction: bool = True
     # Ranking only: sampled negatives per positive for bce.
-    negatives_per_pos: int = 4
-    eval_k: tuple[int, ...] = (10, 50)
+    negatives_per_pos: int = ranged(4, 1, 1000)
+    eval_k: tuple[int, ...] = ranged((10, 50), 1, INT32_MAX)
     # Retrieval only: score at most this many validation users (a fixed sample; null: all).
     # Full-catalogue scoring costs users x items; bound it for very large catalogues.
-    eval_max_users: int | None = None
+    eval_max_users: int | None = ranged(None, 1, INT32_MAX)
     # 0: evaluate only at the end of each epoch.
-    eval_steps: int = 0
-    log_steps: int = 50
+    eval_steps: int = ranged(0, 0, INT32_MAX)
+    log_steps: int = ranged(50, 1, INT32_MAX)
     # 0: checkpoint only at the end of each epoch.
-    checkpoint_steps: int = 0
+    checkpoint_steps: int = ranged(0, 0, INT32_MAX)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     artifact_dir: str | None = None
-    # File name of the exported weights inside the run dir's model/.
+    # File name of the exported weights inside the run dir's model/ (a plain name: no / or ..).
     checkpoint: str = "model.pt"
     use_wandb: bool = False
     wandb_project: str = "recjobs"

@@ -14,6 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from recjobs.checkpoint import atomic_write_bytes
+from recjobs.errors import RunDirError
+
 log = logging.getLogger(__name__)
 
 
@@ -42,16 +45,13 @@ class Tracker:
         if not self.enabled or not self.path.exists():
             return
         kept = self.path.read_text().splitlines(keepends=True)[:lines]
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, "".join(kept).encode())
         self.lines = len(kept)
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append(self.path, (json.dumps(record) + "\n").encode())
         self.lines += 1
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in record.items())
         log.info("%s", shown)
@@ -97,6 +97,29 @@ def _start_wandb(run_dir: Path, config: dict[str, Any], wandb_args: dict[str, An
     except Exception as exc:
         log.warning("W&B could not start, continuing without it: %s", exc)
         return None
+
+
+def _append(path: Path, line: bytes) -> None:
+    """Append one record; on a write error (disk full) the file is cut back to what it was,
+    so it never ends in half a record, and RunDirError says what happened."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise RunDirError(str(path), f"cannot write: {exc.strerror or exc}") from None
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError as exc:
+        os.ftruncate(fd, start)
+        raise RunDirError(
+            str(path),
+            f"cannot write: {exc.strerror or exc}",
+            "the records before this one are whole; resume with --resume once it can be written",
+        ) from None
+    finally:
+        os.close(fd)
 
 
 def _count_lines(path: Path) -> int:

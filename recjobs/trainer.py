@@ -14,6 +14,8 @@ rank 0 alone writes files.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import math
 import os
@@ -21,6 +23,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +40,14 @@ from recjobs.checkpoint import (
     set_rng_state,
 )
 from recjobs.data import Encoders, epoch_batches, load_task_data, steps_per_epoch
-from recjobs.errors import CheckpointError, ConfigError, TrainingDiverged
+from recjobs.errors import CheckpointError, ConfigError, DataError, RunDirError, TrainingDiverged
 from recjobs.export import export_model
 from recjobs.models import build_model
 from recjobs.optim import (
     Optimizers,
     build_optimizers,
     build_scheduler,
+    check_device,
     clip_grad_norm,
     sparse_decision,
 )
@@ -76,7 +80,15 @@ RESUMABLE_CHANGES = {
 
 
 class Preempted(Exception):
-    """SIGTERM arrived; a checkpoint was written. The process exits with EXIT_PREEMPTED."""
+    """SIGTERM or SIGINT arrived; a checkpoint was written (or the run had already ended).
+
+    The process exits with `exit_code`, 128 + the signal's number: 143 for SIGTERM, 130 for
+    SIGINT (Ctrl-C), as a shell reports a process the signal ended.
+    """
+
+    def __init__(self, message: str, exit_code: int = EXIT_PREEMPTED):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)
@@ -116,18 +128,38 @@ def pick_device(setting: str, ddp: Distributed) -> torch.device:
     return torch.device("cuda", ddp.local_rank)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 class StopSignal:
-    """Turns SIGTERM into a flag the loop checks between steps (the step in flight finishes)."""
+    """Turns SIGTERM and SIGINT (Ctrl-C) into a flag the loop checks between steps.
+
+    The step in flight finishes, a checkpoint is written, the process exits with 128 + the
+    signal's number. Installed when `train` starts, so a signal while data loads, during
+    validation, a checkpoint write or the export is handled the same way: never a
+    KeyboardInterrupt traceback, never a half-done write.
+    """
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.signum: int | None = None  # the first stop signal that arrived, if any
+        self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or signum
         self.requested = True
 
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum or signal.SIGTERM).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or signal.SIGTERM)
+
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 class EarlyStopping:
@@ -180,16 +212,31 @@ def train(
 ) -> dict[str, float]:
     """Train one task as configured; returns the last validation metrics.
 
-    Raises Preempted after writing a checkpoint when SIGTERM arrives.
+    Raises:
+        Preempted: SIGTERM or SIGINT arrived; a checkpoint was written.
+        UserError: bad data, checkpoint or run dir (RunDirError also for a full disk);
+            TrainingDiverged for a non-finite loss or validation metric.
     """
     tr = cfg.training
     rundir = RunDir(Path(run_dir or tr.artifact_dir))
+    stop = StopSignal()
     ddp = init_distributed(tr.device)
     try:
         if not ddp.is_main:
-            return _train(cfg, rundir, resume, ddp)
+            return _train(cfg, rundir, resume, ddp, stop)
         with rundir.lock():
-            return _train(cfg, rundir, resume, ddp)
+            return _train(cfg, rundir, resume, ddp, stop)
+    except OSError as exc:
+        if not _is_file_error(exc):  # e.g. a DDP peer's connection: not the user's doing
+            traceback.clear_frames(exc.__traceback__)
+            raise
+        # What the writers do not name themselves (a directory in the way of model/).
+        traceback.clear_frames(exc.__traceback__)
+        raise RunDirError(
+            str(exc.filename or rundir.path),
+            f"I/O error: {exc.strerror or exc}",
+            "files written before it are whole; fix the cause and resume with --resume",
+        ) from None
     except BaseException as exc:
         # The traceback holds _train's frames and so the DDP model. Freed only after
         # destroy_process_group, its Reducer would free the gloo group with the GIL held while a
@@ -198,20 +245,52 @@ def train(
         traceback.clear_frames(exc.__traceback__)
         raise
     finally:
+        stop.restore()
         if ddp.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) -> dict[str, float]:
+def _is_file_error(exc: OSError) -> bool:
+    full = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+    return not isinstance(exc, ConnectionError) and (exc.filename is not None or exc.errno in full)
+
+
+# What a checkpoint must hold for a resume (loss_window and wandb_id are newer and optional).
+CHECKPOINT_FIELDS = (
+    "config",
+    "model",
+    "optimizers",
+    "scheduler",
+    "scaler",
+    "early_stopping",
+    "ranks",
+    "epoch",
+    "batch_in_epoch",
+    "step",
+    "metrics_lines",
+    "encoders",
+)
+
+
+def _train(
+    cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed, stop: StopSignal
+) -> dict[str, float]:
     tr = cfg.training
     resuming = rundir.check_start(resume)  # read-only, on every rank: all ranks fail alike
-    checkpoint = load_latest_good(rundir.last) if resuming else None
+    checkpoint = load_latest_good(rundir.last, CHECKPOINT_FIELDS) if resuming else None
     if checkpoint is not None:
-        _check_same_run(checkpoint["config"], cfg)
+        with _unusable_checkpoint(rundir):
+            _check_same_run(checkpoint["config"], cfg)
 
     seed_everything(cfg.shared.seed)  # same seed on every rank: identical initial weights
     device = pick_device(tr.device, ddp)
-    encoders = Encoders.from_json(checkpoint["encoders"]) if checkpoint else None
+    _check_optimizer_device(cfg, device)
+    if ddp.is_main and tr.device == "auto" and device.type == "cpu":
+        # On a GPU node this means the container sees no GPU (no NVIDIA runtime, no device
+        # granted): say so before hours of CPU training.
+        log.info("training.device auto: no CUDA device visible, training on the CPU")
+    with _unusable_checkpoint(rundir):
+        encoders = Encoders.from_json(checkpoint["encoders"]) if checkpoint else None
     data = load_task_data(cfg, encoders)
     task = make_task(cfg, data, device, rank=ddp.rank)
     cards = data.user_cardinalities + data.item_cardinalities
@@ -222,7 +301,7 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
     ).to(device)
     trained = DistributedDataParallel(model) if ddp.world_size > 1 else model
     optimizers = _build_optimizers(model, tr.optimizer, tr.embedding_optimizer if sparse else None)
-    per_epoch = steps_per_epoch(task.num_examples, tr.batch_size, ddp.world_size)
+    per_epoch = _steps_per_epoch(task.num_examples, tr.batch_size, ddp.world_size)
     schedule = build_scheduler(optimizers.all, tr.scheduler, per_epoch, tr.max_epochs, tr.max_steps)
     precision = precision_policy(tr.mixed_precision, device)
     scaler = precision.grad_scaler()
@@ -245,26 +324,10 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
     epoch, batch_in_epoch, step = 0, 0, 0
     best_state = None
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizers.load_state_dict(checkpoint["optimizers"])
-        schedule.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        early.load_state_dict(checkpoint["early_stopping"])
-        if ddp.world_size != len(checkpoint["ranks"]):
-            raise CheckpointError(
-                str(rundir.last),
-                f"was written by {len(checkpoint['ranks'])} processes, not {ddp.world_size}",
-                "resume with the same -j/--nproc_per_node",
-            )
-        own = checkpoint["ranks"][ddp.rank]
-        set_rng_state(own["rng"])
-        task.load_state_dict(own["task"])
-        epoch, batch_in_epoch, step = (
-            checkpoint["epoch"],
-            checkpoint["batch_in_epoch"],
-            checkpoint["step"],
+        epoch, batch_in_epoch, step, metrics_lines = _restore_states(
+            checkpoint, rundir, ddp, task, model, optimizers, schedule, scaler, early
         )
-        tracker.truncate(checkpoint["metrics_lines"])
+        tracker.truncate(metrics_lines)
         if rundir.best.exists():
             best_state = load_checkpoint(rundir.best)["model"]
         log.info("resumed from %s at epoch %d, step %d", rundir.last, epoch, step)
@@ -292,6 +355,9 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                 "metrics_lines": tracker.lines,
                 "encoders": data.encoders.to_json(),
                 "wandb_id": getattr(tracker.wandb, "id", None),
+                # The running mean of train/loss since the last log step: without it, the
+                # first train/loss after a resume would average fewer steps.
+                "loss_window": {"sum": loss_sum.detach().cpu(), "count": loss_count},
             },
             keep_previous=path == rundir.last,  # a damaged last.pt falls back to last.prev.pt
         )
@@ -300,11 +366,12 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
         model.eval()
         metrics = task.evaluate(model)
         model.train()
+        check_finite()  # a diverged loss is named as such, before its consequences
+        _check_finite_metrics(metrics, step, rundir)
         tracker.log({"step": step, "epoch": epoch, **metrics})
         schedule.after_validation(metrics, end_of_epoch)
         return metrics
 
-    stop = StopSignal()
     total_steps = min(per_epoch * tr.max_epochs, tr.max_steps or sys.maxsize)
     if ddp.is_main:
         log.info(
@@ -336,9 +403,20 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
             )
 
     loss_count, examples, tick = 0, 0, time.perf_counter()
+    if checkpoint is not None and "loss_window" in checkpoint:
+        with _unusable_checkpoint(rundir):
+            loss_sum.copy_(checkpoint["loss_window"]["sum"])
+            loss_count = int(checkpoint["loss_window"]["count"])
     last_scale = scaler.get_scale() if scaler.is_enabled() else 0.0
     metrics: dict[str, float] = {}
     model.train()
+    if _signalled_before_start(stop, ddp):  # e.g. Ctrl-C while the data loaded
+        write_checkpoint(rundir.last)
+        raise Preempted(
+            f"{stop.name} at step {step}, before training started: checkpoint written to "
+            f"{rundir.last}",
+            stop.exit_code,
+        )
     try:
         while epoch < tr.max_epochs and step < total_steps and not early.should_stop:
             batches = epoch_batches(
@@ -413,7 +491,10 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                     tick = time.perf_counter()
                 if _stop_requested(stop, step, ddp):
                     write_checkpoint(rundir.last)
-                    raise Preempted(f"SIGTERM at step {step}: checkpoint written to {rundir.last}")
+                    raise Preempted(
+                        f"{stop.name} at step {step}: checkpoint written to {rundir.last}",
+                        stop.exit_code,
+                    )
                 if step >= total_steps and batch_in_epoch < len(batches):
                     break  # max_steps ends the run mid-epoch
             else:  # the epoch ran to its end
@@ -426,7 +507,8 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                 write_checkpoint(rundir.last)
                 if _stop_requested(stop, 0, ddp):
                     raise Preempted(
-                        f"SIGTERM after epoch {epoch}: checkpoint written to {rundir.last}"
+                        f"{stop.name} after epoch {epoch}: checkpoint written to {rundir.last}",
+                        stop.exit_code,
                     )
                 tick = time.perf_counter()
                 continue
@@ -440,7 +522,6 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
                 write_checkpoint(rundir.best)
             write_checkpoint(rundir.last)
     finally:
-        stop.restore()
         progress.close()
 
     if early.enabled and best_state is not None:
@@ -449,7 +530,93 @@ def _train(cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed) 
     if ddp.is_main:
         export_model(rundir.model, model, cfg, data)
     tracker.finish()
+    if stop.signum is not None:
+        # It arrived after the last checkpoint; the handler let the export finish first.
+        raise Preempted(
+            f"{stop.name} after the last step: training and the export finished, the model is "
+            f"complete in {rundir.model}",
+            stop.exit_code,
+        )
     return metrics
+
+
+def _restore_states(
+    checkpoint: dict[str, Any],
+    rundir: RunDir,
+    ddp: Distributed,
+    task: Any,
+    model: torch.nn.Module,
+    optimizers: Optimizers,
+    schedule: Any,
+    scaler: torch.amp.GradScaler,
+    early: EarlyStopping,
+) -> tuple[int, int, int, int]:
+    """Load a checkpoint's states; (epoch, batch in epoch, step, metrics lines) it stopped at."""
+    with _unusable_checkpoint(rundir):
+        model.load_state_dict(checkpoint["model"])
+        optimizers.load_state_dict(checkpoint["optimizers"])
+        schedule.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        early.load_state_dict(checkpoint["early_stopping"])
+        if ddp.world_size != len(checkpoint["ranks"]):
+            raise CheckpointError(
+                str(rundir.last),
+                f"was written by {len(checkpoint['ranks'])} processes, not {ddp.world_size}",
+                "resume with the same -j/--nproc_per_node",
+            )
+        own = checkpoint["ranks"][ddp.rank]
+        set_rng_state(own["rng"])
+        task.load_state_dict(own["task"])
+        fields = ("epoch", "batch_in_epoch", "step", "metrics_lines")
+        epoch, batch_in_epoch, step, lines = (int(checkpoint[f]) for f in fields)
+    return epoch, batch_in_epoch, step, lines
+
+
+@contextlib.contextmanager
+def _unusable_checkpoint(rundir: RunDir) -> Iterator[None]:
+    """A checkpoint whose checksum and fields are right but whose content does not fit (another
+    model, another version) becomes one CheckpointError instead of a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise CheckpointError(
+            str(rundir.last),
+            f"does not fit this run ({type(exc).__name__}: {first})",
+            "it was written for another model or by another version; use another --run-dir",
+        ) from None
+
+
+def _check_optimizer_device(cfg: ResolvedConfig, device: torch.device) -> None:
+    """Optimizer flags the device cannot honour, once `device: auto` is a device."""
+    why = f"training.device is {cfg.training.device}" + (
+        " and no CUDA device is visible" if cfg.training.device == "auto" else ""
+    )
+    for key in ("optimizer", "embedding_optimizer"):
+        spec = getattr(cfg.training, key)
+        if spec is not None:
+            check_device(spec, device.type, f"{cfg.task}.training.{key}", why)
+
+
+def _steps_per_epoch(num_examples: int, batch_size: int, world_size: int) -> int:
+    try:
+        return steps_per_epoch(num_examples, batch_size, world_size)
+    except ValueError as exc:  # fewer training examples than processes
+        raise DataError(
+            "interactions_train", str(exc), "use fewer processes or more training data"
+        ) from None
+
+
+def _check_finite_metrics(metrics: dict[str, float], step: int, rundir: RunDir) -> None:
+    """A NaN validation loss or metric means the model's outputs are NaN: stop as diverged."""
+    bad = [key for key, value in metrics.items() if not math.isfinite(value)]
+    if bad:
+        raise TrainingDiverged(
+            "validation",
+            f"{bad[0]} is not finite at step {step} ({metrics[bad[0]]})",
+            f"no checkpoint was written from this state; {rundir.last} holds the last good "
+            "one. Lower the learning rate or set grad_clip_norm",
+        )
 
 
 def _build_optimizers(
@@ -476,6 +643,16 @@ def _max_over_ranks(value: torch.Tensor, ddp: Distributed) -> int:
         value = value.detach().clone()
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return int(value)
+
+
+def _signalled_before_start(stop: StopSignal, ddp: Distributed) -> bool:
+    """Whether a real stop signal came during set-up; every rank asks, so all agree."""
+    arrived = stop.signum is not None
+    if ddp.world_size == 1:
+        return arrived
+    flag = torch.tensor([1 if arrived else 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ddp.stop_group)
+    return bool(flag.item())
 
 
 def _stop_requested(stop: StopSignal, step: int, ddp: Distributed) -> bool:

@@ -96,7 +96,7 @@ CASES = [
     ),
     (
         "retrieval --set training.eval_k=[]",
-        "error: retrieval.training.eval_k: expected a non-empty list of positive integers, got []",
+        "error: retrieval.training.eval_k: expected a non-empty list of at most 10 positive integers, got []",
     ),
     (
         "retrieval --set shared.seed=abc",
@@ -184,7 +184,7 @@ CASES = [
     ),
     (
         "retrieval --optimizer Adam --optimizer-args lr=-1",
-        "error: retrieval.training.optimizer: Invalid learning rate: -1.0",
+        "error: retrieval.training.optimizer.lr: must be greater than 0, got -1.0",
     ),
     (
         "retrieval --optimizer Adam --optimizer-args betas=[0.9]",

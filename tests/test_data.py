@@ -478,7 +478,7 @@ def test_error_nan_label(tmp_path):
     line = load_error(tmp_path, tiny_tables(interactions_val=val), label_col="rating")
     assert line == (
         f"error: {tmp_path}/interactions_val.parquet: column 'rating': 2 of 2 labels are "
-        "null or NaN (drop or fill those rows)"
+        "null, NaN or infinite (drop or fill those rows)"
     )
 
 

@@ -20,6 +20,7 @@ from recjobs.cli import main
 from recjobs.config import Overrides, resolve
 from recjobs.errors import CheckpointError
 from recjobs.rundir import RunDir
+
 from runs import QUICKSTART, StopAfter
 from runs import TINY as TINY_RUN
 

@@ -13,6 +13,7 @@ from recjobs import trainer
 from recjobs.config import Overrides, load_yaml, resolve, resolve_dict
 from recjobs.errors import ConfigError
 from recjobs.optim import SPARSE_AUTO_ROWS, build_optimizers, clip_grad_norm, sparse_decision
+
 from runs import QUICKSTART, ROOT, TINY, StopAfter
 
 

@@ -11,6 +11,7 @@ from recjobs.data import load_task_data
 from recjobs.errors import ConfigError
 from recjobs.models import build_model
 from recjobs.tasks import make_task
+
 from runs import TINY
 
 

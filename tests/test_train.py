@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from lr_curves import cosine, one_cycle, step_lr, warm_restarts
 
 from recjobs import metrics, trainer
 from recjobs.checkpoint import load_checkpoint
@@ -23,6 +22,8 @@ from recjobs.cli import main
 from recjobs.config import Overrides, resolve
 from recjobs.data import load_task_data
 from recjobs.export import ITEM_EMBEDDINGS, load_model
+
+from lr_curves import cosine, one_cycle, step_lr, warm_restarts
 from runs import QUICKSTART, TINY, StopAfter
 
 ROOT = Path(__file__).resolve().parents[1]

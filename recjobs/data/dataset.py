@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from recjobs.data import synth
@@ -81,8 +82,12 @@ def load_task_data(cfg: ResolvedConfig, encoders: Encoders | None = None) -> Tas
 
     user_ids = _catalogue_ids(users, cols.user_id, sources["users"], "user")
     item_ids = _catalogue_ids(items, cols.item_id, sources["items"], "item")
-    user_cats = {c: as_key_array(users.column(c)) for c in cols.user_cat_cols}
-    item_cats = {c: as_key_array(items.column(c)) for c in cols.item_cat_cols}
+    user_cats = {
+        c: _key_column(users, c, f"{sources['users']}: column '{c}'") for c in cols.user_cat_cols
+    }
+    item_cats = {
+        c: _key_column(items, c, f"{sources['items']}: column '{c}'") for c in cols.item_cat_cols
+    }
 
     if encoders is None:
         encoders = Encoders(
@@ -206,12 +211,38 @@ def _value_counts(arr: pa.Array) -> tuple[list, np.ndarray]:
 
 
 def _key_column(table: pa.Table, col: str, where: str) -> pa.Array:
+    """An id or categorical column as int64 or strings; DataError for what cannot be a key.
+
+    Refused: nested types (lists, structs, maps), infinite floats (NaN is a null, so a missing
+    category; inf is no value at all) and bytes that are not UTF-8 text.
+    """
+    column = table.column(col)
+    t = column.type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    expected = "expected integer or string values"
+    if pa.types.is_nested(t):
+        raise DataError(where, f"{expected}, got {t}")
+    if pa.types.is_floating(t):
+        n_inf = pc.sum(pc.is_inf(pc.cast(column, pa.float64()))).as_py() or 0
+        if n_inf:
+            raise DataError(
+                where,
+                f"{n_inf} of {len(column)} values are infinite",
+                "ids and categories are integers or strings; leave a category empty (null or "
+                "NaN) for unknown",
+            )
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        try:
+            column.cast(pa.large_string())
+        except pa.ArrowInvalid:
+            raise DataError(
+                where, "values are bytes that are not UTF-8 text", "store text"
+            ) from None
     try:
-        arr = as_key_array(table.column(col))
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise DataError(
-            where, f"expected integer or string values, got {table.schema.field(col).type}"
-        ) from exc
+        arr = as_key_array(column)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise DataError(where, f"{expected}, got {t}") from exc
     assert arr is not None  # tables never hold mixed Python objects
     return arr
 
@@ -332,12 +363,15 @@ def _labels(table: pa.Table, col: str, source: str) -> np.ndarray:
     )
     if not numeric:
         raise DataError(where, f"expected a numeric column, got {t}")
-    values = arr.cast(pa.float64()).to_numpy()  # nulls become NaN
-    n_bad = int(np.isnan(values).sum())
+    try:
+        values = arr.cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise DataError(where, f"labels do not fit a float64: {exc}") from None
+    n_bad = int((~np.isfinite(values)).sum())
     if n_bad:
         raise DataError(
             where,
-            f"{n_bad} of {len(values)} labels are null or NaN",
+            f"{n_bad} of {len(values)} labels are null, NaN or infinite",
             hint="drop or fill those rows",
         )
     return values

@@ -23,6 +23,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
 
+from recjobs.checkpoint import new_file_mode
 from recjobs.errors import CheckpointError, DataError
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
@@ -163,6 +164,7 @@ def write_table(table: pa.Table, path: str) -> None:
     os.close(fd)
     try:
         pq.write_table(table, tmp)
+        os.chmod(tmp, new_file_mode())  # mkstemp's 0600 would hide the data from other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -176,6 +178,7 @@ def _write_text(text: str, path: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -295,7 +298,9 @@ def as_key_array(values: Any) -> pa.Array | None:
         return arr.cast(pa.large_string())
     if pa.types.is_floating(t):
         arr = pc.if_else(pc.is_nan(arr), pa.scalar(None, t), arr)
-        whole = pc.all(pc.equal(pc.floor(arr), arr)).as_py()
+        # Whole numbers that int64 holds (2**63 itself is a float but not an int64).
+        fits = pc.and_(pc.equal(pc.floor(arr), arr), pc.less(pc.abs(arr), 2.0**63))
+        whole = pc.all(fits).as_py()
         if whole is None or whole:  # all null, or all whole numbers
             return arr.cast(pa.int64())
         return arr.cast(pa.large_string())
