@@ -33,7 +33,8 @@ lint: setup
 	$(BIN)/ruff check recjobs components tests benchmarks && $(BIN)/ruff format --check recjobs components tests benchmarks
 
 # Performance figures (not a test): trainer vs bare loop, catalogue scaling, evaluation, time to
-# first step. Medians of 3 runs; about 8 minutes on 2 cores. See docs/performance.md.
+# first step, batch top-100 for 100k users. Medians of 3 runs; about 11 minutes on 2 cores.
+# See docs/performance.md.
 bench: setup
 	$(BIN)/python benchmarks/bench.py
 
@@ -51,7 +52,8 @@ smoke: setup
 	env $(DOCKER_BUILD_ENV) docker/smoke.sh
 
 # A one-node Kubernetes cluster with Volcano on this machine (k8s/dev/cluster.sh; root): built
-# from the Go module proxy on first use (cached), with the image imported and k8s/ applied.
+# from the Go module proxy on first use (cached), with the image pushed to a registry of its own
+# on loopback, pulled by the node, and k8s/ applied.
 # KUBECONFIG=.k8s/kubeconfig then makes the README's Kubernetes commands work here, and
 # tests/test_k8s.py runs against it. k8s-down stops it all.
 k8s-up: setup

@@ -15,6 +15,9 @@ Measurements
 - scale:       trainer examples/s at a small and a large catalogue, same model otherwise.
 - eval:        retrieval and ranking validation time and peak RSS at --eval-users x --eval-items.
 - first_step:  seconds from `torchx run -s local_cwd` to the first logged training step.
+- recommend:   `Recommender.topk` (what `recjobs recommend` runs): top-K for every user of a
+               --rec-users x --rec-items catalogue, seconds and peak RSS, and the ceiling: this
+               machine's matmul FLOP/s at the scoring's shapes.
 """
 
 from __future__ import annotations
@@ -219,11 +222,76 @@ def measure_first_step(a: argparse.Namespace) -> dict:
     return {"seconds": first}
 
 
+def prepare_recommend(a: argparse.Namespace) -> dict:
+    """A two-tower model with random weights exported for --users x --items (not timed)."""
+    import torch
+
+    from recjobs.data import load_task_data
+    from recjobs.export import export_model
+    from recjobs.models import build_model
+
+    cfg = _config("retrieval", a.users, a.items, a.interactions, a.batch, 1, a.set)
+    data = load_task_data(cfg)
+    torch.manual_seed(0)
+    model = build_model("retrieval", cfg.model, data.user_cardinalities, data.item_cardinalities)
+    export_model(Path(a.model_dir), model.eval(), cfg, data)
+    return {"users": data.n_users, "items": data.n_items}
+
+
+def measure_recommend(a: argparse.Namespace) -> dict:
+    """Load the exported model, then top-K of every user (timed), then the Parquet file."""
+    import torch
+
+    from recjobs.recommend import Recommender, write_output
+
+    start = time.perf_counter()
+    rec = Recommender.load(a.model_dir)
+    loaded = time.perf_counter()
+    table = rec.topk(None, k=a.k)
+    scored = time.perf_counter()
+    write_output(table, str(Path(a.model_dir).parent / "recommendations.parquet"))
+    written = time.perf_counter()
+    return {
+        "load_s": loaded - start,
+        "topk_s": scored - loaded,
+        "write_s": written - scored,
+        "rows": table.num_rows,
+        "threads": torch.get_num_threads(),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def measure_matmul(a: argparse.Namespace) -> dict:
+    """The ceiling: float32 matmul FLOP/s at the scoring's shape ([1024, D] x [D, items]), and
+    of a large square one (what the BLAS can do at best)."""
+    import torch
+
+    from recjobs.recommend import CHUNK_USERS
+
+    dim = 64
+    shapes = {"scoring": (CHUNK_USERS, dim, a.items), "square": (2048, 2048, 2048)}
+    out = {}
+    for name, (m, k, n) in shapes.items():
+        left, right = torch.randn(m, k), torch.randn(k, n)
+        result = torch.empty(m, n)
+        torch.matmul(left, right, out=result)  # warm-up
+        runs = []
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.matmul(left, right, out=result)
+            runs.append(time.perf_counter() - start)
+        out[f"{name}_gflops"] = 2 * m * k * n / statistics.median(runs) / 1e9
+    return out
+
+
 MEASURES = {
     "trainer": measure_trainer,
     "bare": measure_bare,
     "eval": measure_eval,
     "first_step": measure_first_step,
+    "prepare_recommend": prepare_recommend,
+    "recommend": measure_recommend,
+    "matmul": measure_matmul,
 }
 
 
@@ -252,7 +320,11 @@ def median_of(repeats: int, kind: str, key: str, **kw) -> tuple[float, list[dict
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["throughput", "scale", "eval", "first_step"], action="append")
+    p.add_argument(
+        "--only",
+        choices=["throughput", "scale", "eval", "first_step", "recommend"],
+        action="append",
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=int, default=1024)
@@ -263,12 +335,15 @@ def main() -> None:
     p.add_argument("--items", type=int, default=100_000)
     p.add_argument("--eval-users", type=int, default=10_000)
     p.add_argument("--eval-items", type=int, default=2_000)
+    p.add_argument("--rec-users", type=int, default=100_000)
+    p.add_argument("--rec-items", type=int, default=100_000)
+    p.add_argument("--rec-k", type=int, default=100)
     p.add_argument(
         "--set", action="append", default=[], help="extra config overrides for every run"
     )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     a = p.parse_args()
-    todo = a.only or ["throughput", "scale", "eval", "first_step"]
+    todo = a.only or ["throughput", "scale", "eval", "first_step", "recommend"]
     common = {
         "device": a.device,
         "batch": a.batch,
@@ -368,12 +443,53 @@ def main() -> None:
         results["first_step_seconds"] = seconds
         rows.append(("torchx run -s local_cwd -> first training step", f"{seconds:.2f} s", ""))
 
+    if "recommend" in todo:
+        results["recommend"] = bench_recommend(a, common, rows)
+
     width = max(len(r[0]) for r in rows)
     print(f"{'measurement':<{width}}  {'value':>32}  ratio/extra")
     for name, value, extra in rows:
         print(f"{name:<{width}}  {value:>32}  {extra}")
     Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {a.out}")
+
+
+def bench_recommend(a: argparse.Namespace, common: dict, rows: list) -> dict:
+    """top-K for every user: median of the repeats, against the matmul ceiling."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = str(Path(tmp) / "model")
+        size = {"users": a.rec_users, "items": a.rec_items, "interactions": 10 * a.rec_users}
+        child("prepare_recommend", model_dir=model_dir, **size, **common)
+        topk_s, runs = median_of(a.repeats, "recommend", "topk_s", model_dir=model_dir, k=a.rec_k)
+    ceiling = child("matmul", items=a.rec_items)
+    flop = 2 * a.rec_users * a.rec_items * 64
+    out = {
+        **size,
+        "k": a.rec_k,
+        "topk_s": topk_s,
+        "load_s": statistics.median(r["load_s"] for r in runs),
+        "write_s": statistics.median(r["write_s"] for r in runs),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "threads": runs[0]["threads"],
+        "runs": runs,
+        **ceiling,
+        "matmul_only_s": flop / (ceiling["scoring_gflops"] * 1e9),
+    }
+    rows.append(
+        (
+            f"recommend top-{a.rec_k}, {a.rec_users:,} users x {a.rec_items:,} items",
+            f"{topk_s:.1f} s (+{out['write_s']:.1f} s Parquet)",
+            f"peak RSS {out['peak_rss_mb']:,.0f} MB",
+        )
+    )
+    rows.append(
+        (
+            "  ceiling: matmul at the scoring shape / square",
+            f"{ceiling['scoring_gflops']:.0f} / {ceiling['square_gflops']:.0f} GFLOP/s",
+            f"matmul alone {out['matmul_only_s']:.1f} s",
+        )
+    )
+    return out
 
 
 def _measure_main() -> None:
@@ -387,6 +503,8 @@ def _measure_main() -> None:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--device", default="cpu")
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--model-dir", "--model_dir", dest="model_dir")
+    p.add_argument("--k", type=int, default=100)
     a = p.parse_args(sys.argv[2:])
     print(json.dumps(MEASURES[a.kind](a)))
 

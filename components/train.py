@@ -2,12 +2,14 @@
 # spellings Optional[...], Dict[...] and List[...], and its argument parser reads the real
 # annotations at run time (so no `from __future__ import annotations` either).
 # ruff: noqa: UP006, UP007, UP035, UP045, N803
-"""TorchX component for recjobs training: the same job on local_cwd, local_docker and Kubernetes.
+"""TorchX components for recjobs: training and batch inference, the same jobs on local_cwd,
+local_docker and Kubernetes.
 
     torchx run components/train.py:train --task retrieval --config config/quickstart.yaml \\
         -j 1x2 -- --optimizer SGD --set=training.max_epochs=1
+    torchx run components/train.py:recommend --model_dir runs/APP_ID --k 100 -j 1x2
 
-The config is resolved here, at submit time; see `recjobs.launch` for what the job runs.
+The config is resolved here, at submit time; see `recjobs.launch` for what the jobs run.
 """
 
 import sys
@@ -94,4 +96,77 @@ def train(
         # `torchx run` untouched, so the user sees the same line and exit code as from
         # `recjobs resolve`, and nothing is submitted.
         print(exc.line(), file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
+def recommend(
+    model_dir: str,
+    k: int = 10,
+    out: Optional[str] = None,
+    users: Optional[str] = None,
+    candidates: Optional[str] = None,
+    include_seen: bool = False,
+    output_format: str = "parquet",
+    j: str = "1x1",
+    gpu: int = 0,
+    cpu: int = 2,
+    memMB: int = 4096,
+    h: Optional[str] = None,
+    image: str = launch.DEFAULT_IMAGE,
+    env: Optional[Dict[str, str]] = None,
+    mounts: Optional[List[str]] = None,
+    max_retries: int = 0,
+) -> specs.AppDef:
+    """Batch inference: the top-K items of every user of a trained model, sharded over processes.
+
+    Every process (torchrun, c10d rendezvous, as for training) runs `recjobs recommend
+    MODEL_DIR --k K --out OUT --parts FORMAT`; process RANK of WORLD_SIZE writes
+    OUT/part-RANK-of-WORLD_SIZE.FORMAT with its contiguous share of the users, so the parts
+    together hold every user exactly once (columns user_id, item_id, score, rank). A retry
+    writes the same parts again.
+
+    Args:
+        model_dir: the training job's run directory (or its model/) as the job sees it, e.g.
+            /runs/recjobs-retrieval-abc123 on the runs volume
+        k: items per user
+        out: directory for the part files; put it on a mount for containers (default:
+            runs/${app_id}, one directory per job)
+        users: Parquet/CSV with a user_id column, as the job sees it (default: every user of
+            the model's users table)
+        candidates: Parquet/CSV of user_id,item_id pairs to rank, as the job sees it (needed
+            by ranking models, e.g. a retrieval job's parts)
+        include_seen: also recommend the users' training items (--include_seen True)
+        output_format: parquet or csv
+        j: [MIN:]NODESxPROCS, e.g. 1x2 (one node, 2 processes) or 2x8
+        gpu: GPUs per node (each process scores on its own GPU when there are some)
+        cpu: CPUs per node
+        memMB: memory per node in MB
+        h: a registered named resource (e.g. gpu.small); takes precedence over cpu, gpu, memMB
+        image: container image with recjobs installed (ignored by local_cwd)
+        env: extra environment variables, e.g. FOO=1,BAR=2
+        mounts: volumes, e.g. type=volume,src=recjobs-runs,dst=/runs (a PVC on Kubernetes)
+            or type=bind,src=/host/runs,dst=/runs (local_docker)
+        max_retries: scheduler retries
+    """
+    try:
+        return launch.recommend_app(
+            model_dir=model_dir,
+            k=k,
+            out=out,
+            users=users,
+            candidates=candidates,
+            include_seen=include_seen,
+            output_format=output_format,
+            j=j,
+            gpu=gpu,
+            cpu=cpu,
+            memMB=memMB,
+            h=h,
+            image=image,
+            env=env,
+            mounts=mounts,
+            max_retries=max_retries,
+        )
+    except UserError as exc:
+        print(exc.line(), file=sys.stderr)  # as in `train`: one line, exit 2, nothing submitted
         raise SystemExit(exc.exit_code) from None

@@ -141,3 +141,6 @@ done
 step "docker build $image" env DOCKER_BUILDKIT=0 docker build -f docker/Dockerfile --network host \
   --build-arg BASE_IMAGE="$base" --build-arg TORCH_SPEC="$TORCH_SPEC" --build-arg PIP_NO_INDEX=1 \
   --build-arg PIP_FIND_LINKS="http://127.0.0.1:$port/" --label "$label=$inputs" -t "$image" .
+# The image this tag pointed to before, and the layers only it used: gone, or every build of a
+# changed dependency would leave gigabytes behind in the cache.
+step "docker image prune" docker image prune -f

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from recjobs.atomic import new_file_mode
 from recjobs.errors import CheckpointError, RunDirError
 
 log = logging.getLogger(__name__)
@@ -61,16 +62,6 @@ def atomic_write_bytes(path: Path, payload: bytes, keep_previous: Path | None = 
         os.fsync(dir_fd)  # make the renames themselves durable
     finally:
         os.close(dir_fd)
-
-
-def new_file_mode() -> int:
-    """The mode open() gives a new file (0666 less the umask); mkstemp's is 0600.
-
-    Files a run writes are read by other users: a serving job, the image's uid 1000.
-    """
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 def _write_error(path: Path, exc: OSError) -> RunDirError:

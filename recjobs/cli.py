@@ -1,4 +1,4 @@
-"""`recjobs` command line: resolve | train | data synth | data movielens.
+"""`recjobs` command line: resolve | train | recommend | score | plot | data | config-reference.
 
 User errors (config, data, checkpoint) print one line `error: <where>: <what> (<hint>)` on
 stderr and exit with code 2; tracebacks are for bugs only.
@@ -14,10 +14,27 @@ import logging
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from recjobs.config import Overrides, add_override_arguments, load_yaml, resolve, resolve_dict
-from recjobs.errors import UserError
+from recjobs.config import (
+    Overrides,
+    add_override_arguments,
+    drop_removed_keys,
+    load_file,
+    load_yaml,
+    resolve,
+    resolve_dict,
+)
+from recjobs.errors import ConfigError, UserError
 from recjobs.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from recjobs.recommend import Recommender
+
+log = logging.getLogger("recjobs.cli")
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
@@ -57,9 +74,74 @@ def build_parser() -> argparse.ArgumentParser:
         help="where config, metrics, checkpoints and model go (default: training.artifact_dir)",
     )
     p.add_argument(
-        "--resume", action="store_true", help="continue from DIR/checkpoints/last.pt if it exists"
+        "--resume",
+        action="store_true",
+        help="continue from DIR/checkpoints/last.pt if it exists; without --config, with "
+        "DIR/config.yaml (overrides still apply)",
     )
     p.set_defaults(run=_train)
+
+    p = sub.add_parser(
+        "recommend",
+        help="top-K items per user from a trained model (CSV or Parquet by --out's extension)",
+    )
+    _model_dir_arg(p)
+    p.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="output file, .parquet or .csv: user_id, item_id, score, rank; with --parts a "
+        "directory",
+    )
+    p.add_argument(
+        "--users",
+        metavar="FILE",
+        help="Parquet/CSV with a user_id column; default: every user of the model's users table",
+    )
+    p.add_argument(
+        "--candidates",
+        metavar="FILE",
+        help="Parquet/CSV of user_id,item_id pairs to rank (needed by ranking models), e.g. "
+        "a retrieval model's recommend output",
+    )
+    p.add_argument(
+        "--include-seen",
+        action="store_true",
+        help="also recommend the users' training items (left out by default)",
+    )
+    p.add_argument(
+        "--parts",
+        choices=("parquet", "csv"),
+        help="batch job: --out is a directory and this process writes its share of the users "
+        "to part-RANK-of-WORLD_SIZE.{parquet,csv} (RANK, WORLD_SIZE from torchrun)",
+    )
+    p.set_defaults(run=_recommend)
+
+    p = sub.add_parser("score", help="scores of given user,item pairs")
+    _model_dir_arg(p)
+    p.add_argument(
+        "--pairs", required=True, metavar="FILE", help="Parquet/CSV with user_id, item_id"
+    )
+    p.add_argument(
+        "--out", required=True, metavar="FILE", help="output file: user_id, item_id, score"
+    )
+    p.set_defaults(run=_score)
+
+    p = sub.add_parser(
+        "plot", help="loss, learning rates and validation metrics by step of one or more runs"
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument(
+        "-o", "--out", default="curves.png", metavar="FILE", help="image (.png, .svg, .pdf)"
+    )
+    p.set_defaults(run=_plot)
+
+    p = sub.add_parser(
+        "config-reference",
+        help="print docs/config.md: every config key, its type, default, range and meaning",
+    )
+    p.set_defaults(run=_config_reference)
 
     data = sub.add_parser("data", help="make training data").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser
@@ -81,16 +163,70 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder holding u.data/u.user/u.item or ratings.dat/users.dat/movies.dat",
     )
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument(
+        "--split",
+        choices=("user-time", "global-time"),
+        default="user-time",
+        help="user-time (default): each user's latest ratings are validation; global-time: the "
+        "latest ratings overall (leaves many validation users without training ratings)",
+    )
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        help="share of the ratings for validation (default 0.2 for user-time, 0.1 for global-time)",
+    )
     p.set_defaults(run=_movielens)
     return parser
+
+
+def _model_dir_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model_dir", metavar="DIR", help="a run directory or its model/")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="auto (default): this process's GPU (LOCAL_RANK) when one is visible, else the CPU",
+    )
+
+
+def _load_recommender(args: argparse.Namespace) -> Recommender:
+    import torch
+
+    from recjobs.recommend import Recommender
+
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        raise UserError("--device", "cuda was requested but no CUDA device is visible")
+    device = f"cuda:{_env_int('LOCAL_RANK', 0)}" if args.device != "cpu" and cuda else "cpu"
+    return Recommender.load(args.model_dir, device=device)
 
 
 def _resolve_args(args: argparse.Namespace) -> ResolvedConfig:
     overrides = Overrides.from_args(args)
     if args.config_json is not None:
         return resolve_dict(load_yaml(args.config_json, "--config-json"), args.task, overrides)
+    saved = _run_dir_config(args) if args.config is None else None
+    if saved is not None:
+        return resolve_dict(saved, args.task, overrides)
     return resolve(args.task, args.config, overrides)
+
+
+def _run_dir_config(args: argparse.Namespace) -> dict | None:
+    """`train --resume` without --config: the run directory's own config.yaml, if it has one."""
+    if not getattr(args, "resume", False):
+        return None
+    run_dir = Path(args.run_dir or resolve(args.task).training.artifact_dir)
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    raw = load_file(path)
+    if args.task not in raw:
+        other = next((t for t in TASKS if t in raw), "another")
+        raise ConfigError(
+            str(path), f"holds a {other} run, not {args.task}", f"use recjobs train {other}"
+        )
+    log.info("resuming with %s", path)
+    return drop_removed_keys(raw)
 
 
 def _resolve(args: argparse.Namespace) -> int:
@@ -143,11 +279,133 @@ def _output_errors(out: str) -> Iterator[None]:
 def _movielens(args: argparse.Namespace) -> int:
     from recjobs.data import convert_movielens
 
-    if not 0 < args.val_fraction < 1:
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise UserError("--val-fraction", f"must be between 0 and 1, got {args.val_fraction}")
     with _output_errors(args.out):
-        path = convert_movielens(args.src, args.out, val_fraction=args.val_fraction)
+        path = convert_movielens(
+            args.src, args.out, split=args.split, val_fraction=args.val_fraction
+        )
     print(path)
+    return 0
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from recjobs import recommend
+
+    if args.k < 1:  # a k beyond the catalogue gives every item
+        raise UserError("--k", f"must be at least 1, got {args.k}")
+    rank, world_size = _torchrun_rank()
+    if args.parts:
+        out = recommend.part_path(args.out, rank, world_size, args.parts)
+    else:
+        recommend.check_output_path(args.out)
+        out = args.out
+    rec = _load_recommender(args)
+    encoders, columns = rec.encoders, rec.cfg.columns
+    users = candidates = None
+    if args.users:
+        users = recommend.read_ids(
+            args.users, "--users", {"user_id": (columns.user_id, encoders.user_id)}
+        )["user_id"]
+        if len(users) and not encoders.user_id.encode(users).any():
+            raise UserError(
+                args.users,
+                "none of its users is in the model's users table",
+                "ids are matched as they are: 7 and '7' differ",
+            )
+    if args.candidates:
+        candidates = _pairs_file(rec, args.candidates, "--candidates")
+    if args.parts:
+        users, candidates = _this_process_share(rec, users, candidates, rank, world_size)
+    table = rec.topk(users, k=args.k, exclude_seen=not args.include_seen, candidates=candidates)
+    recommend.write_output(table, out)
+    log.info(
+        "%d recommendations for %d users (k=%d, training items %s) in %s",
+        table.num_rows,
+        len(table.column("user_id").unique()),
+        args.k,
+        "included" if args.include_seen else "left out",
+        out,
+    )
+    print(out)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from recjobs import recommend
+
+    recommend.check_output_path(args.out)
+    rec = _load_recommender(args)
+    table = rec.score(_pairs_file(rec, args.pairs, "--pairs"))
+    recommend.write_output(table, args.out)
+    log.info("%d scores in %s", table.num_rows, args.out)
+    print(args.out)
+    return 0
+
+
+def _pairs_file(rec: Recommender, path: str, flag: str) -> pa.Table:
+    import pyarrow as pa
+
+    from recjobs import recommend
+
+    encoders, columns = rec.encoders, rec.cfg.columns
+    found = recommend.read_ids(
+        path,
+        flag,
+        {
+            "user_id": (columns.interaction_user_col, encoders.user_id),
+            "item_id": (columns.interaction_item_col, encoders.item_id),
+        },
+    )
+    return pa.table(found)
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        problem = f"must be an integer, got {os.environ[name]!r}"
+        raise UserError(name, problem, "torchrun sets it") from None
+
+
+def _torchrun_rank() -> tuple[int, int]:
+    """(RANK, WORLD_SIZE) as torchrun sets them; (0, 1) outside torchrun."""
+    rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
+    if not 0 <= rank < world_size:
+        raise UserError("RANK", f"must be in [0, {world_size}), got {rank}")
+    return rank, world_size
+
+
+def _this_process_share(
+    rec: Recommender, users: Any, candidates: pa.Table | None, rank: int, world_size: int
+) -> tuple[Any, pa.Table | None]:
+    """This process's contiguous share of the users (of the candidates' users, if given)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from recjobs import recommend
+
+    if candidates is not None:
+        ids = pc.unique(candidates.column("user_id"))
+        mine = ids[recommend.shard(len(ids), rank, world_size)]
+        return users, candidates.filter(pc.is_in(candidates.column("user_id"), mine))
+    ids = rec.all_users() if users is None else pc.unique(users)
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    return ids[recommend.shard(len(ids), rank, world_size)], None
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from recjobs.plot import plot_runs
+
+    plot_runs(args.run_dirs, args.out)
+    print(args.out)
+    return 0
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from recjobs.config_reference import config_reference
+
+    sys.stdout.write(config_reference())
     return 0
 
 

@@ -34,6 +34,7 @@ from recjobs.schema import (
     LOSSES,
     MAX_EVAL_K,
     MAX_LAYERS,
+    REMOVED_KEYS,
     TASK_DEFAULTS,
     TASK_ONLY_KEYS,
     TASKS,
@@ -554,6 +555,9 @@ def _build_dataclass(
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
+            reason = REMOVED_KEYS.get(f"{_schema_path(where)}.{key}")
+            if reason:
+                raise ConfigError(f"{where}.{key}", reason, "delete it from the config")
             raise unknown_key(f"{where}.{key_text(key)}", key, list(fields))
     missing = [name for name, f in fields.items() if name not in data and _required(f)]
     if missing:
@@ -574,6 +578,27 @@ def _build_dataclass(
             values[name] = coerce(value, hint, key)
             _check_range(f, values[name], key, nullable=type(None) in typing.get_args(hint))
     return cls(**values)
+
+
+def _schema_path(where: str) -> str:
+    """A section's dotted path without its task: `retrieval.training` -> `training`."""
+    parts = where.split(".")
+    return ".".join(parts[1:] if parts[0] in TASKS else parts)
+
+
+def drop_removed_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """A run's own saved config (config.yaml, model/config.yaml) without the keys recjobs
+    no longer has: runs written by an older version stay loadable and resumable."""
+    raw = copy.deepcopy(raw)
+    for path in REMOVED_KEYS:
+        *sections, name = path.split(".")
+        for task in TASKS:
+            node = raw.get(task)
+            for section in sections:
+                node = node.get(section) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(name, None)
+    return raw
 
 
 def unknown_key(where: str, key: Any, valid: list[str], what: str = "unknown key") -> ConfigError:
@@ -621,7 +646,7 @@ def _check(cond: bool, where: str, problem: str, hint: str | None = None) -> Non
 
 
 # Names the export writes into model/ itself; a configured file name must not replace them.
-_MODEL_DIR_NAMES = ("config.yaml", "item_embeddings.pt")
+_MODEL_DIR_NAMES = ("config.yaml", "item_embeddings.pt", "catalogue.pt")  # recjobs.export
 
 
 def _check_file_name(value: str, where: str, example: str) -> None:

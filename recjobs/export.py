@@ -4,6 +4,11 @@ model/<training.checkpoint>   model weights (state_dict)
 model/config.yaml             the resolved config
 model/<shared.encoder_cache>  id and category vocabularies
 model/item_embeddings.pt      retrieval only: {"item_ids": [raw ids], "embeddings": [N, D]}
+model/catalogue.pt            the users' and items' encoded feature rows, every user's training
+                              items (the seen-items index) and the items' training counts
+
+With these the directory is self-sufficient: `recjobs.Recommender.load(dir)` recommends and
+scores without the data files (recjobs.recommend). For the bare model:
 
 >>> from recjobs.export import load_model
 >>> model, cfg, encoders = load_model("runs/quickstart/model")
@@ -21,13 +26,15 @@ import torch
 import yaml
 from torch import nn
 
+from recjobs import metrics
 from recjobs.checkpoint import atomic_write_bytes
-from recjobs.config import resolve_dict
+from recjobs.config import drop_removed_keys, resolve_dict
 from recjobs.data import Encoders, TaskData
 from recjobs.models import build_model
 from recjobs.schema import ResolvedConfig
 
 ITEM_EMBEDDINGS = "item_embeddings.pt"
+CATALOGUE = "catalogue.pt"
 
 
 def _save(obj: object, path: Path) -> None:
@@ -64,6 +71,7 @@ def _write_files(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: T
         model_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
     )
     data.encoders.save(str(model_dir / cfg.shared.encoder_cache))
+    _save(catalogue(data), model_dir / CATALOGUE)
     if cfg.task == "retrieval":
         was_training = model.training
         model.eval()
@@ -77,12 +85,38 @@ def _write_files(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: T
         )
 
 
+def catalogue(data: TaskData) -> dict[str, torch.Tensor]:
+    """What inference needs from the data, indexed by vocabulary index (row 0: OOV).
+
+    user_features [users + 1, user columns] and item_features [items + 1, item columns] as the
+    model reads them; seen_indptr/seen_indices: CSR of each user's distinct training items (the
+    items `recommend` leaves out, and the trainer's validation masks); item_counts: training
+    interactions per item (the most-popular baseline).
+    """
+    seen_indptr, seen_indices = metrics.csr_from_pairs(
+        data.train_users, data.train_items, data.user_features.shape[0]
+    )
+    return {
+        "user_features": data.user_features.cpu(),
+        "item_features": data.item_features.cpu(),
+        "seen_indptr": seen_indptr,
+        "seen_indices": seen_indices,
+        "item_counts": data.item_counts.cpu(),
+    }
+
+
+def load_config(model_dir: Path) -> ResolvedConfig:
+    """The resolved config an export (or a run directory) was written with."""
+    raw = yaml.safe_load((model_dir / "config.yaml").read_text())
+    task = "retrieval" if "retrieval" in raw else "ranking"
+    return resolve_dict(drop_removed_keys(raw), task)
+
+
 def load_model(model_dir: str | Path) -> tuple[nn.Module, ResolvedConfig, Encoders]:
     """Load an exported model for inference: (model in eval mode, its config, its vocabularies)."""
     model_dir = Path(model_dir)
-    raw = yaml.safe_load((model_dir / "config.yaml").read_text())
-    task = "retrieval" if "retrieval" in raw else "ranking"
-    cfg = resolve_dict(raw, task)
+    cfg = load_config(model_dir)
+    task = cfg.task
     encoders = Encoders.load(str(model_dir / cfg.shared.encoder_cache))
     model = build_model(
         task, cfg.model, encoders.user_cardinalities(), encoders.item_cardinalities()

@@ -1,7 +1,8 @@
-"""Submit-time side of a TorchX training job: resolve the config, then describe the job.
+"""Submit-time side of the TorchX jobs: resolve the config, then describe the job.
 
-`components/train.py` is the thin, documented TorchX component; this module does its work so
-that it can be unit-tested and so the component file stays a signature plus a docstring.
+`components/train.py` holds the thin, documented TorchX components (`train`, `recommend`); this
+module does their work so that it can be unit-tested and so the component file stays a
+signature plus a docstring. `recommend_app` (batch inference) is at the end.
 
 What happens at submit time (in `torchx run`, `--dryrun` included):
 
@@ -35,12 +36,14 @@ from recjobs.errors import ConfigError, UserError
 from recjobs.schema import TASKS, ResolvedConfig
 
 ROLE_NAME = "train"
+RECOMMEND_ROLE = "recommend"
 DEFAULT_IMAGE = "recjobs:latest"
 # One directory per job: a retry of the same job (same app id) finds its checkpoints again,
 # while a new submission never resumes somebody else's run by accident.
 DEFAULT_RUN_DIR = f"runs/{macros.app_id}"
 RDZV_PORT = 29500
 WANDB_MODES = ("online", "offline", "disabled")
+OUTPUT_FORMATS = ("parquet", "csv")
 # Under these modes W&B needs no key, so the job does not ask for the secret.
 _WANDB_KEYLESS = ("offline", "disabled")
 
@@ -127,6 +130,12 @@ def torchrun_command(
     nodes: Nodes, task: str, cfg: ResolvedConfig, run_dir: str, rdzv_port: int = RDZV_PORT
 ) -> str:
     """The job's shell command: torchrun (c10d rendezvous) running `recjobs train --resume`."""
+    train = ["train", task, "--config-json", config_json(cfg), "--run-dir", run_dir, "--resume"]
+    return _torchrun(nodes, train, rdzv_port)
+
+
+def _torchrun(nodes: Nodes, recjobs_args: list[str], rdzv_port: int = RDZV_PORT) -> str:
+    """`exec torchrun ... -m recjobs ARGS`, quoted for bash; see torchrun_command."""
     if nodes.max_nodes == 1:
         # One agent hosts the store itself; port 0 lets it pick a free one (no clashes between
         # jobs sharing a machine).
@@ -149,19 +158,25 @@ def torchrun_command(
         str(nodes.nproc_per_node),
         "-m",
         "recjobs",
-        "train",
-        task,
-        "--config-json",
-        config_json(cfg),
-        "--run-dir",
-        run_dir,
-        "--resume",
+        *recjobs_args,
     ]
     quoted = " ".join(w if isinstance(w, _Raw) else shlex.quote(w) for w in words)
     # exec: torchrun becomes the container's main process and gets the SIGTERM of a
     # preemption itself; it passes it on to the workers, which write a checkpoint before
     # exiting, instead of a PID-1 bash ignoring it until the grace period ends in SIGKILL.
     return f"exec {quoted}"
+
+
+def _local_path(path: str, flag: str, who: str) -> None:
+    """The jobs read and write run directories with local file operations (atomic renames,
+    fsync, torch.load); a URL would silently become a local folder named "s3:"."""
+    if "://" in path:
+        raise UserError(
+            flag,
+            f"{path!r}: URLs are not supported by {who}",
+            "mount a volume and use a path on it, e.g. --mounts type=volume,src=recjobs-runs,"
+            f"dst=/runs {flag} /runs/NAME",
+        )
 
 
 def _resource(cpu: int, gpu: int, memMB: int, h: str | None) -> specs.Resource:  # noqa: N803
@@ -248,15 +263,7 @@ def train_app(
     if max_retries < 0:
         raise UserError("--max_retries", f"must be 0 or more, got {max_retries}")
     run_dir = run_dir or DEFAULT_RUN_DIR
-    if "://" in run_dir:
-        # The trainer writes its run directory with local file operations (atomic renames,
-        # fsync); a URL would silently become a local folder named "s3:".
-        raise UserError(
-            "--run_dir",
-            f"{run_dir!r}: URLs are not supported by the trainer",
-            "mount a volume and use a path on it, e.g. --mounts type=volume,src=recjobs-runs,"
-            "dst=/runs --run_dir /runs/NAME",
-        )
+    _local_path(run_dir, "--run_dir", "the trainer")
     job_env = _env(env, wandb_mode)
     role_mounts = _mounts(mounts)
 
@@ -278,3 +285,69 @@ def train_app(
     if cfg.training.use_wandb and wandb_mode not in _WANDB_KEYLESS:
         secret_env.request(role.metadata, [secret_env.WANDB_API_KEY])
     return specs.AppDef(name=f"recjobs-{task}", roles=[role])
+
+
+def recommend_app(
+    *,
+    model_dir: str,
+    k: int,
+    out: str | None,
+    users: str | None,
+    candidates: str | None,
+    include_seen: bool,
+    output_format: str,
+    j: str,
+    gpu: int,
+    cpu: int,
+    memMB: int,  # noqa: N803 - TorchX's name for it
+    h: str | None,
+    image: str,
+    env: dict[str, str] | None,
+    mounts: list[str] | None,
+    max_retries: int,
+) -> specs.AppDef:
+    """The AppDef of one batch-inference job; every argument is the `recommend` component's.
+
+    The job is torchrun (same rendezvous, image, mounts and resources as training) running
+    `recjobs recommend MODEL_DIR --k K --out OUT --parts FORMAT` in every process: process
+    RANK of WORLD_SIZE writes OUT/part-RANK-of-WORLD_SIZE.FORMAT with its contiguous share of
+    the users, so the parts hold every user exactly once. The processes do not communicate;
+    a retried job writes the same parts again.
+
+    Raises UserError for anything wrong, before a job exists.
+    """
+    if k < 1:
+        raise UserError("--k", f"must be at least 1, got {k}")
+    if output_format not in OUTPUT_FORMATS:
+        raise UserError(
+            "--output_format", f"expected one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}"
+        )
+    if not model_dir:
+        raise UserError("--model_dir", "must not be empty", "the run directory of a training job")
+    nodes = parse_nodes(j)
+    resource = _resource(cpu, gpu, memMB, h)
+    if max_retries < 0:
+        raise UserError("--max_retries", f"must be 0 or more, got {max_retries}")
+    out = out or DEFAULT_RUN_DIR
+    for flag, path in (("--model_dir", model_dir), ("--out", out)):
+        _local_path(path, flag, "recjobs recommend")
+    args = ["recommend", model_dir, "--k", str(k), "--out", out, "--parts", output_format]
+    for flag, path in (("--users", users), ("--candidates", candidates)):
+        if path:
+            args += [flag, path]
+    if include_seen:
+        args.append("--include-seen")
+    role = specs.Role(
+        name=RECOMMEND_ROLE,
+        image=image,
+        entrypoint="bash",
+        args=["-c", _torchrun(nodes, args)],
+        env=_env(env, None),
+        num_replicas=nodes.max_nodes,
+        min_replicas=nodes.min_nodes,
+        resource=resource,
+        port_map={"c10d": RDZV_PORT},
+        max_retries=max_retries,
+        mounts=_mounts(mounts),
+    )
+    return specs.AppDef(name="recjobs-recommend", roles=[role])

@@ -39,7 +39,7 @@ def csr_from_pairs(rows: Tensor, cols: Tensor, n_rows: int) -> tuple[Tensor, Ten
     return indptr, cols
 
 
-def _csr_chunk(indptr: Tensor, indices: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
+def csr_chunk(indptr: Tensor, indices: Tensor, start: int, stop: int) -> tuple[Tensor, Tensor]:
     """(local row, col) of every entry in rows [start, stop) of a CSR matrix."""
     lengths = indptr[start + 1 : stop + 1] - indptr[start:stop]
     cols = indices[int(indptr[start]) : int(indptr[stop])]
@@ -98,11 +98,11 @@ def retrieval_metrics(
         rows = stop - start
         scores = user_emb[start:stop].float() @ item_t
         scores[:, OOV_ITEM] = float("-inf")
-        train_rows, train_cols = _csr_chunk(train_indptr, train_indices, start, stop)
+        train_rows, train_cols = csr_chunk(train_indptr, train_indices, start, stop)
         scores[train_rows, train_cols] = float("-inf")
 
         is_pos = torch.zeros(rows, n_items, dtype=torch.bool, device=device)
-        val_rows, val_cols = _csr_chunk(val_indptr, val_indices, start, stop)
+        val_rows, val_cols = csr_chunk(val_indptr, val_indices, start, stop)
         is_pos[val_rows, val_cols] = True
         # Counted from the dense matrix, not the CSR lengths, so duplicate pairs count once.
         n_pos = is_pos.sum(dim=1)

@@ -2,9 +2,10 @@
 
 <run_dir>/config.yaml            the resolved config (what `recjobs resolve` prints)
 <run_dir>/metrics.jsonl          one JSON object per log/validation event
+<run_dir>/train.log              rank 0's log lines, ending with the best metric and the model
 <run_dir>/checkpoints/last.pt    the latest checkpoint (resume point)
 <run_dir>/checkpoints/best.pt    the checkpoint with the best early-stopping metric
-<run_dir>/model/                 exported weights, config, vocabularies (see recjobs.export)
+<run_dir>/model/                 the best weights, config, vocabularies, catalogue (recjobs.export)
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "train.log"
 
     @property
     def last(self) -> Path:

@@ -1,4 +1,7 @@
-"""The config schema: every key a config file may hold, its type and its default.
+"""The config schema: every key a config file may hold, its type, default, range and meaning.
+
+docs/config.md is written from these fields (`recjobs config-reference`): a key's `doc` is its
+meaning there, its `Range` (numbers) the valid values.
 
 One dataclass per section. `recjobs.config` validates YAML against these classes (unknown
 keys, wrong types, bad values) and builds them; nothing else in the project reads raw dicts.
@@ -66,10 +69,23 @@ def _num(x: float) -> str:
     return "inf" if x == math.inf else str(int(x)) if float(x).is_integer() else str(x)
 
 
-def ranged(default: Any, low: float, high: float = math.inf, **kw: Any) -> Any:
-    """A dataclass field with a default and a valid range (see Range)."""
+def ranged(default: Any, low: float, high: float = math.inf, *, doc: str, **kw: Any) -> Any:
+    """A dataclass field with a default, a valid range (see Range) and its meaning (`doc`)."""
     make = {"default_factory": lambda: default} if isinstance(default, list) else {}
-    return field(**(make or {"default": default}), metadata={"range": Range(low, high, **kw)})
+    return field(
+        **(make or {"default": default}), metadata={"range": Range(low, high, **kw), "doc": doc}
+    )
+
+
+def option(default: Any = dataclasses.MISSING, *, doc: str, factory: Any = None) -> Any:
+    """A dataclass field that is not a number: its default and its meaning.
+
+    `doc` is what docs/config.md says about the key (`recjobs config-reference` writes that
+    page from these fields, and a test fails when the page is stale).
+    """
+    if factory is not None:
+        return field(default_factory=factory, metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
 
 
 POSITIVE = {"low_open": True}  # for floats: (0, inf)
@@ -79,122 +95,226 @@ POSITIVE = {"low_open": True}  # for floats: (0, inf)
 class DataPaths:
     """Where the four tables live: local paths (relative to the working directory) or URLs."""
 
-    users: str
-    items: str
-    interactions_train: str
-    interactions_val: str
+    users: str = option(doc="users table (Parquet or CSV): the user id column and its categories")
+    items: str = option(doc="items table: the item id column and its categories")
+    interactions_train: str = option(
+        doc="training interactions: user, item, optional timestamp and label"
+    )
+    interactions_val: str = option(doc="validation interactions, same columns as the training ones")
 
 
 @dataclass(frozen=True)
 class SynthSize:
     """Size of the built-in synthetic data set used when `dataset.paths` is null."""
 
-    users: int = ranged(2000, 1, INT32_MAX)
-    items: int = ranged(500, 1, INT32_MAX)
-    interactions: int = ranged(60000, 1, INT32_MAX)
+    users: int = ranged(2000, 1, INT32_MAX, doc="synthetic users")
+    items: int = ranged(500, 1, INT32_MAX, doc="synthetic items")
+    interactions: int = ranged(
+        60000, 1, INT32_MAX, doc="synthetic interactions (train and validation together)"
+    )
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    name: str = "synth"
-    # null: train on the built-in synthetic data set (generated from shared.seed).
-    paths: DataPaths | None = None
-    synth: SynthSize = field(default_factory=SynthSize)
+    name: str = option("synth", doc="a name for the data set (logged; not interpreted)")
+    paths: DataPaths | None = option(
+        None,
+        doc="the four tables; null trains on the built-in synthetic data generated from "
+        "shared.seed",
+    )
+    synth: SynthSize = option(doc="size of the synthetic data set", factory=SynthSize)
 
 
 @dataclass(frozen=True)
 class SharedConfig:
-    seed: int = ranged(42, 0, SEED_MAX)
-    # File name (inside the run dir's model/) where the id/category vocabularies are saved;
-    # a plain name: no / or ..
-    encoder_cache: str = "encoders.json"
+    seed: int = ranged(
+        42, 0, SEED_MAX, doc="seeds everything: weights, batch order, negatives, synthetic data"
+    )
+    encoder_cache: str = option(
+        "encoders.json",
+        doc="file name, inside the run dir's model/, of the saved vocabularies (no / or ..)",
+    )
 
 
 @dataclass(frozen=True)
 class ColumnsConfig:
-    user_id: str = "user_id"
-    item_id: str = "item_id"
-    user_cat_cols: tuple[str, ...] = ("user_group", "region", "age_group")
-    item_cat_cols: tuple[str, ...] = ("category", "price_band", "style")
-    interaction_user_col: str = "user_id"
-    interaction_item_col: str = "item_id"
-    interaction_time_col: str | None = "timestamp"
-    label_col: str | None = None
+    user_id: str = option("user_id", doc="user id column of the users table")
+    item_id: str = option("item_id", doc="item id column of the items table")
+    user_cat_cols: tuple[str, ...] = option(
+        ("user_group", "region", "age_group"),
+        doc="categorical columns of the users table, each an embedding table",
+    )
+    item_cat_cols: tuple[str, ...] = option(
+        ("category", "price_band", "style"),
+        doc="categorical columns of the items table, each an embedding table",
+    )
+    interaction_user_col: str = option("user_id", doc="user id column of the interaction tables")
+    interaction_item_col: str = option("item_id", doc="item id column of the interaction tables")
+    interaction_time_col: str | None = option(
+        "timestamp", doc="timestamp column of the interaction tables (read, not required)"
+    )
+    label_col: str | None = option(
+        None, doc="label column (ratings); needed by ranking's mse loss, ignored by bce"
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model_arch: Literal["two_tower", "dlrm", "dcn"] = "two_tower"
-    embedding_dim: int = ranged(64, 1, MAX_WIDTH)
-    hidden_dims: tuple[int, ...] = ranged((128, 64), 1, MAX_WIDTH)
-    # Ranking only: the MLP on top of the feature interactions.
-    scorer_hidden_dims: tuple[int, ...] = ranged((128, 64), 1, MAX_WIDTH)
-    # DCN only: number of DCN-v2 cross layers.
-    cross_layers: int = ranged(3, 1, 64)
-    dropout: float = ranged(0.1, 0, 1, high_open=True)
+    model_arch: Literal["two_tower", "dlrm", "dcn"] = option(
+        "two_tower", doc="retrieval: two_tower; ranking: dlrm or dcn (DCN-v2)"
+    )
+    embedding_dim: int = ranged(64, 1, MAX_WIDTH, doc="width of every embedding table")
+    hidden_dims: tuple[int, ...] = ranged(
+        (128, 64),
+        1,
+        MAX_WIDTH,
+        doc="MLP widths (1 to 32 layers): each tower of two_tower (its last width is the "
+        "embedding size of users and items), DLRM's bottom MLP, DCN's deep network",
+    )
+    scorer_hidden_dims: tuple[int, ...] = ranged(
+        (128, 64), 1, MAX_WIDTH, doc="the MLP on top of the feature interactions (1 to 32 layers)"
+    )
+    cross_layers: int = ranged(3, 1, 64, doc="DCN only: number of DCN-v2 cross layers")
+    dropout: float = ranged(0.1, 0, 1, high_open=True, doc="dropout after every hidden layer")
 
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    enabled: bool = False
-    # A validation metric without the `val/` prefix, e.g. recall@10, auc, loss.
-    # null: recall@<first eval_k> for retrieval, auc (bce) or rmse (mse) for ranking.
-    metric: str | None = None
-    patience: int = ranged(5, 1, INT32_MAX)
-    # null: derived from the metric (min for losses and errors, max otherwise).
-    mode: Literal["min", "max"] | None = None
-    min_delta: float = ranged(0.0, 0)
+    enabled: bool = option(
+        False, doc="stop when the metric has not improved for `patience` epoch-end validations"
+    )
+    metric: str | None = option(
+        None,
+        doc="validation metric without `val/` (recall@10, auc, loss, ...) that picks the best "
+        "weights (checkpoints/best.pt and model/) and drives early stopping; null: "
+        "recall@<first eval_k> (retrieval), auc (bce) or rmse (mse)",
+    )
+    patience: int = ranged(5, 1, INT32_MAX, doc="epoch-end validations without improvement")
+    mode: Literal["min", "max"] | None = option(
+        None, doc="min or max is better; null: min for losses and errors, max otherwise"
+    )
+    min_delta: float = ranged(0.0, 0, doc="smallest change that counts as an improvement")
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    # Retrieval needs at least 2 (the other items of a batch are its negatives).
-    batch_size: int = ranged(1024, 1, INT32_MAX)
-    num_workers: int = ranged(0, 0, 1024)
-    max_epochs: int = ranged(3, 1, INT32_MAX)
-    # null: no limit beyond max_epochs.
-    max_steps: int | None = ranged(None, 1, 2**62)
-    lr: float = ranged(0.001, 0, **POSITIVE)
+    batch_size: int = ranged(
+        1024,
+        1,
+        INT32_MAX,
+        doc="examples per step and process; retrieval needs at least 2 (in-batch negatives)",
+    )
+    max_epochs: int = ranged(3, 1, INT32_MAX, doc="passes over the training interactions")
+    max_steps: int | None = ranged(
+        None, 1, 2**62, doc="stop after this many steps (mid-epoch too); null: no limit"
+    )
+    lr: float = ranged(
+        0.001, 0, **POSITIVE, doc="learning rate; an `lr` inside `optimizer` takes precedence"
+    )
     # Resolved: {"name": ..., "lr": ..., **kwargs}. See recjobs.optim.
-    optimizer: dict[str, Any] = field(default_factory=lambda: {"name": "Adam"})
+    optimizer: dict[str, Any] = option(
+        doc="a torch.optim class by name, or {name: ..., <its keyword arguments>}",
+        factory=lambda: {"name": "Adam"},
+    )
     # Sparse gradients for the embedding tables, updated by `embedding_optimizer`, so that a
     # step costs O(rows in the batch) instead of O(rows in the tables). auto: on when the
     # largest table has at least 100,000 rows and the backend supports it (not NCCL DDP).
     # false: one optimizer for all parameters, exactly as configured.
-    sparse_embeddings: bool | Literal["auto"] = "auto"
+    sparse_embeddings: bool | Literal["auto"] = option(
+        "auto",
+        doc="sparse gradients for the embedding tables; auto: on when the largest table has "
+        "100,000 rows or more (not under NCCL); false: one optimizer for everything",
+    )
     # Resolved: {"name": SparseAdam|Adagrad|SGD, "lr": ..., **kwargs}; null derives it from
     # `optimizer` (same lr; betas/eps or momentum carried over; no weight decay on tables).
-    embedding_optimizer: dict[str, Any] | None = None
+    embedding_optimizer: dict[str, Any] | None = option(
+        None,
+        doc="optimizer of the tables when sparse: SparseAdam, Adagrad or SGD; null: derived "
+        "from `optimizer`",
+    )
     # Resolved: None or {"name": ..., "interval": "epoch"|"step", **kwargs}.
-    scheduler: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = option(
+        None,
+        doc="a torch.optim.lr_scheduler class: {name: ..., interval: epoch|step, monitor: "
+        "<metric> (ReduceLROnPlateau), <its keyword arguments>}; null: constant LR",
+    )
     # Resolved: "off", "fp16" or "bf16".
-    mixed_precision: Literal["off", "fp16", "bf16"] = "off"
-    grad_clip_norm: float | None = ranged(None, 0, **POSITIVE)
-    loss_func: Literal["cross_entropy", "bce", "mse"] = "cross_entropy"
+    mixed_precision: Literal["off", "fp16", "bf16"] = option(
+        "off", doc="autocast: fp16 (CUDA, with GradScaler) or bf16; true means fp16"
+    )
+    grad_clip_norm: float | None = ranged(
+        None, 0, **POSITIVE, doc="clip the global gradient norm to this; null: no clipping"
+    )
+    loss_func: Literal["cross_entropy", "bce", "mse"] = option(
+        "cross_entropy",
+        doc="retrieval: cross_entropy (in-batch softmax); ranking: bce (sampled negatives) or "
+        "mse (on label_col)",
+    )
     # Retrieval only: softmax temperature, and the logQ correction for in-batch negatives being
     # sampled by popularity (Yi et al. 2019); without it the model under-recommends popular items.
-    temperature: float = ranged(0.05, 0, **POSITIVE)
-    logq_correction: bool = True
-    # Ranking only: sampled negatives per positive for bce.
-    negatives_per_pos: int = ranged(4, 1, 1000)
-    eval_k: tuple[int, ...] = ranged((10, 50), 1, INT32_MAX)
+    temperature: float = ranged(
+        0.05, 0, **POSITIVE, doc="softmax temperature of the in-batch softmax"
+    )
+    logq_correction: bool = option(
+        True,
+        doc="subtract log(item popularity) from in-batch logits (Yi et al. 2019); without it "
+        "popular items are pushed down",
+    )
+    negatives_per_pos: int = ranged(
+        4, 1, 1000, doc="bce: uniformly sampled negative items per positive"
+    )
+    eval_k: tuple[int, ...] = ranged(
+        (10, 50), 1, INT32_MAX, doc="K of val/recall@K, ndcg@K and hit@K (1 to 10 values)"
+    )
     # Retrieval only: score at most this many validation users (a fixed sample; null: all).
     # Full-catalogue scoring costs users x items; bound it for very large catalogues.
-    eval_max_users: int | None = ranged(None, 1, INT32_MAX)
-    # 0: evaluate only at the end of each epoch.
-    eval_steps: int = ranged(0, 0, INT32_MAX)
-    log_steps: int = ranged(50, 1, INT32_MAX)
-    # 0: checkpoint only at the end of each epoch.
-    checkpoint_steps: int = ranged(0, 0, INT32_MAX)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    artifact_dir: str | None = None
-    # File name of the exported weights inside the run dir's model/ (a plain name: no / or ..).
-    checkpoint: str = "model.pt"
-    use_wandb: bool = False
-    wandb_project: str = "recjobs"
-    wandb_entity: str | None = None
-    wandb_run_name: str | None = None
-    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
+    eval_max_users: int | None = ranged(
+        None,
+        1,
+        INT32_MAX,
+        doc="score a fixed sample of this many validation users (full-catalogue scoring costs "
+        "users x items); null: all",
+    )
+    eval_steps: int = ranged(
+        0, 0, INT32_MAX, doc="also validate every this many steps; 0: at epoch ends only"
+    )
+    log_steps: int = ranged(
+        50,
+        1,
+        INT32_MAX,
+        doc="log train/loss (mean since the last record), train/lr, train/examples_per_s every "
+        "this many steps and at every epoch end",
+    )
+    checkpoint_steps: int = ranged(
+        0, 0, INT32_MAX, doc="also write checkpoints/last.pt every this many steps; 0: epoch ends"
+    )
+    device: Literal["auto", "cpu", "cuda"] = option(
+        "auto", doc="auto: CUDA when visible, else the CPU"
+    )
+    artifact_dir: str | None = option(
+        None, doc="run directory when --run-dir is not given; null: artifacts/<task>"
+    )
+    checkpoint: str = option(
+        "model.pt", doc="file name of the exported weights inside the run dir's model/"
+    )
+    use_wandb: bool = option(
+        False, doc="log to Weights & Biases too (needs WANDB_API_KEY or WANDB_MODE=offline)"
+    )
+    wandb_project: str = option("recjobs", doc="W&B project")
+    wandb_entity: str | None = option(None, doc="W&B entity (team); null: your default")
+    wandb_run_name: str | None = option(None, doc="W&B run name; null: W&B picks one")
+    early_stopping: EarlyStopping = option(
+        doc="best-weights metric and early stopping; `true`/`false` is short for {enabled: ...}",
+        factory=EarlyStopping,
+    )
+
+
+# Keys recjobs once had. A config that still sets one fails with the reason and what to do;
+# a run directory's own saved config (written by an older version) just drops it.
+REMOVED_KEYS: dict[str, str] = {
+    "training.num_workers": "was removed: the data lives in memory as tensors and a batch is "
+    "an index gather, so there are no data-loader workers to configure",
+}
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """What differs between retrieval and ranking: batches, the loss, and validation.
 
-The training loop talks to a task through four members (`num_examples`, `batch`, `loss`,
-`evaluate`) and never learns which model or loss it runs. All tensors live on the training
-device from the start, so a batch is a few index gathers: no per-example Python, no copies.
+The training loop talks to a task through five members (`num_examples`, `batch`, `loss`,
+`evaluate`, `baseline`) and never learns which model or loss it runs. All tensors live on the
+training device from the start, so a batch is a few index gathers: no per-example Python, no copies.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class RetrievalTask:
         self.train_items = data.train_items.to(device)
         self.val_users = data.val_users.to(device)
         self.val_items = data.val_items.to(device)
+        self.item_counts = data.item_counts.float()
         counts = data.item_counts.to(device=device, dtype=torch.float32).clamp_min(1.0)
         # log of each item's share of training positives: the in-batch sampling probability.
         self.log_q = (counts / counts.sum()).log() if tr.logq_correction else None
@@ -89,6 +90,23 @@ class RetrievalTask:
         out.update({f"val/{k}": v for k, v in found.items()})
         return out
 
+    @torch.no_grad()
+    def baseline(self) -> dict[str, float]:
+        """The same metrics for recommending the most popular unseen items to everybody.
+
+        Same validation users, same masking (training items, OOV); items ranked by their number
+        of training interactions, ties by vocabulary order (so that the list, and the metric,
+        do not depend on how torch.topk breaks ties).
+        """
+        order = torch.argsort(self.item_counts, descending=True, stable=True)
+        score = torch.empty(len(order))
+        score[order] = torch.arange(len(order), 0, -1, dtype=torch.float32)  # exact in float32
+        users = torch.ones(len(self.eval_users), 1)
+        found = metrics.retrieval_metrics(
+            users, score[:, None], *self.val_csr, *self.train_csr, self.ks
+        )
+        return {f"val/baseline/{k}": v for k, v in found.items()}
+
     def state_dict(self) -> dict[str, Any]:
         return {}  # batches are pure index gathers: nothing random to restore
 
@@ -103,6 +121,7 @@ class RankingTask:
         tr = cfg.training
         self.loss_func, self.negatives = tr.loss_func, tr.negatives_per_pos
         self.n_items = data.n_items
+        self.item_counts = data.item_counts.float()
         self.user_features = data.user_features.to(device)
         self.item_features = data.item_features.to(device)
         self.train_users = data.train_users.to(device)
@@ -181,6 +200,23 @@ class RankingTask:
             out["val/rmse"] = metrics.rmse(scores, labels)
             out["val/mae"] = metrics.mae(scores, labels)
         return out
+
+    @torch.no_grad()
+    def baseline(self) -> dict[str, float]:
+        """What a model without a model gets on the same validation rows.
+
+        bce: val/baseline/auc of an item's popularity (training interactions) as its score;
+        mse: val/baseline/rmse and mae of predicting the training labels' mean.
+        """
+        _, items, labels = self.val
+        labels = labels.cpu()
+        if self.loss_func == "bce":
+            return {"val/baseline/auc": metrics.auc(self.item_counts[items.cpu()], labels)}
+        mean = torch.full_like(labels, float(self.train_labels.float().mean()))
+        return {
+            "val/baseline/rmse": metrics.rmse(mean, labels),
+            "val/baseline/mae": metrics.mae(mean, labels),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}

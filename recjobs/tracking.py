@@ -8,9 +8,11 @@ copies it anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,50 @@ class Tracker:
                 self.wandb.finish()
             except Exception as exc:
                 log.warning("W&B finish failed: %s", exc)
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _RunLogHandler(logging.FileHandler):
+    """Appends to RUN_DIR/train.log; a file that cannot be written (disk full) turns it off
+    with one warning instead of a logging traceback per line."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, mode="a", encoding="utf-8", delay=True)
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed:
+            return
+        try:
+            super().emit(record)  # opens the file on the first record, outside logging's guard
+        except OSError:
+            self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        if self.failed:
+            return
+        self.failed = True
+        log.warning("%s cannot be written; its log lines go to stderr only", self.baseFilename)
+
+
+@contextlib.contextmanager
+def run_log(path: Path) -> Iterator[None]:
+    """Copy recjobs' log lines to `path` (RUN_DIR/train.log) while the block runs.
+
+    TorchX's local_cwd log directory is deleted when the job ends and container logs go with
+    the container; this copy stays with the run. Levels are as configured (RECJOBS_LOG_LEVEL).
+    """
+    handler = _RunLogHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    package = logging.getLogger("recjobs")
+    package.addHandler(handler)
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        handler.close()
 
 
 def wandb_wanted(use_wandb: bool) -> tuple[bool, str]:

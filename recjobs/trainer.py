@@ -55,7 +55,7 @@ from recjobs.precision import precision_policy
 from recjobs.rundir import RunDir
 from recjobs.schema import ResolvedConfig
 from recjobs.tasks import make_task
-from recjobs.tracking import Tracker, wandb_wanted
+from recjobs.tracking import Tracker, run_log, wandb_wanted
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,6 @@ RESUMABLE_CHANGES = {
     "eval_steps",
     "log_steps",
     "checkpoint_steps",
-    "num_workers",
     "device",
     "artifact_dir",
     "use_wandb",
@@ -163,13 +162,18 @@ class StopSignal:
 
 
 class EarlyStopping:
+    """Tracks the best epoch-end validation (always: it picks the exported weights) and, when
+    enabled, stops after `patience` validations without improvement."""
+
     def __init__(self, enabled: bool, metric: str, mode: str, patience: int, min_delta: float):
         self.enabled, self.key, self.mode = enabled, f"val/{metric}", mode
         self.patience, self.min_delta = patience, min_delta
         self.best: float | None = None
         self.bad = 0
+        self.best_step: int | None = None
+        self.best_metrics: dict[str, float] | None = None
 
-    def update(self, metrics: dict[str, float]) -> bool:
+    def update(self, metrics: dict[str, float], step: int) -> bool:
         """Record an epoch-end validation; True when it is the best so far."""
         value = metrics[self.key]
         if math.isnan(value):
@@ -182,6 +186,7 @@ class EarlyStopping:
         )
         if better:
             self.best, self.bad = value, 0
+            self.best_step, self.best_metrics = step, dict(metrics)
         else:
             self.bad += 1
         return better
@@ -191,10 +196,17 @@ class EarlyStopping:
         return self.enabled and self.bad >= self.patience
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad": self.bad}
+        return {
+            "best": self.best,
+            "bad": self.bad,
+            "best_step": self.best_step,
+            "best_metrics": self.best_metrics,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad = state["best"], state["bad"]
+        # Checkpoints written before these were tracked lack them.
+        self.best_step, self.best_metrics = state.get("best_step"), state.get("best_metrics")
 
 
 def seed_everything(seed: int) -> None:
@@ -210,7 +222,11 @@ def seed_everything(seed: int) -> None:
 def train(
     cfg: ResolvedConfig, run_dir: str | Path | None = None, resume: bool = False
 ) -> dict[str, float]:
-    """Train one task as configured; returns the last validation metrics.
+    """Train one task as configured; returns the validation metrics of the exported weights.
+
+    The export (RUN_DIR/model) holds the weights of the best epoch-end validation by
+    `training.early_stopping.metric` (the last weights when no validation was finite). Rank 0
+    copies its log lines to RUN_DIR/train.log.
 
     Raises:
         Preempted: SIGTERM or SIGINT arrived; a checkpoint was written.
@@ -223,9 +239,9 @@ def train(
     ddp = init_distributed(tr.device)
     try:
         if not ddp.is_main:
-            return _train(cfg, rundir, resume, ddp, stop)
-        with rundir.lock():
-            return _train(cfg, rundir, resume, ddp, stop)
+            return TrainingRun(cfg, rundir, resume, ddp, stop).run()
+        with rundir.lock(), run_log(rundir.log):
+            return TrainingRun(cfg, rundir, resume, ddp, stop).run()
     except OSError as exc:
         if not _is_file_error(exc):  # e.g. a DDP peer's connection: not the user's doing
             traceback.clear_frames(exc.__traceback__)
@@ -238,7 +254,7 @@ def train(
             "files written before it are whole; fix the cause and resume with --resume",
         ) from None
     except BaseException as exc:
-        # The traceback holds _train's frames and so the DDP model. Freed only after
+        # The traceback holds the run's frames and so the DDP model. Freed only after
         # destroy_process_group, its Reducer would free the gloo group with the GIL held while a
         # gloo thread waits for the GIL: a deadlock at exit after SIGTERM. Free the model first,
         # as a return does.
@@ -272,272 +288,410 @@ CHECKPOINT_FIELDS = (
 )
 
 
-def _train(
-    cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed, stop: StopSignal
-) -> dict[str, float]:
-    tr = cfg.training
-    resuming = rundir.check_start(resume)  # read-only, on every rank: all ranks fail alike
-    checkpoint = load_latest_good(rundir.last, CHECKPOINT_FIELDS) if resuming else None
-    if checkpoint is not None:
+@dataclass
+class Progress:
+    """Where a run stands; checkpointed, and restored by a resume."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+
+
+class TrainingRun:
+    """One run of the loop: everything is set up (and resumed) in `__init__`, then `run()`.
+
+    The loop's state lives on the object, not in closures: `progress` (epoch, batch in epoch,
+    step), the running train/loss window, divergence tracked on the device, the best weights.
+    """
+
+    def __init__(
+        self, cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed, stop: StopSignal
+    ) -> None:
+        self.cfg, self.rundir, self.ddp, self.stop = cfg, rundir, ddp, stop
+        training = cfg.training
+        resuming = rundir.check_start(resume)  # read-only, on every rank: all ranks fail alike
+        checkpoint = load_latest_good(rundir.last, CHECKPOINT_FIELDS) if resuming else None
+        if checkpoint is not None:
+            with _unusable_checkpoint(rundir):
+                _check_same_run(checkpoint["config"], cfg)
+
+        seed_everything(cfg.shared.seed)  # same seed on every rank: identical initial weights
+        self.device = pick_device(training.device, ddp)
+        _check_optimizer_device(cfg, self.device)
+        if ddp.is_main and training.device == "auto" and self.device.type == "cpu":
+            # On a GPU node this means the container sees no GPU (no NVIDIA runtime, no device
+            # granted): say so before hours of CPU training.
+            log.info("training.device auto: no CUDA device visible, training on the CPU")
         with _unusable_checkpoint(rundir):
-            _check_same_run(checkpoint["config"], cfg)
+            encoders = Encoders.from_json(checkpoint["encoders"]) if checkpoint else None
+        self.data = load_task_data(cfg, encoders)
+        self.task = make_task(cfg, self.data, self.device, rank=ddp.rank)
+        self._build_model_and_optimizers()
+        self.per_epoch = _steps_per_epoch(
+            self.task.num_examples, training.batch_size, ddp.world_size
+        )
+        self.total_steps = min(
+            self.per_epoch * training.max_epochs, training.max_steps or sys.maxsize
+        )
+        self.schedule = build_scheduler(
+            self.optimizers.all,
+            training.scheduler,
+            self.per_epoch,
+            training.max_epochs,
+            training.max_steps,
+        )
+        self.precision = precision_policy(training.mixed_precision, self.device)
+        self.scaler = self.precision.grad_scaler()
+        es = training.early_stopping
+        self.early = EarlyStopping(es.enabled, es.metric, es.mode, es.patience, es.min_delta)
 
-    seed_everything(cfg.shared.seed)  # same seed on every rank: identical initial weights
-    device = pick_device(tr.device, ddp)
-    _check_optimizer_device(cfg, device)
-    if ddp.is_main and tr.device == "auto" and device.type == "cpu":
-        # On a GPU node this means the container sees no GPU (no NVIDIA runtime, no device
-        # granted): say so before hours of CPU training.
-        log.info("training.device auto: no CUDA device visible, training on the CPU")
-    with _unusable_checkpoint(rundir):
-        encoders = Encoders.from_json(checkpoint["encoders"]) if checkpoint else None
-    data = load_task_data(cfg, encoders)
-    task = make_task(cfg, data, device, rank=ddp.rank)
-    cards = data.user_cardinalities + data.item_cardinalities
-    nccl = ddp.world_size > 1 and device.type == "cuda"
-    sparse, why = sparse_decision(tr.sparse_embeddings, cards, nccl)
-    model = build_model(
-        cfg.task, cfg.model, data.user_cardinalities, data.item_cardinalities, sparse=sparse
-    ).to(device)
-    trained = DistributedDataParallel(model) if ddp.world_size > 1 else model
-    optimizers = _build_optimizers(model, tr.optimizer, tr.embedding_optimizer if sparse else None)
-    per_epoch = _steps_per_epoch(task.num_examples, tr.batch_size, ddp.world_size)
-    schedule = build_scheduler(optimizers.all, tr.scheduler, per_epoch, tr.max_epochs, tr.max_steps)
-    precision = precision_policy(tr.mixed_precision, device)
-    scaler = precision.grad_scaler()
-    es = tr.early_stopping
-    early = EarlyStopping(es.enabled, es.metric, es.mode, es.patience, es.min_delta)
+        if ddp.is_main:
+            rundir.path.mkdir(parents=True, exist_ok=True)
+            rundir.write_config(cfg.to_dict())
+        self.tracker = self._start_tracker(checkpoint)
+        self.progress = Progress()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.metrics: dict[str, float] = {}
+        # The most-popular baseline is logged once per run, with its first validation.
+        self.baseline_logged = checkpoint is not None and bool(checkpoint.get("baseline_logged"))
+        # train/loss is the mean since the last log record, summed on the device. Divergence is
+        # tracked there too (the first step whose loss was not finite) and read only where the
+        # loop syncs anyway: at log steps and before checkpoints.
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.loss_count = 0
+        self.step_counter = torch.zeros((), dtype=torch.long, device=self.device)
+        self.first_bad_step = torch.zeros((), dtype=torch.long, device=self.device)
+        if checkpoint is not None:
+            self._resume(checkpoint)
+        else:
+            self.tracker.truncate(0)  # --resume before any checkpoint existed: start afresh
+        self.examples, self.tick = 0, time.perf_counter()
+        self.last_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
 
-    if ddp.is_main:
-        rundir.path.mkdir(parents=True, exist_ok=True)
-        rundir.write_config(cfg.to_dict())
-    use_wandb, why_not = wandb_wanted(tr.use_wandb)
-    if ddp.is_main and why_not:
-        log.info("%s", why_not)
-    wandb_args = {"project": tr.wandb_project, "entity": tr.wandb_entity, "name": tr.wandb_run_name}
-    if checkpoint is not None:
-        wandb_args["id"] = checkpoint.get("wandb_id")
-    tracker = Tracker(
-        rundir.path, cfg.to_dict(), enabled=ddp.is_main, use_wandb=use_wandb, wandb_args=wandb_args
-    )
+    def _build_model_and_optimizers(self) -> None:
+        cfg, training = self.cfg, self.cfg.training
+        cards = self.data.user_cardinalities + self.data.item_cardinalities
+        nccl = self.ddp.world_size > 1 and self.device.type == "cuda"
+        self.sparse, self.sparse_why = sparse_decision(training.sparse_embeddings, cards, nccl)
+        self.model = build_model(
+            cfg.task,
+            cfg.model,
+            self.data.user_cardinalities,
+            self.data.item_cardinalities,
+            sparse=self.sparse,
+        ).to(self.device)
+        self.trained = (
+            DistributedDataParallel(self.model) if self.ddp.world_size > 1 else self.model
+        )
+        embedding_optimizer = training.embedding_optimizer if self.sparse else None
+        self.optimizers = _build_optimizers(self.model, training.optimizer, embedding_optimizer)
 
-    epoch, batch_in_epoch, step = 0, 0, 0
-    best_state = None
-    if checkpoint is not None:
+    def _start_tracker(self, checkpoint: dict[str, Any] | None) -> Tracker:
+        training = self.cfg.training
+        use_wandb, why_not = wandb_wanted(training.use_wandb)
+        if self.ddp.is_main and why_not:
+            log.info("%s", why_not)
+        wandb_args = {
+            "project": training.wandb_project,
+            "entity": training.wandb_entity,
+            "name": training.wandb_run_name,
+        }
+        if checkpoint is not None:
+            wandb_args["id"] = checkpoint.get("wandb_id")  # the same W&B run continues
+        return Tracker(
+            self.rundir.path,
+            self.cfg.to_dict(),
+            enabled=self.ddp.is_main,
+            use_wandb=use_wandb,
+            wandb_args=wandb_args,
+        )
+
+    def _resume(self, checkpoint: dict[str, Any]) -> None:
         epoch, batch_in_epoch, step, metrics_lines = _restore_states(
-            checkpoint, rundir, ddp, task, model, optimizers, schedule, scaler, early
+            checkpoint,
+            self.rundir,
+            self.ddp,
+            self.task,
+            self.model,
+            self.optimizers,
+            self.schedule,
+            self.scaler,
+            self.early,
         )
-        tracker.truncate(metrics_lines)
-        if rundir.best.exists():
-            best_state = load_checkpoint(rundir.best)["model"]
-        log.info("resumed from %s at epoch %d, step %d", rundir.last, epoch, step)
-    else:
-        tracker.truncate(0)  # --resume before any checkpoint existed: start the record afresh
+        self.progress = Progress(epoch, batch_in_epoch, step)
+        self.step_counter.fill_(step)
+        self.tracker.truncate(metrics_lines)
+        if self.rundir.best.exists():
+            self.best_state = load_checkpoint(self.rundir.best)["model"]
+        if "loss_window" in checkpoint:
+            with _unusable_checkpoint(self.rundir):
+                self.loss_sum.copy_(checkpoint["loss_window"]["sum"])
+                self.loss_count = int(checkpoint["loss_window"]["count"])
+        log.info("resumed from %s at epoch %d, step %d", self.rundir.last, epoch, step)
 
-    def write_checkpoint(path: Path) -> None:
-        check_finite()  # a diverged state never replaces a good checkpoint
-        ranks = _gather_rank_states(ddp, task)
-        if not ddp.is_main:
-            return
-        save_checkpoint(
-            path,
-            {
-                "config": cfg.to_dict(),
-                "model": model.state_dict(),
-                "optimizers": optimizers.state_dict(),
-                "scheduler": schedule.state_dict(),
-                "scaler": scaler.state_dict(),
-                "early_stopping": early.state_dict(),
-                "ranks": ranks,
-                "epoch": epoch,
-                "batch_in_epoch": batch_in_epoch,
-                "step": step,
-                "metrics_lines": tracker.lines,
-                "encoders": data.encoders.to_json(),
-                "wandb_id": getattr(tracker.wandb, "id", None),
-                # The running mean of train/loss since the last log step: without it, the
-                # first train/loss after a resume would average fewer steps.
-                "loss_window": {"sum": loss_sum.detach().cpu(), "count": loss_count},
-            },
-            keep_previous=path == rundir.last,  # a damaged last.pt falls back to last.prev.pt
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> dict[str, float]:
+        """Train to the end (max_epochs, max_steps or early stopping), then export."""
+        training, progress = self.cfg.training, self.progress
+        if self.ddp.is_main:
+            log.info(
+                "training %s (%s) on %s x%d: %d examples, %d steps/epoch, %d steps",
+                self.cfg.task,
+                self.cfg.model.model_arch,
+                self.device,
+                self.ddp.world_size,
+                self.task.num_examples,
+                self.per_epoch,
+                self.total_steps,
+            )
+            log.info(
+                "sparse embedding updates: %s (%s)", "on" if self.sparse else "off", self.sparse_why
+            )
+        self.bar = _progress(self.total_steps, progress.step, self.ddp.is_main)
+        self.model.train()
+        if _signalled_before_start(self.stop, self.ddp):  # e.g. Ctrl-C while the data loaded
+            self.preempted(f"at step {progress.step}, before training started")
+        try:
+            while (
+                progress.epoch < training.max_epochs
+                and progress.step < self.total_steps
+                and not self.early.should_stop
+            ):
+                if not self.train_epoch():
+                    break  # max_steps reached inside the epoch
+                self.end_epoch()
+            if progress.step >= self.total_steps and progress.batch_in_epoch:
+                # Stopped mid-epoch by max_steps: validate once more.
+                self.keep_if_best(self.validate(end_of_epoch=True))
+                self.checkpoint(self.rundir.last)
+        finally:
+            self.bar.close()
+        return self.finish()
+
+    def train_epoch(self) -> bool:
+        """The rest of the current epoch; False when max_steps ended it midway."""
+        training, progress = self.cfg.training, self.progress
+        batches = epoch_batches(
+            self.task.num_examples,
+            training.batch_size,
+            epoch=progress.epoch,
+            seed=self.cfg.shared.seed,
+            rank=self.ddp.rank,
+            world_size=self.ddp.world_size,
+        )
+        # One host-to-device copy per epoch; each step's batch is then a slice on the device.
+        batches = torch.cat(batches).to(self.device).split([len(b) for b in batches])
+        for idx in batches[progress.batch_in_epoch :]:
+            self.train_step(idx, len(batches))
+            if progress.step >= self.total_steps and progress.batch_in_epoch < len(batches):
+                return False
+        return True
+
+    def train_step(self, idx: torch.Tensor, batches_in_epoch: int) -> None:
+        """One optimizer step, then what is due after it: log, validation, checkpoint, stop."""
+        training, progress, scaler = self.cfg.training, self.progress, self.scaler
+        batch = self.task.batch(idx)
+        with self.precision.autocast():
+            loss = self.task.loss(self.trained, batch)
+        self.optimizers.zero_grad()
+        scaler.scale(loss).backward()
+        if training.grad_clip_norm:
+            for opt in self.optimizers.all:
+                scaler.unscale_(opt)
+            clip_grad_norm(list(self.model.parameters()), training.grad_clip_norm)
+        # A record every log_steps and at the end of each epoch (and of the run), so that every
+        # epoch logs its loss, however short the run.
+        ends_epoch = (
+            progress.batch_in_epoch + 1 == batches_in_epoch or progress.step + 1 >= self.total_steps
+        )
+        logging_now = (progress.step + 1) % training.log_steps == 0 or ends_epoch
+        # train/lr is the LR this step used: read before the scheduler moves it.
+        lr_record = self.optimizers.lr_record() if logging_now else {}
+        for opt in self.optimizers.all:
+            scaler.step(opt)
+        scaler.update()
+        self.schedule.after_step()
+        progress.step += 1
+        progress.batch_in_epoch += 1
+        self.track_loss(loss.detach())
+        self.examples += len(idx)
+        self.bar.update(1)
+
+        if logging_now:  # the loop's only host sync: at log steps
+            self.log_training(lr_record)
+        if training.eval_steps and progress.step % training.eval_steps == 0:
+            self.validate(end_of_epoch=False)
+            self.tick = time.perf_counter()  # examples/s measures training, not validation
+        if training.checkpoint_steps and progress.step % training.checkpoint_steps == 0:
+            self.checkpoint(self.rundir.last)
+            self.tick = time.perf_counter()
+        if _stop_requested(self.stop, progress.step, self.ddp):
+            self.preempted(f"at step {progress.step}")
+
+    def track_loss(self, loss: torch.Tensor) -> None:
+        self.loss_sum += loss.float()
+        self.loss_count += 1
+        self.step_counter += 1
+        self.first_bad_step = torch.where(
+            (self.first_bad_step == 0) & ~torch.isfinite(loss),
+            self.step_counter,
+            self.first_bad_step,
         )
 
-    def validate(end_of_epoch: bool) -> dict[str, float]:
-        model.eval()
-        metrics = task.evaluate(model)
-        model.train()
-        check_finite()  # a diverged loss is named as such, before its consequences
-        _check_finite_metrics(metrics, step, rundir)
-        tracker.log({"step": step, "epoch": epoch, **metrics})
-        schedule.after_validation(metrics, end_of_epoch)
+    def log_training(self, lr_record: dict[str, float]) -> None:
+        """A train/ record: the mean loss since the last one, the LRs, the throughput."""
+        self.check_finite()
+        progress = self.progress
+        mean_loss = _mean_over_ranks(self.loss_sum / self.loss_count, self.ddp)
+        elapsed = time.perf_counter() - self.tick
+        record = {"step": progress.step, "epoch": progress.epoch, "train/loss": mean_loss}
+        record.update(lr_record)
+        record["train/examples_per_s"] = self.examples * self.ddp.world_size / max(elapsed, 1e-9)
+        if self.scaler.is_enabled():  # fp16: overflowing steps are skipped, not fatal
+            scale = self.scaler.get_scale()
+            record["train/grad_scale"] = scale
+            if scale < self.last_scale:
+                log.warning(
+                    "fp16: GradScaler skipped overflowing steps before step %d "
+                    "(scale %g -> %g; each skip halves it)",
+                    progress.step,
+                    self.last_scale,
+                    scale,
+                )
+            self.last_scale = scale
+        self.tracker.log(record)
+        self.loss_sum.zero_()
+        self.loss_count, self.examples, self.tick = 0, 0, time.perf_counter()
+
+    def end_epoch(self) -> None:
+        """Validate, step the per-epoch schedule, keep the best weights, checkpoint."""
+        metrics = self.validate(end_of_epoch=True)
+        self.schedule.after_epoch()
+        self.progress.epoch += 1
+        self.progress.batch_in_epoch = 0
+        self.keep_if_best(metrics)
+        self.checkpoint(self.rundir.last)
+        if _stop_requested(self.stop, 0, self.ddp):
+            self.preempted(f"after epoch {self.progress.epoch}")
+        self.tick = time.perf_counter()
+
+    def validate(self, end_of_epoch: bool) -> dict[str, float]:
+        self.model.eval()
+        metrics = self.task.evaluate(self.model)
+        self.model.train()
+        self.check_finite()  # a diverged loss is named as such, before its consequences
+        _check_finite_metrics(metrics, self.progress.step, self.rundir)
+        self.tracker.log({"step": self.progress.step, "epoch": self.progress.epoch, **metrics})
+        if not self.baseline_logged:
+            _log_baseline(
+                self.task, self.tracker, self.progress.step, self.progress.epoch, self.ddp
+            )
+            self.baseline_logged = True
+        self.schedule.after_validation(metrics, end_of_epoch)
+        self.metrics = metrics
         return metrics
 
-    total_steps = min(per_epoch * tr.max_epochs, tr.max_steps or sys.maxsize)
-    if ddp.is_main:
-        log.info(
-            "training %s (%s) on %s x%d: %d examples, %d steps/epoch, %d steps",
-            cfg.task,
-            cfg.model.model_arch,
-            device,
-            ddp.world_size,
-            task.num_examples,
-            per_epoch,
-            total_steps,
-        )
-        log.info("sparse embedding updates: %s (%s)", "on" if sparse else "off", why)
-    progress = _progress(total_steps, step, ddp.is_main)
-    loss_sum = torch.zeros((), device=device)
-    # Divergence is tracked on the device (the first step whose loss was not finite) and read
-    # only where the loop syncs anyway: at log steps and before checkpoints.
-    step_counter = torch.full((), step, dtype=torch.long, device=device)
-    first_bad_step = torch.zeros((), dtype=torch.long, device=device)
+    def keep_if_best(self, metrics: dict[str, float]) -> None:
+        if self.early.update(metrics, self.progress.step):
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self.checkpoint(self.rundir.best)
 
-    def check_finite() -> None:
-        bad = _max_over_ranks(first_bad_step, ddp)
+    def check_finite(self) -> None:
+        bad = _max_over_ranks(self.first_bad_step, self.ddp)
         if bad:
             raise TrainingDiverged(
                 "training",
                 f"loss is not finite at step {bad}",
-                f"no checkpoint was written after it; {rundir.last} holds the last good state. "
-                "Lower the learning rate or set grad_clip_norm",
+                f"no checkpoint was written after it; {self.rundir.last} holds the last good "
+                "state. Lower the learning rate or set grad_clip_norm",
             )
 
-    loss_count, examples, tick = 0, 0, time.perf_counter()
-    if checkpoint is not None and "loss_window" in checkpoint:
-        with _unusable_checkpoint(rundir):
-            loss_sum.copy_(checkpoint["loss_window"]["sum"])
-            loss_count = int(checkpoint["loss_window"]["count"])
-    last_scale = scaler.get_scale() if scaler.is_enabled() else 0.0
-    metrics: dict[str, float] = {}
-    model.train()
-    if _signalled_before_start(stop, ddp):  # e.g. Ctrl-C while the data loaded
-        write_checkpoint(rundir.last)
-        raise Preempted(
-            f"{stop.name} at step {step}, before training started: checkpoint written to "
-            f"{rundir.last}",
-            stop.exit_code,
+    def checkpoint(self, path: Path) -> None:
+        """Everything an exact resume needs, written atomically by rank 0."""
+        self.check_finite()  # a diverged state never replaces a good checkpoint
+        ranks = _gather_rank_states(self.ddp, self.task)
+        if not self.ddp.is_main:
+            return
+        save_checkpoint(
+            path,
+            {
+                "config": self.cfg.to_dict(),
+                "model": self.model.state_dict(),
+                "optimizers": self.optimizers.state_dict(),
+                "scheduler": self.schedule.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "early_stopping": self.early.state_dict(),
+                "ranks": ranks,
+                "epoch": self.progress.epoch,
+                "batch_in_epoch": self.progress.batch_in_epoch,
+                "step": self.progress.step,
+                "metrics_lines": self.tracker.lines,
+                "encoders": self.data.encoders.to_json(),
+                "wandb_id": getattr(self.tracker.wandb, "id", None),
+                "baseline_logged": self.baseline_logged,
+                # The running mean of train/loss since the last log step: without it, the
+                # first train/loss after a resume would average fewer steps.
+                "loss_window": {"sum": self.loss_sum.detach().cpu(), "count": self.loss_count},
+            },
+            keep_previous=path == self.rundir.last,  # a damaged last.pt falls back to .prev
         )
-    try:
-        while epoch < tr.max_epochs and step < total_steps and not early.should_stop:
-            batches = epoch_batches(
-                task.num_examples,
-                tr.batch_size,
-                epoch=epoch,
-                seed=cfg.shared.seed,
-                rank=ddp.rank,
-                world_size=ddp.world_size,
+
+    def preempted(self, when: str) -> None:
+        """SIGTERM or SIGINT: checkpoint, then leave with its exit code."""
+        self.checkpoint(self.rundir.last)
+        raise Preempted(
+            f"{self.stop.name} {when}: checkpoint written to {self.rundir.last}",
+            self.stop.exit_code,
+        )
+
+    def finish(self) -> dict[str, float]:
+        """Export the best weights (the last when none was tracked); return their metrics."""
+        metrics = self.metrics
+        if self.best_state is not None:  # tracked whether or not early stopping is on
+            self.model.load_state_dict(self.best_state)
+            metrics = self.early.best_metrics or metrics
+            log.info("restored the best weights (%s = %s)", self.early.key, self.early.best)
+        if self.ddp.is_main:
+            export_model(self.rundir.model, self.model, self.cfg, self.data)
+            log.info(
+                "%s",
+                _run_summary(
+                    self.early,
+                    self.best_state is not None,
+                    self.progress.step,
+                    self.progress.epoch,
+                    self.rundir,
+                ),
             )
-            # One host-to-device copy per epoch; each step's batch is then a slice on the device.
-            batches = torch.cat(batches).to(device).split([len(b) for b in batches])
-            for idx in batches[batch_in_epoch:]:
-                batch = task.batch(idx)
-                with precision.autocast():
-                    loss = task.loss(trained, batch)
-                optimizers.zero_grad()
-                scaler.scale(loss).backward()
-                if tr.grad_clip_norm:
-                    for opt in optimizers.all:
-                        scaler.unscale_(opt)
-                    clip_grad_norm(list(model.parameters()), tr.grad_clip_norm)
-                logging_now = (step + 1) % tr.log_steps == 0
-                if (
-                    logging_now
-                ):  # train/lr is the LR this step used, read before the scheduler moves it
-                    lr_record = optimizers.lr_record()
-                for opt in optimizers.all:
-                    scaler.step(opt)
-                scaler.update()
-                schedule.after_step()
-                step += 1
-                batch_in_epoch += 1
-                loss_sum += loss.detach().float()
-                step_counter += 1
-                first_bad_step = torch.where(
-                    (first_bad_step == 0) & ~torch.isfinite(loss.detach()),
-                    step_counter,
-                    first_bad_step,
-                )
-                loss_count += 1
-                examples += len(idx)
-                progress.update(1)
+        self.tracker.finish()
+        if self.stop.signum is not None:
+            # It arrived after the last checkpoint; the handler let the export finish first.
+            raise Preempted(
+                f"{self.stop.name} after the last step: training and the export finished, the "
+                f"model is complete in {self.rundir.model}",
+                self.stop.exit_code,
+            )
+        return metrics
 
-                if logging_now:  # the loop's only host sync: at log steps
-                    check_finite()
-                    mean_loss = _mean_over_ranks(loss_sum / loss_count, ddp)
-                    elapsed = time.perf_counter() - tick
-                    record = {"step": step, "epoch": epoch, "train/loss": mean_loss}
-                    record.update(lr_record)
-                    record["train/examples_per_s"] = examples * ddp.world_size / max(elapsed, 1e-9)
-                    if scaler.is_enabled():  # fp16: overflowing steps are skipped, not fatal
-                        scale = scaler.get_scale()
-                        record["train/grad_scale"] = scale
-                        if scale < last_scale:
-                            log.warning(
-                                "fp16: GradScaler skipped overflowing steps before step %d "
-                                "(scale %g -> %g; each skip halves it)",
-                                step,
-                                last_scale,
-                                scale,
-                            )
-                        last_scale = scale
-                    tracker.log(record)
-                    loss_sum.zero_()
-                    loss_count, examples, tick = 0, 0, time.perf_counter()
-                if tr.eval_steps and step % tr.eval_steps == 0:
-                    metrics = validate(end_of_epoch=False)
-                    tick = time.perf_counter()  # examples/s measures training, not validation
-                if tr.checkpoint_steps and step % tr.checkpoint_steps == 0:
-                    write_checkpoint(rundir.last)
-                    tick = time.perf_counter()
-                if _stop_requested(stop, step, ddp):
-                    write_checkpoint(rundir.last)
-                    raise Preempted(
-                        f"{stop.name} at step {step}: checkpoint written to {rundir.last}",
-                        stop.exit_code,
-                    )
-                if step >= total_steps and batch_in_epoch < len(batches):
-                    break  # max_steps ends the run mid-epoch
-            else:  # the epoch ran to its end
-                metrics = validate(end_of_epoch=True)
-                schedule.after_epoch()
-                epoch, batch_in_epoch = epoch + 1, 0
-                if early.update(metrics):
-                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                    write_checkpoint(rundir.best)
-                write_checkpoint(rundir.last)
-                if _stop_requested(stop, 0, ddp):
-                    raise Preempted(
-                        f"{stop.name} after epoch {epoch}: checkpoint written to {rundir.last}",
-                        stop.exit_code,
-                    )
-                tick = time.perf_counter()
-                continue
-            break  # max_steps reached inside the epoch
-        if (
-            step >= total_steps and batch_in_epoch
-        ):  # stopped mid-epoch by max_steps: validate once more
-            metrics = validate(end_of_epoch=True)
-            if early.update(metrics):
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                write_checkpoint(rundir.best)
-            write_checkpoint(rundir.last)
-    finally:
-        progress.close()
 
-    if early.enabled and best_state is not None:
-        model.load_state_dict(best_state)
-        log.info("restored the best weights (%s = %s)", early.key, early.best)
+def _log_baseline(task: Any, tracker: Tracker, step: int, epoch: int, ddp: Distributed) -> None:
+    """The most-popular baseline on the same validation set: what the model's lift is over."""
     if ddp.is_main:
-        export_model(rundir.model, model, cfg, data)
-    tracker.finish()
-    if stop.signum is not None:
-        # It arrived after the last checkpoint; the handler let the export finish first.
-        raise Preempted(
-            f"{stop.name} after the last step: training and the export finished, the model is "
-            f"complete in {rundir.model}",
-            stop.exit_code,
-        )
-    return metrics
+        tracker.log({"step": step, "epoch": epoch, **task.baseline()})
+
+
+def _run_summary(
+    early: EarlyStopping, restored_best: bool, step: int, epoch: int, rundir: RunDir
+) -> str:
+    """The run's last log line: where it ended, its best validation, and where the model is."""
+    done = f"done at step {step} (epoch {epoch})"
+    if not restored_best or early.best is None:
+        return f"{done}: no finite {early.key} to pick a best by; last weights in {rundir.model}"
+    return (
+        f"{done}: best {early.key} {early.best:.6g} at step {early.best_step}; "
+        f"those weights are in {rundir.model}"
+    )
 
 
 def _restore_states(

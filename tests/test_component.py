@@ -287,3 +287,48 @@ def test_parse_nodes_and_quoting_helpers():
         launch.parse_nodes("1x1"), "ranking", resolve("ranking"), "/runs/x y"
     )
     assert shlex.split(cmd)[shlex.split(cmd).index("--run-dir") + 1] == "/runs/x y"
+
+
+# --------------------------------------------------------------------------- batch inference
+
+
+def test_recommend_component_is_linted_documented_and_runs_recjobs_recommend(capsys):
+    import inspect
+
+    recommend_fn = get_component(f"{COMPONENT}:recommend").fn
+    assert validate(str(COMPONENT), "recommend") == []
+    _, described = get_fn_docstring(recommend_fn)
+    params = list(inspect.signature(recommend_fn).parameters)
+    assert [p for p in params if not described[p].strip()] == []
+    app = materialize_appdef(
+        recommend_fn,
+        ["--model_dir", "/runs/r 1", "--k", "50", "-j", "2x4", "--users", "/runs/u.csv"],
+    )
+    (role,) = app.roles
+    assert (app.name, role.name, role.num_replicas) == ("recjobs-recommend", "recommend", 2)
+    words = job_words(role, RANK0_HOST_VAR="train-0")
+    assert flag(words, "--nproc_per_node") == "4"
+    assert flag(words, "--rdzv_endpoint") == "train-0:29500"
+    assert words[words.index("-m") + 1 :] == [
+        "recjobs",
+        "recommend",
+        "/runs/r 1",
+        "--k",
+        "50",
+        "--out",
+        "runs/app-123",
+        "--parts",
+        "parquet",
+        "--users",
+        "/runs/u.csv",
+    ]
+    with pytest.raises(SystemExit) as exc:
+        materialize_appdef(recommend_fn, ["--model_dir", "s3://bucket/run", "--k", "5"])
+    assert exc.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .startswith(
+            "error: --model_dir: 's3://bucket/run': URLs are not supported by recjobs recommend"
+        )
+    )

@@ -743,7 +743,9 @@ def load_converted(config_path: str, task: str = "ranking") -> TaskData:
 
 def test_movielens_100k(tmp_path):
     write_ml100k(tmp_path / "src")
-    config_path = convert_movielens(str(tmp_path / "src"), str(tmp_path / "out"))
+    config_path = convert_movielens(
+        str(tmp_path / "src"), str(tmp_path / "out"), split="global-time"
+    )
     config = yaml.safe_load(open(config_path))
     assert config["dataset"]["name"] == "ml-100k"
     assert config["ranking"]["columns"]["user_cat_cols"] == [
@@ -780,7 +782,7 @@ def test_movielens_100k(tmp_path):
 def test_movielens_1m_in_subdirectory(tmp_path):
     write_ml1m(tmp_path / "download" / "ml-1m")
     config_path = convert_movielens(
-        str(tmp_path / "download"), str(tmp_path / "out"), val_fraction=0.3
+        str(tmp_path / "download"), str(tmp_path / "out"), split="global-time", val_fraction=0.3
     )
     assert yaml.safe_load(open(config_path))["dataset"]["name"] == "ml-1m"
     users = pq.read_table(tmp_path / "out" / "users.parquet").to_pylist()
@@ -801,6 +803,33 @@ def test_movielens_1m_in_subdirectory(tmp_path):
     assert len(data.train_users) == 7 and len(data.val_users) == 3
     val_ts = pq.read_table(tmp_path / "out" / "interactions_val.parquet").column("timestamp")
     assert val_ts.to_pylist() == [80, 90, 99]
+
+
+def test_movielens_user_time_split_holds_out_each_users_last_ratings(tmp_path):
+    write_ml100k(tmp_path / "src")
+    out = tmp_path / "out"
+    convert_movielens(str(tmp_path / "src"), str(out), val_fraction=0.5)  # user-time: default
+    rows = lambda name: pq.read_table(out / f"{name}.parquet").to_pylist()  # noqa: E731
+    train, val = rows("interactions_train"), rows("interactions_val")
+    # Each user rated 3 or 4 items: floor(0.5 * n) of them, the latest, are validation.
+    assert sorted((r["user_id"], r["timestamp"]) for r in val) == [
+        (1, 600),
+        (1, 900),
+        (2, 700),
+        (3, 800),
+    ]
+    for user in (1, 2, 3):
+        latest_train = max(r["timestamp"] for r in train if r["user_id"] == user)
+        assert latest_train < min(r["timestamp"] for r in val if r["user_id"] == user)
+    assert len(train) == 6
+    # The default fraction is 20%: at least one rating per user with two or more.
+    convert_movielens(str(tmp_path / "src"), str(tmp_path / "default"))
+    default_val = pq.read_table(tmp_path / "default" / "interactions_val.parquet").to_pylist()
+    assert sorted((r["user_id"], r["timestamp"]) for r in default_val) == [
+        (1, 900),
+        (2, 700),
+        (3, 800),
+    ]
 
 
 def test_movielens_not_found(tmp_path):

@@ -274,6 +274,54 @@ def test_local_docker_ddp_job_trains_in_the_container_and_writes_the_mounted_run
     ]
 
 
+def test_local_docker_recommend_job_writes_every_users_top_k_once_as_the_python_api_does(
+    docker, tmp_path
+):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recjobs import Recommender, trainer
+    from recjobs.config import Overrides, resolve
+
+    runs = runs_dir(tmp_path)
+    config = resolve("retrieval", ROOT / "config" / "quickstart.yaml", Overrides(sets=TINY))
+    trainer.train(config, runs / "job")  # on the host: the container only reads the model
+    done = docker.torchx(
+        TORCHX,
+        "run",
+        "-s",
+        "local_docker",
+        "components/train.py:recommend",
+        "--model_dir",
+        "/runs/job",
+        "--k",
+        "5",
+        "-j",
+        "1x2",
+        "--image",
+        IMAGE,
+        "--mounts",
+        f"type=bind,src={runs},dst=/runs",
+        "--out",
+        "/runs/recs",
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "[rank 1]" in done.stderr  # two processes in the container, a part each
+    parts = sorted((runs / "recs").iterdir())
+    assert [p.name for p in parts] == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
+    assert {p.stat().st_uid for p in parts} == {JOB_UID}
+    got = pa.concat_tables([pq.read_table(p) for p in parts])
+    # Every user exactly once, and the container's answer is the host's Python API's.
+    want = Recommender.load(runs / "job").topk(k=5)
+    assert got.column("user_id").to_pylist() == want.column("user_id").to_pylist()
+    assert got.column("item_id").to_pylist() == want.column("item_id").to_pylist()
+    assert got.column("rank").to_pylist() == want.column("rank").to_pylist()
+    assert got.column("score").to_pylist() == pytest.approx(
+        want.column("score").to_pylist(), abs=1e-5
+    )
+    assert len(set(got.column("user_id").to_pylist())) * 5 == got.num_rows == 5 * 300
+
+
 def test_an_invalid_config_fails_at_submit_and_starts_no_container(docker, tmp_path):
     runs = runs_dir(tmp_path)
     before = docker.containers()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -184,7 +185,8 @@ def test_ctrl_c_in_a_real_process_is_one_line_and_exit_130(tmp_path):
         late.kill()
     assert late.returncode == 130, err
     assert "Traceback" not in err
-    stops = [line for line in err.splitlines() if "SIGINT at step" in line]
+    # Mid-step or between epochs (the signal may land in validation): one line either way.
+    stops = [line for line in err.splitlines() if re.search(r"SIGINT (at step|after epoch)", line)]
     assert len(stops) == 1 and stops[0].endswith(
         f"checkpoint written to {run_dir}/checkpoints/last.pt"
     )

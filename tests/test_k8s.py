@@ -23,6 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +117,16 @@ def cluster() -> None:
         unavailable(f"the development cluster does not answer: {done.stderr.strip()[-300:]}")
 
 
-def submit(*args: str) -> tuple[str, str]:
+@pytest.fixture(autouse=True)
+def no_job_outlives_its_test(cluster) -> Iterator[None]:
+    """A failed test's job must not hold the node's 2 CPUs while the next test waits."""
+    yield
+    kubectl("-n", NAMESPACE, "delete", "vcjob", "--all", "--wait=true", check=False, timeout=120)
+
+
+def submit(*args: str, component: str = "train") -> tuple[str, str]:
     """torchx run -s kubernetes ... as the submitter; returns (handle, Volcano Job name)."""
-    done = torchx("run", "-s", "kubernetes", "components/train.py:train", *args)
+    done = torchx("run", "-s", "kubernetes", f"components/train.py:{component}", *args)
     assert done.returncode == 0, done.stderr[-4000:]
     handle = done.stdout.strip().splitlines()[-1]
     match = re.fullmatch(rf"kubernetes://torchx/{NAMESPACE}:([a-z0-9-]+)", handle)
@@ -173,8 +181,8 @@ def pods(job: str) -> list[dict[str, Any]]:
     return listed["items"]
 
 
-def log(handle: str, replica: int) -> str:
-    done = torchx("log", f"{handle}/train/{replica}")
+def log(handle: str, replica: int, role: str = "train") -> str:
+    done = torchx("log", f"{handle}/{role}/{replica}")
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -424,6 +432,44 @@ def test_a_lost_pod_is_restarted_by_volcano_and_the_job_resumes_from_its_checkpo
     for path in run_dir.rglob("*"):
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_two_pod_recommend_job_writes_every_users_top_k_once_on_the_pvc(cluster):
+    """Batch inference (components/train.py:recommend) on a model on the PVC: two pods, a part
+    each, together every user once, and the same answer as the Python API on this machine."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recjobs import Recommender, trainer
+    from recjobs.config import Overrides, resolve
+
+    # The model: trained here, straight onto the volume (the pods only read it).
+    sets = [s.removeprefix("--set=") for s in TINY]
+    model = PV / f"trained-here-{os.getpid()}"
+    config = resolve("retrieval", ROOT / "config" / "quickstart.yaml", Overrides(sets=sets))
+    trainer.train(config, model)
+    handle, job = submit(
+        "--model_dir", f"/runs/{model.name}", "--k", "5", "-j", "2x1", *SMALL,
+        "--image", IMAGE, "--mounts", "type=volume,src=recjobs-runs,dst=/runs",
+        "--out", "/runs/${app_id}", component="recommend",
+    )  # fmt: skip
+    wait_state(handle, {"SUCCEEDED"}, timeout=300)
+    assert sorted(p["metadata"]["name"] for p in pods(job)) == [
+        f"{job}-recommend-0-0",
+        f"{job}-recommend-1-0",
+    ]
+    assert "Traceback" not in log(handle, 0, "recommend") + log(handle, 1, "recommend")
+    parts = sorted((PV / job).iterdir())
+    assert [p.name for p in parts] == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
+    assert {p.stat().st_uid for p in parts} == {JOB_UID}
+    got = pa.concat_tables([pq.read_table(p) for p in parts])
+    want = Recommender.load(model).topk(k=5)
+    for column in ("user_id", "item_id", "rank"):
+        assert got.column(column).to_pylist() == want.column(column).to_pylist(), column
+    assert got.column("score").to_pylist() == pytest.approx(
+        want.column("score").to_pylist(), abs=1e-5
+    )
+    assert got.num_rows == 5 * len(set(got.column("user_id").to_pylist())) == 5 * 300
 
 
 def test_torchx_status_log_and_cancel_work_for_the_submitter(cluster):

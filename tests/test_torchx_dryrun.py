@@ -46,7 +46,12 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def dryrun(scheduler: str, *args: str, cfg: str | None = None) -> Any:
+def dryrun(
+    scheduler: str,
+    *args: str,
+    cfg: str | None = None,
+    component: str = "components/train.py:train",
+) -> Any:
     cfg_args = ["-cfg", cfg] if cfg else []
     done = run(
         str(BIN / "torchx"),
@@ -57,7 +62,7 @@ def dryrun(scheduler: str, *args: str, cfg: str | None = None) -> Any:
         "--dryrun",
         "--workspace",
         "",
-        "components/train.py:train",
+        component,
         *args,
     )
     return yaml.load(done.stdout.split("=== SCHEDULER REQUEST ===")[1], Loader=_SpecLoader)
@@ -325,3 +330,86 @@ def test_local_docker_gets_gpus_bind_mount_retries_and_the_resolved_config(
     # The key is not in the spec (run() also checked that the whole output lacks it); the
     # scheduler adds it when the container starts (tests/test_schedulers.py).
     assert "WANDB_API_KEY" not in kwargs["environment"]
+
+
+# --------------------------------------------------------------------------- batch inference
+
+# The README's batch-inference commands: the training job's run directory on the runs volume.
+RECOMMEND_ARGS = ["--model_dir", "/runs/recjobs-retrieval-abc123", "--k", "100"]
+
+
+def recommend_words(command: str) -> list[str]:
+    words = shlex.split(command)
+    assert words[:2] == ["exec", "torchrun"]
+    return words[words.index("-m") + 1 :]
+
+
+def test_kubernetes_recommend_job_shards_over_pods_on_the_runs_volume():
+    job = dryrun(
+        "kubernetes",
+        *RECOMMEND_ARGS,
+        "-j",
+        "2x1",
+        "--image",
+        "registry.example.com/ml/recjobs:0.1.0",
+        "--mounts",
+        "type=volume,src=recjobs-runs,dst=/runs",
+        "--out",
+        "/runs/${app_id}",
+        component="components/train.py:recommend",
+    )
+    name = job["metadata"]["name"]
+    assert name.startswith("recjobs-recommend-")
+    tasks = job["spec"]["tasks"]
+    assert [t["name"] for t in tasks] == ["recommend-0", "recommend-1"]
+    for task in tasks:
+        pod = task["template"]["spec"]
+        (container,) = pod["containers"]
+        assert container["image"] == "registry.example.com/ml/recjobs:0.1.0"
+        words = shlex.split(container["command"][2])
+        assert words[words.index("--nnodes") + 1] == "2"
+        assert recommend_words(container["command"][2]) == [
+            "recjobs",
+            "recommend",
+            "/runs/recjobs-retrieval-abc123",
+            "--k",
+            "100",
+            "--out",
+            f"/runs/{name}",
+            "--parts",
+            "parquet",
+        ]
+        assert {"name": "mount-0", "persistentVolumeClaim": {"claimName": "recjobs-runs"}} in pod[
+            "volumes"
+        ]
+        assert "WANDB_API_KEY" not in json.dumps(container)
+    validator = crd_validator("batch.volcano.sh_jobs.yaml")
+    assert [e.message for e in validator.iter_errors(job)] == []
+
+
+def test_local_docker_recommend_job_binds_the_runs_directory(bind_src):
+    (container,) = dryrun(
+        "local_docker",
+        *RECOMMEND_ARGS,
+        "-j",
+        "1x2",
+        "--mounts",
+        f"type=bind,src={bind_src},dst=/runs",
+        "--out",
+        "/runs/recs",
+        "--output_format",
+        "csv",
+        component="components/train.py:recommend",
+    )
+    assert container["image"] == "recjobs:latest"
+    assert container["kwargs"]["mounts"] == [
+        {"Target": "/runs", "Source": str(bind_src), "Type": "bind", "ReadOnly": False}
+    ]
+    words = shlex.split(container["command"][2])
+    assert words[words.index("--nproc_per_node") + 1] == "2"
+    assert recommend_words(container["command"][2])[-4:] == [
+        "--out",
+        "/runs/recs",
+        "--parts",
+        "csv",
+    ]

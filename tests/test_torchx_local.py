@@ -1,6 +1,7 @@
 """`torchx run` for real on this machine (local_cwd), as the README shows it.
 
-The training run is one 2-process DDP job on CPU with tiny data: a few seconds of training.
+The training run is one 2-process DDP job on CPU with tiny data: a few seconds of training; the
+batch-inference job (components/train.py:recommend) is two processes writing a part each.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def test_local_cwd_ddp_job_trains_on_exactly_the_resolved_config(tmp_path):
         Overrides(optimizer="SGD", optimizer_args=["momentum=0.9"], sets=TINY),
     )
     per_epoch = steps_per_epoch(len(load_task_data(config).train_users), 512, 2)
-    assert [r["step"] for r in train] == list(range(2, per_epoch + 1, 2))
+    # Every log_steps (2) steps, and at the epoch's end.
+    assert [r["step"] for r in train] == sorted({*range(2, per_epoch + 1, 2), per_epoch})
     assert all(r["train/lr"] == pytest.approx(0.003) for r in train)
     assert len(val) == 1 and val[0]["step"] == per_epoch and val[0]["epoch"] == 0
     assert 0.0 < val[0]["val/recall@10"] <= val[0]["val/recall@50"] <= 1.0
@@ -120,6 +122,45 @@ def test_local_cwd_ddp_job_trains_on_exactly_the_resolved_config(tmp_path):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if "val/loss" in r] == [0, 1]
     assert max(r["step"] for r in records) == 2 * per_epoch
+
+
+@pytest.mark.slow
+def test_local_cwd_recommend_job_writes_parts_holding_every_user_once(tmp_path):
+    import pyarrow.parquet as pq
+
+    from recjobs import trainer
+
+    config = resolve(
+        "retrieval",
+        ROOT / "config" / "quickstart.yaml",
+        Overrides(sets=[*TINY, "model.embedding_dim=8", "model.hidden_dims=[16]"]),
+    )
+    trainer.train(config, tmp_path / "run")
+    out = tmp_path / "recs"
+    done = run(
+        TORCHX,
+        "run",
+        "-s",
+        "local_cwd",
+        "components/train.py:recommend",
+        "--model_dir",
+        str(tmp_path / "run"),
+        "--k",
+        "7",
+        "-j",
+        "1x2",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "[rank 1]" in done.stderr  # two processes, each writing its share
+    parts = sorted(out.iterdir())
+    assert [p.name for p in parts] == ["part-00000-of-00002.parquet", "part-00001-of-00002.parquet"]
+    tables = [pq.read_table(p) for p in parts]
+    users = [set(t.column("user_id").to_pylist()) for t in tables]
+    assert not users[0] & users[1]
+    assert users[0] | users[1] == set(load_task_data(config).encoders.user_id.values())
+    assert all(t.num_rows == 7 * len(u) for t, u in zip(tables, users))
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@
 #   kubernetes  kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl
 #   volcano     vc-scheduler, vc-controller-manager, vc-webhook-manager, and its CRDs
 #   coredns     coredns
+#   distribution  registry (the image registry the node pulls from)
 # The pause container is Kubernetes' own build/pause/linux/pause.c, compiled static with gcc.
 # Cache: $RECJOBS_CACHE_DIR/k8s (default ~/.cache/recjobs/k8s): bin-<key>/ (the binaries; key =
 # versions + this script + the Go version), go/mod and go/build (Go's module and build caches,
@@ -149,7 +150,15 @@ step "modules: coredns $COREDNS_VERSION" wrapper coredns \
   "github.com/coredns/coredns $COREDNS_VERSION" "$(own_replaces "$cmod")" github.com/coredns/coredns
 step "build coredns" build coredns github.com/coredns/coredns coredns "-s -w"
 
-# 4. pause, from the Kubernetes module's own source.
+# 4. The registry (CNCF Distribution), which the node pulls images from as from any registry.
+dmod=$(download "github.com/distribution/distribution/v3@$DISTRIBUTION_VERSION" GoMod) \
+  || fail "github.com/distribution/distribution/v3@$DISTRIBUTION_VERSION: not served by the Go module proxy"
+step "modules: distribution $DISTRIBUTION_VERSION" wrapper distribution \
+  "github.com/distribution/distribution/v3 $DISTRIBUTION_VERSION" "$(own_replaces "$dmod")" \
+  github.com/distribution/distribution/v3/cmd/registry
+step "build registry" build distribution github.com/distribution/distribution/v3/cmd/registry registry "-s -w"
+
+# 5. pause, from the Kubernetes module's own source.
 kdir=$(download "k8s.io/kubernetes@$KUBERNETES_VERSION" Dir)
 step "build pause" gcc -Os -static -Wall -Werror -DVERSION="$KUBERNETES_VERSION" \
   -o "$tmp/pause" "$kdir/build/pause/linux/pause.c"

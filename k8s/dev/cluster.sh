@@ -9,7 +9,8 @@
 # Everything is upstream and real: kube-apiserver (RBAC and Node authorization, serving certs
 # and service-account keys made with openssl), kube-controller-manager, kube-scheduler, kubelet
 # and kubectl built from the Go module proxy (k8s/dev/build.sh); etcd, containerd, runc and the
-# CNI plugins from Debian; CoreDNS; Volcano's scheduler, controllers and admission webhook.
+# CNI plugins from Debian; CoreDNS; Volcano's scheduler, controllers and admission webhook; the
+# CNCF Distribution registry.
 # The control plane, CoreDNS and Volcano run as host processes on 127.0.0.1; pods get
 # addresses in 10.244.0.0/24 on a bridge of their own and reach cluster DNS on the node's
 # address, 10.222.0.1 (on a link of its own: the kubelet refuses a loopback node IP). No
@@ -21,9 +22,10 @@
 # GPU clusters do. There are no GPUs; containers train on the CPU (device: auto).
 #
 # `up` then applies k8s/ (kubectl apply -k k8s/: namespace, Queue, PVC, Role), provides the
-# PersistentVolume the PVC binds to, imports the recjobs image (docker/build-image.sh) into
-# containerd as registry.example.com/ml/recjobs:0.1.0 and recjobs:0.1.0 (no registry is needed:
-# IfNotPresent finds them), and writes two kubeconfigs:
+# PersistentVolume the PVC binds to, pushes the recjobs image (docker/build-image.sh) to an image
+# registry on 127.0.0.1:15000 (CNCF Distribution) that containerd uses as the mirror of
+# registry.example.com and registry.k8s.io, pulls it as registry.example.com/ml/recjobs:0.1.0
+# and recjobs:0.1.0, and writes two kubeconfigs:
 #   .k8s/kubeconfig         the recjobs-submitter ServiceAccount (k8s/rbac.yaml), namespace recjobs
 #   .k8s/admin.kubeconfig   cluster admin (system:masters), for what the README says an admin does
 #
@@ -46,12 +48,20 @@ pod_cidr=10.244.0.0/24
 service_cidr=10.96.0.0/24
 api=https://127.0.0.1:6443
 webhook_port=18443
-images=(registry.example.com/ml/recjobs:0.1.0 recjobs:0.1.0)
+registry=127.0.0.1:15000
+# The names pods use, as the CRI looks them up: `recjobs:0.1.0` is docker.io/library/recjobs:0.1.0.
+images=(registry.example.com/ml/recjobs:0.1.0 docker.io/library/recjobs:0.1.0)
 pause_image=registry.k8s.io/pause:3.10
 
 say() { echo "k8s: $*" >&2; }
 die() {
   echo "k8s: $*" >&2
+  exit 1
+}
+fail() { # fail LOG MESSAGE: MESSAGE, the end of LOG and the free disk space, then exit
+  echo "k8s: $2 ($1)" >&2
+  tail -n 15 "$1" 2>/dev/null | sed 's/^/  | /' >&2
+  df -h "$cache" | sed 's/^/  | /' >&2
   exit 1
 }
 admin() { "$bin/kubectl" --kubeconfig "$state/admin.kubeconfig" "$@"; }
@@ -85,7 +95,9 @@ wait_for() { # wait_for SECONDS WHAT COMMAND...: poll COMMAND until it succeeds
   shift 2
   until "$@" >/dev/null 2>&1; do
     if [ $((SECONDS - start)) -ge "$seconds" ]; then
-      die "$what not ready after $seconds s (logs: $logs)"
+      local log=$logs/${what%% *}.log
+      [ -f "$log" ] || log=$logs/up.log
+      fail "$log" "$what not ready after $seconds s"
     fi
     sleep 0.5
   done
@@ -250,6 +262,12 @@ state = "$state/containerd/state"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
         Root = "$state/containerd/runc"
+  # Pulls of registry.example.com/... (the README's image name) and registry.k8s.io/...
+  # (the pause image) go to the registry on loopback; nothing is pulled from elsewhere.
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."registry.example.com"]
+    endpoint = ["http://$registry"]
+  [plugins."io.containerd.grpc.v1.cri".registry.mirrors."registry.k8s.io"]
+    endpoint = ["http://$registry"]
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$state/cni/net.d"
@@ -260,40 +278,69 @@ EOF
   wait_for 30 containerd ctr --address "$sock" version
 }
 ctr_k8s() { ctr --address "$sock" --namespace k8s.io "$@"; }
-import_images() {
-  # The pause container, built from Kubernetes' pause.c, and the recjobs image: both through
-  # the private dockerd (docker/with-dockerd.sh), saved and imported into containerd. A marker
-  # of the imported image IDs skips this when nothing changed.
-  local marker=$cache/k8s/containerd.images wanted have=""
-  [ -f "$marker" ] && have=$(cat "$marker")
-  wanted=$(
-    PYTHON=${PYTHON:-$root/.venv/bin/python} "$root/docker/with-dockerd.sh" bash -c '
-      set -e
-      "$0"/docker/build-image.sh recjobs:latest >&2
-      ctx=$(mktemp -d); trap "rm -rf $ctx" EXIT
-      cp "$1/pause" "$ctx/pause"
-      printf "FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT [\"/pause\"]\n" >"$ctx/Dockerfile"
-      DOCKER_BUILDKIT=0 docker build -q -t "$2" "$ctx" >/dev/null 2>&1
-      echo "$(docker image inspect -f "{{.Id}}" recjobs:latest) $(docker image inspect -f "{{.Id}}" "$2")"
-    ' "$root" "$bin" "$pause_image"
-  ) || die "building the recjobs image failed (docker/build-image.sh; log in $cache/build-image.log)"
-  local tags=" ${images[*]} $pause_image "
-  if [ "$wanted" = "$have" ] && ctr_k8s images ls -q | sort | tr '\n' ' ' | grep -q "${images[0]}"; then
-    say "images in containerd are up to date"
-    return
-  fi
+start_registry() {
+  # CNCF Distribution on loopback, its storage cached: the node pulls the recjobs image from it
+  # as from any registry, and a new build uploads only its changed layers (seconds, not the
+  # minutes a docker save | ctr import of 5 GB takes).
+  mkdir -p "$cache/k8s/registry"
+  cat >"$state/registry.yml" <<EOF
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: $cache/k8s/registry}
+  delete: {enabled: true}
+http:
+  addr: $registry
+EOF
+  # Manifests no tag points to any more (earlier builds) and their layers go first; the
+  # registry must not serve while it collects.
+  "$bin/registry" garbage-collect --delete-untagged "$state/registry.yml" >>"$logs/registry.log" 2>&1 \
+    || fail "$logs/registry.log" "the registry's garbage collection failed"
+  start registry "$bin/registry" serve "$state/registry.yml"
+  wait_for 30 registry curl -fsS "http://$registry/v2/"
+}
+publish_images() {
+  # The recjobs image (docker/build-image.sh, built or reused in the private dockerd) and the
+  # pause container (Kubernetes' pause.c) pushed to the registry, then pulled by containerd
+  # under the names pods use. A tag the node already has is not pulled again by the kubelet
+  # (IfNotPresent), so containerd pulls here, every time: unchanged layers are not fetched.
   local start=$SECONDS
-  SOCK=$sock PYTHON=${PYTHON:-$root/.venv/bin/python} "$root/docker/with-dockerd.sh" bash -c '
+  PYTHON=${PYTHON:-$root/.venv/bin/python} REGISTRY=$registry "$root/docker/with-dockerd.sh" bash -c '
     set -e
-    pause=$1
-    shift
-    for tag in "$@"; do docker tag recjobs:latest "$tag"; done
-    docker save "$@" "$pause" | ctr --address "$SOCK" --namespace k8s.io images import -
-    for tag in "$@"; do docker rmi "$tag" >/dev/null; done
-  ' import-images "$pause_image" "${images[@]}" >>"$logs/images.log" 2>&1 \
-    || die "importing the images into containerd failed ($logs/images.log)"
-  echo "$wanted" >"$marker"
-  say "images imported into containerd in $((SECONDS - start)) s:$tags"
+    "$0"/docker/build-image.sh recjobs:latest
+    ctx=$(mktemp -d)
+    trap "rm -rf $ctx" EXIT
+    cp "$1/pause" "$ctx/pause"
+    printf "FROM scratch\nCOPY pause /pause\nUSER 65535:65535\nENTRYPOINT [\"/pause\"]\n" >"$ctx/Dockerfile"
+    DOCKER_BUILDKIT=0 docker build -q -t "$REGISTRY/pause:3.10" "$ctx"
+    docker tag recjobs:latest "$REGISTRY/ml/recjobs:0.1.0"
+    docker push -q "$REGISTRY/ml/recjobs:0.1.0"
+    docker push -q "$REGISTRY/pause:3.10"
+    docker rmi "$REGISTRY/ml/recjobs:0.1.0" "$REGISTRY/pause:3.10"
+  ' "$root" "$bin" >>"$logs/images.log" 2>&1 \
+    || fail "$logs/images.log" "building or pushing the images failed (the build's own log: $cache/build-image.log)"
+  ctr_k8s images pull --plain-http "$registry/ml/recjobs:0.1.0" >>"$logs/images.log" 2>&1 \
+    && ctr_k8s images pull --plain-http "$registry/pause:3.10" >>"$logs/images.log" 2>&1 \
+    || fail "$logs/images.log" "containerd could not pull from the registry"
+  local name
+  for name in "${images[@]}"; do
+    ctr_k8s images tag --force "$registry/ml/recjobs:0.1.0" "$name" >/dev/null
+  done
+  ctr_k8s images tag --force "$registry/pause:3.10" "$pause_image" >/dev/null
+  prune_images
+  say "images in the registry and on the node in $((SECONDS - start)) s: ${images[*]} $pause_image"
+}
+prune_images() {
+  # The image store is cached and each build adds layers: drop every image but these names
+  # (earlier builds' layers are then referenced by nothing), and have containerd collect the
+  # garbage now (removing an image with --sync runs a collection and waits for it), so the
+  # store holds one build, not all of them.
+  local keep=" ${images[*]} $pause_image $registry/ml/recjobs:0.1.0 $registry/pause:3.10 " name
+  for name in $(ctr_k8s images ls -q); do
+    case $keep in *" $name "*) ;; *) ctr_k8s images rm "$name" >/dev/null ;; esac
+  done
+  ctr_k8s images tag --force "$pause_image" recjobs.invalid/collect-garbage:now >/dev/null
+  ctr_k8s images rm --sync recjobs.invalid/collect-garbage:now >/dev/null
 }
 start_kubelet() {
   mkdir -p "$state/kubelet" "$state/pod-logs"
@@ -337,7 +384,7 @@ EOF
   start kubelet "$bin/kubelet" --config="$state/kubelet/config.yaml" \
     --kubeconfig="$state/kubelet.kubeconfig" --hostname-override="$node" --node-ip="$node_ip" \
     --root-dir="$state/kubelet/root" --cert-dir="$state/kubelet/pki"
-  wait_for 180 "node $node" node_ready
+  wait_for 180 "kubelet (node $node Ready)" node_ready
 }
 node_ready() {
   [ "$(admin get node "$node" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}')" = True ]
@@ -430,7 +477,7 @@ EOF
   wait_for 60 vc-webhook-manager curl -sS --cacert "$pki/ca.crt" -o /dev/null \
     "https://127.0.0.1:$webhook_port/jobs/validate"
   # The default queue appears once vc-scheduler runs; jobs go to the recjobs queue from k8s/.
-  wait_for 60 "Volcano's default queue" admin get queue default
+  wait_for 60 "vc-scheduler (Volcano's default queue)" admin get queue default
 }
 apply_project() {
   admin apply -k "$root/k8s" >/dev/null
@@ -486,8 +533,9 @@ up() {
   start_etcd
   start_apiserver
   start_controllers
+  start_registry
   start_containerd
-  import_images
+  publish_images
   start_kubelet
   make_gpu_node
   start_coredns
@@ -502,7 +550,7 @@ up() {
 down_processes() {
   local name
   for name in vc-scheduler vc-controller-manager vc-webhook-manager coredns kubelet \
-    kube-scheduler kube-controller-manager kube-apiserver etcd; do
+    kube-scheduler kube-controller-manager kube-apiserver etcd registry; do
     stop "$name"
   done
   if running containerd; then
@@ -580,8 +628,8 @@ $found"
 
 status() {
   local name
-  for name in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet coredns \
-    vc-webhook-manager vc-controller-manager vc-scheduler; do
+  for name in etcd registry kube-apiserver kube-controller-manager kube-scheduler containerd kubelet \
+    coredns vc-webhook-manager vc-controller-manager vc-scheduler; do
     if running "$name"; then echo "$name: running (pid $(cat "$pids/$name"))"; else echo "$name: stopped"; fi
   done
 }

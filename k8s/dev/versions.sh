@@ -7,3 +7,5 @@ KUBERNETES_VERSION=v1.34.5
 VOLCANO_VERSION=v1.14.1
 VOLCANO_APIS_VERSION=v1.14.0
 COREDNS_VERSION=v1.13.2
+# The image registry the node pulls from (registry.example.com is mirrored to it).
+DISTRIBUTION_VERSION=v3.1.2

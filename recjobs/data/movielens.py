@@ -7,8 +7,16 @@ plus config.yaml, like the synthetic data set.
 Features: users get age_bucket (the ml-1m age groups; ml-100k ages are bucketed the same
 way), gender, occupation (ml-1m codes mapped to their names) and zip_prefix (first three
 characters); items get genre (the first listed) and year_bucket (release decade, "1990s";
-"unknown" when absent). The split is by time with one global cutoff: the timestamp at the
-(1 - val_fraction) quantile; ratings at or after it are validation.
+"unknown" when absent).
+
+Two splits by time:
+- user-time (default, the usual protocol for comparing recommenders): each user's last
+  `val_fraction` (default 20%) of ratings by time are validation, at least one for every user
+  with two ratings or more; every validation user is a training user.
+- global-time: one cutoff for everybody, the timestamp at the (1 - val_fraction) quantile
+  (default 10%); ratings at or after it are validation. It mimics "train on the past, serve the
+  future", but on ML-100k about half of the validation users then have no training ratings at
+  all (users arrive over time), and for those a most-popular list is hard to beat.
 """
 
 from __future__ import annotations
@@ -42,6 +50,8 @@ ML1M_OCCUPATIONS = (
 # ml-1m age groups (code = lower bound); ml-100k raw ages are bucketed on the same edges.
 AGE_EDGES = (18, 25, 35, 45, 50, 56)
 AGE_NAMES = ("under 18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+SPLITS = ("user-time", "global-time")
+DEFAULT_VAL_FRACTION = {"user-time": 0.2, "global-time": 0.1}
 
 
 def _find(src_dir: str) -> tuple[str, str]:
@@ -190,12 +200,32 @@ def _ml1m(d: str) -> tuple[pa.Table, pa.Table, pa.Table]:
     return users_table, items_table, ratings
 
 
-def convert_movielens(src_dir: str, out_dir: str, *, val_fraction: float = 0.1) -> str:
+def _last_per_user(users: np.ndarray, fraction: float) -> np.ndarray:
+    """For rows in time order: True for each user's last `fraction` of rows (floor, at least
+    one when the user has two or more rows, never all of them)."""
+    order = np.argsort(users, kind="stable")  # by user, time order kept within each user
+    _, starts, counts = np.unique(users[order], return_index=True, return_counts=True)
+    n_val = np.where(counts >= 2, np.maximum(1, np.floor(fraction * counts)), 0).astype(np.int64)
+    n_val = np.minimum(n_val, counts - 1)
+    position = np.arange(len(users)) - np.repeat(starts, counts)  # index within the user
+    is_val = np.zeros(len(users), dtype=bool)
+    is_val[order] = position >= np.repeat(counts - n_val, counts)
+    return is_val
+
+
+def convert_movielens(
+    src_dir: str, out_dir: str, *, split: str = "user-time", val_fraction: float | None = None
+) -> str:
     """Convert ml-100k or ml-1m in `src_dir` to parquet + config.yaml in `out_dir`.
 
-    Returns the config path. `val_fraction` is the share of the ratings, by time, kept for
-    validation (rows sharing the cutoff timestamp all go to validation).
+    Returns the config path. `split` is user-time or global-time (see the module docstring);
+    `val_fraction` the share of the ratings, by time, kept for validation (per user, or of all
+    ratings; with global-time, rows sharing the cutoff timestamp all go to validation).
     """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if val_fraction is None:
+        val_fraction = DEFAULT_VAL_FRACTION[split]
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     variant, directory = _find(src_dir)
@@ -214,10 +244,13 @@ def convert_movielens(src_dir: str, out_dir: str, *, val_fraction: float = 0.1) 
         }
     ).take(order)
     ts = ts[order]
-    is_val = np.zeros(len(ts), dtype=bool)
-    if len(ts):
-        cutoff = ts[int(np.floor((1.0 - val_fraction) * len(ts)))]
-        is_val = ts >= cutoff
+    if split == "user-time":
+        is_val = _last_per_user(interactions.column("user_id").to_numpy(), val_fraction)
+    else:
+        is_val = np.zeros(len(ts), dtype=bool)
+        if len(ts):
+            cutoff = ts[int(np.floor((1.0 - val_fraction) * len(ts)))]
+            is_val = ts >= cutoff
     tables = {
         "users": users,
         "items": items,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
 
-from recjobs.checkpoint import new_file_mode
+from recjobs.atomic import atomic_file
 from recjobs.errors import CheckpointError, DataError
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
@@ -36,14 +35,15 @@ _COLUMNS_HINT = "check the `columns:` section of the config"
 
 
 def table_format(path: str) -> str:
-    """'parquet' or 'csv', chosen by the file name's extension (case-insensitive).
+    """'parquet' or 'csv', chosen by the file name's extension (case-insensitive); a local
+    directory is a Parquet data set.
 
     The extension rather than sniffing the bytes decides, so that a wrong file fails with a
     message about its name before anything is downloaded from a remote store.
     """
     name = path.rstrip("/").rsplit("/", 1)[-1].lower()
-    if name.endswith(PARQUET_EXTENSIONS):
-        return "parquet"
+    if name.endswith(PARQUET_EXTENSIONS) or ("://" not in path and os.path.isdir(path)):
+        return "parquet"  # a local directory: Parquet parts (Spark's, a recommend job's)
     if name.endswith(CSV_EXTENSIONS):
         return "csv"
     ext = os.path.splitext(name)[1]
@@ -101,51 +101,93 @@ def _check_columns(present: Sequence[str], wanted: Sequence[str], *, source: str
             )
 
 
-def read_table(path: str, columns: Sequence[str], *, role: str) -> pa.Table:
-    """Read only `columns` of the table at `path` (local path or fsspec URL).
-
-    `role` (users, items, interactions_train, interactions_val) appears in messages and hints.
-    Parquet may also be a directory of parquet files (as Spark writes them). CSV empty strings
-    read as nulls, so CSV and parquet versions of the same data load identically.
-    """
+def column_names(path: str, *, role: str, hint: str | None = None) -> list[str]:
+    """The column names of the table at `path` (its schema or CSV header; no rows are read)."""
     fmt = table_format(path)
     fs, fs_path = _filesystem(path)
+    _check_exists(path, fs, fs_path, role, hint)
+    try:
+        if fmt == "parquet":
+            return list(pads.dataset(fs_path, format="parquet", filesystem=fs).schema.names)
+        return _csv_header(path, fs, fs_path)
+    except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read the {role} table as {fmt}: {_first_line(exc)}") from exc
+
+
+def _check_exists(path: str, fs: Any, fs_path: str, role: str, hint: str | None) -> None:
     try:
         exists = os.path.exists(path) if fs is None else fs.exists(fs_path)
     except Exception as exc:  # credentials, network: whatever the backend raises
         raise DataError(path, f"cannot access the {role} table: {_first_line(exc)}") from exc
     if not exists:
-        raise DataError(path, "file not found", hint=f"check dataset.paths.{role}")
+        raise DataError(path, "file not found", hint=hint or f"check dataset.paths.{role}")
+
+
+def read_table(
+    path: str,
+    columns: Sequence[str],
+    *,
+    role: str,
+    hint: str | None = None,
+    column_types: dict[str, pa.DataType] | None = None,
+) -> pa.Table:
+    """Read only `columns` of the table at `path` (local path or fsspec URL).
+
+    `role` (users, items, interactions_train, interactions_val) appears in messages and hints
+    (`hint` replaces the one for a missing file). Parquet may also be a directory of parquet
+    files (as Spark writes them). CSV empty strings read as nulls, so CSV and parquet versions
+    of the same data load identically; `column_types` fixes CSV columns' types (ids that must
+    stay strings, "007").
+    """
+    fmt = table_format(path)
+    fs, fs_path = _filesystem(path)
+    _check_exists(path, fs, fs_path, role, hint)
     wanted = list(dict.fromkeys(columns))
     try:
         if fmt == "parquet":
             dataset = pads.dataset(fs_path, format="parquet", filesystem=fs)
             _check_columns(dataset.schema.names, wanted, source=path, role=role)
             return dataset.to_table(columns=wanted)
-        return _read_csv(path, fs, fs_path, wanted, role)
+        return _read_csv(path, fs, fs_path, wanted, role, column_types or {})
     except DataError:
         raise
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(path, f"cannot read the {role} table as {fmt}: {_first_line(exc)}") from exc
 
 
-def _read_csv(path: str, fs: Any, fs_path: str, wanted: list[str], role: str) -> pa.Table:
+def _csv_parse_options(path: str) -> pacsv.ParseOptions:
     delimiter = "\t" if ".tsv" in path.rsplit("/", 1)[-1].lower() else ","
-    parse = pacsv.ParseOptions(delimiter=delimiter)
+    return pacsv.ParseOptions(delimiter=delimiter)
 
-    def source():
-        # pyarrow decompresses local .gz by extension; for URLs fsspec does it.
-        return path if fs is None else fs.open(fs_path, "rb", compression="infer")
 
-    src = source()
+def _csv_source(path: str, fs: Any, fs_path: str) -> Any:
+    # pyarrow decompresses local .gz by extension; for URLs fsspec does it.
+    return path if fs is None else fs.open(fs_path, "rb", compression="infer")
+
+
+def _csv_header(path: str, fs: Any, fs_path: str) -> list[str]:
+    src = _csv_source(path, fs, fs_path)
     try:
-        header = pacsv.open_csv(src, parse_options=parse).schema.names
+        return pacsv.open_csv(src, parse_options=_csv_parse_options(path)).schema.names
     finally:
         if fs is not None:
             src.close()
-    _check_columns(header, wanted, source=path, role=role)
-    convert = pacsv.ConvertOptions(include_columns=wanted, strings_can_be_null=True)
-    src = source()
+
+
+def _read_csv(
+    path: str,
+    fs: Any,
+    fs_path: str,
+    wanted: list[str],
+    role: str,
+    column_types: dict[str, pa.DataType],
+) -> pa.Table:
+    parse = _csv_parse_options(path)
+    _check_columns(_csv_header(path, fs, fs_path), wanted, source=path, role=role)
+    convert = pacsv.ConvertOptions(
+        include_columns=wanted, strings_can_be_null=True, column_types=column_types
+    )
+    src = _csv_source(path, fs, fs_path)
     try:
         return pacsv.read_csv(src, parse_options=parse, convert_options=convert)
     finally:
@@ -159,31 +201,13 @@ def _read_csv(path: str, fs: Any, fs_path: str, wanted: list[str], role: str) ->
 
 def write_table(table: pa.Table, path: str) -> None:
     """Write `table` as parquet, atomically: a reader never sees a half-written file."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".parquet")
-    os.close(fd)
-    try:
+    with atomic_file(path, suffix=".parquet") as tmp:
         pq.write_table(table, tmp)
-        os.chmod(tmp, new_file_mode())  # mkstemp's 0600 would hide the data from other users
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _write_text(text: str, path: str) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def write_dataset_dir(
@@ -387,6 +411,20 @@ class Vocabulary:
         """Raw values of `indices`; None for the OOV index 0 (for exporting predictions)."""
         table = [None, *self.values()]
         return [table[i] for i in np.asarray(indices, dtype=np.int64).tolist()]
+
+    def decode_array(self, indices: np.ndarray) -> pa.Array:
+        """Raw values of `indices` as one array: int64 or strings as the vocabulary holds them
+        (strings for a mixed one); null for the OOV index 0. Vectorised."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if self.kind == "int":
+            values = pa.array(self._ints)
+        elif self.kind == "mixed":
+            values = pa.concat_arrays(
+                [pa.array(self._ints.astype(str), pa.large_string()), self._strs]
+            )
+        else:
+            values = self._strs
+        return values.take(pa.array(indices - 1, mask=indices < 1))
 
     def encode(self, values: np.ndarray | pa.Array | pa.ChunkedArray | Sequence[Any]) -> np.ndarray:
         """int64 indices of `values`; unseen values and nulls map to 0.
