@@ -450,7 +450,11 @@ def main() -> None:
     print(f"{'measurement':<{width}}  {'value':>32}  ratio/extra")
     for name, value, extra in rows:
         print(f"{name:<{width}}  {value:>32}  {extra}")
-    Path(a.out).write_text(json.dumps(results, indent=2) + "\n")
+    out = Path(a.out)
+    if a.only and out.is_file():
+        # --only measures some sections: the others keep their last figures.
+        results = {**json.loads(out.read_text()), **results}
+    out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {a.out}")
 
 
