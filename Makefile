@@ -12,7 +12,10 @@ BIN := $(VENV)/bin
 .PHONY: setup run test lint bench smoke image k8s-up k8s-down
 setup: $(BIN)/recjobs
 
+# (recjobs.egg-info: left by the earlier setuptools backend; importlib.metadata would read its
+# sorted entry points before the venv's, see pyproject.toml.)
 $(BIN)/recjobs: pyproject.toml docker/wheelhouse.sh
+	rm -rf recjobs.egg-info
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	wheels=$$(PYTHON=$(BIN)/python TORCH_SPEC='$(TORCH_SPEC)' PIP_ARGS='$(PIP_ARGS)' docker/wheelhouse.sh) \

@@ -35,10 +35,11 @@ try:
 except ImportError:
     from pip._vendor import tomli as tomllib
 with open(sys.argv[1], "rb") as f:
-    print(*tomllib.load(f)["project"]["dependencies"], sep="\n")
+    pyproject = tomllib.load(f)
+# build-system.requires as well: the build backend, which pip resolves with its dependencies, for
+# offline builds of the package itself (make setup's `pip install --no-index -e .`, the image).
+print(*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"], sep="\n")
 EOF
-# setuptools and wheel: the project's build backend, for offline builds of the package itself.
 # shellcheck disable=SC2086
-"$PYTHON" -m pip wheel --quiet --wheel-dir "$wheels" $PIP_ARGS "$TORCH_SPEC" -r "$requirements" \
-  "setuptools>=68" wheel >&2
+"$PYTHON" -m pip wheel --quiet --wheel-dir "$wheels" $PIP_ARGS "$TORCH_SPEC" -r "$requirements" >&2
 echo "$wheels"

@@ -15,7 +15,9 @@ edits the pod templates:
   (uid/gid 1000) can write the run directory on a PVC;
 - every secret variable a role asks for (`recjobs.secret_env`) becomes
   `env.valueFrom.secretKeyRef` into the Secret named by `wandb_secret` (key = variable name),
-  so the key is never in the job spec.
+  so the key is never in the job spec;
+- `torchx status` of a PENDING job says why it waits (`describe`): the latest warnings about
+  its pod group and pods, e.g. Volcano's "overused nvidia.com/gpu".
 
 The colon syntax is forced by torchx's `-cfg` parser, which splits on `=`, `,` and `;`.
 """
@@ -27,16 +29,16 @@ import sys
 from collections.abc import Mapping
 from typing import Any, Dict, List  # noqa: UP035 - see the runopts below
 
-from torchx.schedulers.api import AppDryRunInfo
+from torchx.schedulers.api import AppDryRunInfo, DescribeAppResponse
 from torchx.schedulers.kubernetes_scheduler import (
     LABEL_ROLE_INDEX,
     KubernetesJob,
     KubernetesOpts,
     KubernetesScheduler,
 )
-from torchx.specs import AppDef, runopts
+from torchx.specs import AppDef, AppState, runopts
 
-from recjobs import secret_env
+from recjobs import container_paths, secret_env
 from recjobs.errors import UserError
 
 DEFAULT_WANDB_SECRET = "wandb"
@@ -125,6 +127,9 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
             " group; the recjobs image runs as uid/gid 1000",
         )
         opts.add(
+            container_paths.OPT_IN, type_=bool, default=False, help=container_paths.OPT_IN_HELP
+        )
+        opts.add(
             "wandb_secret",
             type_=str,
             default=DEFAULT_WANDB_SECRET,
@@ -148,6 +153,7 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
             node_selector = parse_node_selector(options.get("node_selector") or {})
         except UserError as exc:
             raise _user_error(exc) from None
+        container_paths.check_at_submit(app, "kubernetes", options)
 
         info = super()._submit_dryrun(app, cfg)
         secret = str(options.get("wandb_secret") or DEFAULT_WANDB_SECRET)
@@ -158,6 +164,53 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
             if options.get("fs_group") is not None:
                 _set_fs_group(pod, int(options["fs_group"]))
         return info
+
+    def describe(self, app_id: str) -> DescribeAppResponse | None:
+        """torchx's status, plus why a PENDING job waits (`torchx status` prints it as Msg)."""
+        response = super().describe(app_id)
+        if response is not None and response.state == AppState.PENDING:
+            namespace, name = app_id.split(":")
+            reasons = pending_reasons(self._events(namespace), name)
+            if reasons:
+                response.msg = "; ".join(reasons)
+        return response
+
+    def _events(self, namespace: str) -> list[Any]:
+        from kubernetes.client import CoreV1Api
+        from kubernetes.client.rest import ApiException
+
+        try:
+            return CoreV1Api(self._api_client()).list_namespaced_event(namespace).items
+        except ApiException:  # the job's status is still worth printing without its reasons
+            return []
+
+
+def pending_reasons(events: list[Any], job: str, most: int = 2) -> list[str]:
+    """The latest distinct warnings about a Volcano Job's pod group and pods, newest first.
+
+    Volcano names them `<job>-<uid>` (pod group) and `<job>-<task>-<i>` (pods); its scheduler
+    says why a gang is not placed in Unschedulable events on the pod group, e.g. "resource in
+    cluster is overused: overused nvidia.com/gpu", the kubelet why a pod does not start
+    (image pulls) in Warning events on the pod.
+    """
+    ours = [
+        e
+        for e in events
+        if e.involved_object.name.startswith(f"{job}-")
+        and (e.type == "Warning" or e.reason == "Unschedulable")
+    ]
+    ours.sort(
+        key=lambda e: e.last_timestamp or e.event_time or e.metadata.creation_timestamp,
+        reverse=True,
+    )
+    reasons: list[str] = []
+    for event in ours:
+        message = (event.message or "").strip()
+        if message and message not in reasons:
+            reasons.append(message)
+        if len(reasons) == most:
+            break
+    return reasons
 
 
 def _edit_pod(

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from torchx import specs
 from torchx.specs import macros
 
-from recjobs import secret_env
+from recjobs import container_paths, secret_env
 from recjobs.config import Overrides, add_override_arguments, resolve
 from recjobs.errors import ConfigError, UserError
 from recjobs.schema import TASKS, ResolvedConfig
@@ -284,6 +284,12 @@ def train_app(
     )
     if cfg.training.use_wandb and wandb_mode not in _WANDB_KEYLESS:
         secret_env.request(role.metadata, [secret_env.WANDB_API_KEY])
+    data = dataclasses.asdict(cfg.dataset.paths) if cfg.dataset.paths else {}
+    container_paths.record(
+        role.metadata,
+        writes={"--run_dir": run_dir},
+        reads={f"dataset.paths.{table}": path for table, path in data.items()},
+    )
     return specs.AppDef(name=f"recjobs-{task}", roles=[role])
 
 
@@ -349,5 +355,10 @@ def recommend_app(
         port_map={"c10d": RDZV_PORT},
         max_retries=max_retries,
         mounts=_mounts(mounts),
+    )
+    container_paths.record(
+        role.metadata,
+        writes={"--out": out},
+        reads={"--model_dir": model_dir, "--users": users or "", "--candidates": candidates or ""},
     )
     return specs.AppDef(name="recjobs-recommend", roles=[role])

@@ -14,13 +14,14 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from torchx.schedulers.api import AppDryRunInfo
 from torchx.schedulers.docker_scheduler import LABEL_ROLE_NAME, DockerJob, DockerScheduler
-from torchx.specs import AppDef
+from torchx.specs import AppDef, runopts
 
-from recjobs import secret_env
+from recjobs import container_paths, secret_env
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,19 @@ def with_secrets(request: DockerJob, app: AppDef, environ: dict[str, str]) -> Do
 
 
 class RecjobsDockerScheduler(DockerScheduler):
-    """DockerScheduler that delivers secret variables at container start, never in the spec."""
+    """DockerScheduler that delivers secret variables at container start, never in the spec,
+    and refuses jobs whose outputs would vanish with the container (recjobs.container_paths)."""
+
+    def _run_opts(self) -> runopts:
+        opts = super()._run_opts()
+        opts.add(
+            container_paths.OPT_IN, type_=bool, default=False, help=container_paths.OPT_IN_HELP
+        )
+        return opts
+
+    def _submit_dryrun(self, app: AppDef, cfg: Mapping[str, Any]) -> AppDryRunInfo[DockerJob]:
+        container_paths.check_at_submit(app, "local_docker", cfg)
+        return super()._submit_dryrun(app, cfg)  # type: ignore[arg-type]
 
     def schedule(self, dryrun_info: AppDryRunInfo[DockerJob]) -> str:
         app = dryrun_info._app

@@ -434,6 +434,38 @@ def test_a_lost_pod_is_restarted_by_volcano_and_the_job_resumes_from_its_checkpo
             assert SECRET.encode() not in path.read_bytes(), path
 
 
+def test_a_job_asking_for_more_gpus_than_the_node_has_stays_pending_and_says_why(cluster):
+    """The node advertises 4 nvidia.com/gpu: a pod asking for 8 is never placed, and what the
+    submitter can see (torchx status, kubectl describe, events) says so."""
+    handle, job = submit(
+        "--task", "retrieval", "--config", "config/quickstart.yaml", "-j", "1x8", "--gpu", "8",
+        *SMALL, "--image", IMAGE, "--mounts", "type=volume,src=recjobs-runs,dst=/runs",
+        "--run_dir", "/runs/${app_id}", "--", *TINY,
+    )  # fmt: skip
+
+    def why() -> str:
+        done = torchx("status", handle)
+        assert done.returncode == 0, done.stderr[-2000:]
+        match = re.search(
+            r"State: PENDING\n.*Msg: (.*overused nvidia.com/gpu.*)", done.stdout, re.S
+        )
+        return match.group(1).splitlines()[0] if match else ""
+
+    # Volcano's scheduler does not admit the gang (8 GPUs asked, 4 on the node) and says so in
+    # an event on the pod group, which `torchx status` shows (recjobs' kubernetes scheduler).
+    message = wait_for("torchx status naming the missing GPUs", why, timeout=120)
+    assert message.startswith("resource in cluster is overused: overused nvidia.com/gpu"), message
+    # The submitter sees the same in the namespace's events.
+    events = json.loads(kubectl("-n", NAMESPACE, "get", "events", "-o", "json", admin=False))
+    assert any(
+        e["involvedObject"]["name"].startswith(f"{job}-") and "nvidia.com/gpu" in e["message"]
+        for e in events["items"]
+    )
+    # No pod is created for a gang that cannot be placed, and it stays so.
+    time.sleep(10)
+    assert pods(job) == [] and state(handle) == "PENDING"
+
+
 def test_a_two_pod_recommend_job_writes_every_users_top_k_once_on_the_pvc(cluster):
     """Batch inference (components/train.py:recommend) on a model on the PVC: two pods, a part
     each, together every user once, and the same answer as the Python API on this machine."""

@@ -39,9 +39,9 @@ def app(**kwargs) -> AppDef:
         "h": None,
         "image": "recjobs:test",
         "env": None,
-        "mounts": None,
+        "mounts": ["type=volume", "src=recjobs-runs", "dst=/runs"],
         "max_retries": 0,
-        "run_dir": None,
+        "run_dir": "/runs/job",
         "wandb_project": "recsys",
         "wandb_mode": None,
     }
@@ -54,6 +54,15 @@ def test_every_torchx_builtin_scheduler_is_still_registered():
     assert isinstance(factories["kubernetes"](session_name="t"), RecjobsKubernetesScheduler)
     assert isinstance(factories["local_docker"](session_name="t"), RecjobsDockerScheduler)
     assert type(factories["local_cwd"](session_name="t")).__name__ == "LocalScheduler"
+
+
+def test_torchx_default_scheduler_is_unchanged_outside_this_repo():
+    # TorchX's default scheduler (where no .torchxconfig names one) is the first entry of the
+    # installed group: the build backend must keep pyproject.toml's order, which is TorchX's own.
+    from torchx.schedulers import DEFAULT_SCHEDULER_MODULES, get_default_scheduler_name
+
+    assert list(get_scheduler_factories()) == list(DEFAULT_SCHEDULER_MODULES)
+    assert get_default_scheduler_name() == "local_docker"
 
 
 @pytest.mark.parametrize(
@@ -188,3 +197,35 @@ def test_local_docker_gives_no_key_to_jobs_without_wandb(monkeypatch):
     with get_runner() as runner:
         runner.schedule(runner.dryrun(app(j="1x1", wandb_project=None), "local_docker", cfg={}))
     assert "WANDB_API_KEY" not in fake.started[0]["environment"]
+
+
+def test_a_pending_jobs_reasons_are_its_latest_distinct_warnings():
+    from datetime import datetime, timedelta, timezone
+    from types import SimpleNamespace
+
+    from recjobs.k8s_scheduler import pending_reasons
+
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def event(name, reason, message, minutes, type_="Normal"):
+        return SimpleNamespace(
+            involved_object=SimpleNamespace(name=name),
+            reason=reason,
+            message=message,
+            type=type_,
+            last_timestamp=t0 + timedelta(minutes=minutes),
+            event_time=None,
+            metadata=SimpleNamespace(creation_timestamp=t0),
+        )
+
+    gpu = "resource in cluster is overused: overused nvidia.com/gpu"
+    events = [
+        event("job-a-0f3c", "Unschedulable", gpu, 1),
+        event("job-a-0f3c", "Unschedulable", gpu, 3),
+        event("job-a-train-0-0", "Failed", "Back-off pulling image", 2, "Warning"),
+        event("job-a-train-0-0", "Scheduled", "assigned to node", 4),  # not a reason
+        event("job-ab-1234", "Unschedulable", "another job's", 5),  # a prefix is not the job
+    ]
+    assert pending_reasons(events, "job-a") == [gpu, "Back-off pulling image"]
+    assert pending_reasons(events, "job-a", most=1) == [gpu]
+    assert pending_reasons([], "job-a") == []

@@ -40,6 +40,10 @@ def test_dry_run_specs_and_job_args_never_hold_the_key(scheduler):
         "recsys",
         "-j",
         "1x2",
+        "--mounts",
+        "type=bind,src=/tmp,dst=/runs",
+        "--run_dir",
+        "/runs/job",
     ]
     done = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -246,7 +246,11 @@ def test_generated_volcano_jobs_are_valid_against_the_crd(volcano_job):
     validator = crd_validator("batch.volcano.sh_jobs.yaml")
     errors = [e.message for e in validator.iter_errors(volcano_job)]
     assert errors == []
-    single = dryrun("kubernetes", "--task", "retrieval", "-j", "1:3x2", "-h", "gpu.medium")
+    single = dryrun(
+        "kubernetes",
+        *("--task", "retrieval", "-j", "1:3x2", "-h", "gpu.medium"),
+        cfg="ephemeral_outputs=True",  # no mounts: the run directory would go with the pod
+    )
     assert [e.message for e in validator.iter_errors(single)] == []
     assert [t["minAvailable"] for t in single["spec"]["tasks"]] == [1, 0, 0]  # elastic 1..3
     assert (
