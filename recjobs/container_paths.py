@@ -69,6 +69,8 @@ def check(app: Any, scheduler: str, ephemeral_outputs: bool) -> list[str]:
 
     `app` is the TorchX AppDef (typed loosely to keep torchx out of the imports).
     """
+    from torchx.specs import BindMount, VolumeMount
+
     from recjobs.errors import UserError
     from recjobs.launch import DEFAULT_IMAGE
 
@@ -76,13 +78,19 @@ def check(app: Any, scheduler: str, ephemeral_outputs: bool) -> list[str]:
     for role in app.roles:
         if not role.image.strip():
             raise UserError("--image", "must not be empty", "e.g. --image recjobs:latest")
-        mounts = [_normal(m.dst_path) for m in role.mounts if hasattr(m, "dst_path")]
+        volumes = [m for m in role.mounts if isinstance(m, (BindMount, VolumeMount))]
+        mounts = [_normal(m.dst_path) for m in volumes]
+        writable = [_normal(m.dst_path) for m in volumes if not m.read_only]
         paths = role.metadata.get(METADATA_KEY, {})
         for flag, path in paths.get("writes", {}).items():
-            if _is_url(path) or _under(path, mounts) or ephemeral_outputs:
+            if _is_url(path) or _under(path, writable) or ephemeral_outputs:
                 continue
-            where = "is in no mount" if _absolute(path) else "is relative to the container's"
-            where += "" if _absolute(path) else " working directory"
+            if not _absolute(path):
+                where = "is relative to the container's working directory"
+            elif _under(path, mounts):
+                where = "is on a read-only mount"
+            else:
+                where = "is in no mount"
             raise UserError(
                 flag,
                 f"{path!r} {where}: what the job writes there is lost when the container ends, "

@@ -88,6 +88,10 @@ def test_an_output_outside_every_mount_is_refused_unless_meant(scheduler):
         assert container_paths.check(app, scheduler, ephemeral_outputs=True) == []
     example = container_paths.EXAMPLE_MOUNT[scheduler]
     assert f"--mounts {example} --run_dir /runs/NAME" in refused(train(run_dir=None), scheduler)
+    read_only = train(mounts=[*RUNS, "readonly"], run_dir="/runs/job")
+    assert "'/runs/job' is on a read-only mount" in refused(read_only, scheduler)
+    devices = train(mounts=["type=device", "src=/dev/fuse", "dst=/runs"], run_dir="/runs/job")
+    assert "'/runs/job' is in no mount" in refused(devices, scheduler)  # a device holds no files
     # On the mount, at its root or below it, with or without a trailing slash: fine.
     for run_dir in ("/runs", "/runs/", "/runs/a/../b"):
         assert container_paths.check(train(run_dir=run_dir), scheduler, False) == []
