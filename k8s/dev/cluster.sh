@@ -305,6 +305,7 @@ publish_images() {
   # under the names pods use. A tag the node already has is not pulled again by the kubelet
   # (IfNotPresent), so containerd pulls here, every time: unchanged layers are not fetched.
   local start=$SECONDS
+  : >"$logs/images.log" # this cluster's pushes and pulls only
   PYTHON=${PYTHON:-$root/.venv/bin/python} REGISTRY=$registry "$root/docker/with-dockerd.sh" bash -c '
     set -e
     "$0"/docker/build-image.sh recjobs:latest
