@@ -36,6 +36,12 @@ stop() {
     if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
     wait "$pid" 2>/dev/null || true
   fi
+  # The daemon mounts its network namespace (nsfs) under the exec root and, killed, leaves it
+  # there: unmount whatever is left below $run, deepest first, before removing it.
+  local mnt
+  for mnt in $(findmnt -rn -o TARGET | grep -E "^$run(/|$)" | sort -r); do
+    umount -l "$mnt" 2>/dev/null || true
+  done
   rm -rf --one-file-system "$run" 2>/dev/null || true
   exit "$status"
 }

@@ -292,12 +292,17 @@ storage:
 http:
   addr: $registry
 EOF
-  # Manifests no tag points to any more (earlier builds) and their layers go first; the
-  # registry must not serve while it collects.
-  "$bin/registry" garbage-collect --delete-untagged "$state/registry.yml" >>"$logs/registry.log" 2>&1 \
-    || fail "$logs/registry.log" "the registry's garbage collection failed"
+  collect_registry_garbage "$state/registry.yml" "$cache/k8s/registry"
   start registry "$bin/registry" serve "$state/registry.yml"
   wait_for 30 registry curl -fsS "http://$registry/v2/"
+}
+collect_registry_garbage() { # CONFIG ROOT: drop earlier builds' manifests and layers
+  # Manifests no tag points to any more (earlier builds) and their layers go first; the
+  # registry must not serve while it collects. On a new machine the root holds no repository
+  # yet, and `registry garbage-collect` refuses such a root ("Path not found"): nothing to do.
+  [ -d "$2/docker/registry/v2/repositories" ] || return 0
+  "$bin/registry" garbage-collect --delete-untagged "$1" >>"$logs/registry.log" 2>&1 \
+    || fail "$logs/registry.log" "the registry's garbage collection failed"
 }
 publish_images() {
   # The recjobs image (docker/build-image.sh, built or reused in the private dockerd) and the
@@ -635,9 +640,12 @@ status() {
   done
 }
 
-case "${1:-}" in
-  up) up ;;
-  down) down ;;
-  status) status ;;
-  *) die "usage: k8s/dev/cluster.sh up|down|status" ;;
-esac
+# Sourced (tests/test_cold_paths.py), it only defines the functions.
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  case "${1:-}" in
+    up) up ;;
+    down) down ;;
+    status) status ;;
+    *) die "usage: k8s/dev/cluster.sh up|down|status" ;;
+  esac
+fi
