@@ -9,7 +9,8 @@ JSON (`--out`, default benchmarks/results.json). This is a benchmark, not a test
 nothing, it reports.
 
 Measurements
-- throughput:  examples/s of `recjobs.trainer.train` (the real loop: batching, logging, the lot)
+- throughput:  examples/s of `recjobs.training.trainer.train` (the real loop: batching, logging, the
+  lot)
                and of a bare loop over the same model and optimizer on batches prepared in
                advance (forward, backward, optimizer step, nothing else); their ratio.
 - scale:       trainer examples/s at a small and a large catalogue, same model otherwise.
@@ -40,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _config(
     task: str, users: int, items: int, interactions: int, batch: int, steps: int, extra: list[str]
 ):
-    from recjobs.config import Overrides, resolve
+    from recjobs.config.resolver import Overrides, resolve
 
     sets = [
         f"dataset.synth.users={users}",
@@ -87,11 +88,11 @@ def measure_bare(a: argparse.Namespace) -> dict:
     """The ceiling: the same model, optimizers and loss on batches gathered before timing."""
     import torch
 
+    from recjobs.config.optim import build_optimizers, sparse_decision
     from recjobs.data import epoch_batches, load_task_data
     from recjobs.models import build_model
-    from recjobs.optim import build_optimizers, sparse_decision
-    from recjobs.tasks import make_task
-    from recjobs.trainer import seed_everything
+    from recjobs.training.tasks import make_task
+    from recjobs.training.trainer import seed_everything
 
     cfg = _config(a.task, a.users, a.items, a.interactions, a.batch, a.steps, a.set)
     tr = cfg.training
@@ -145,7 +146,7 @@ def measure_eval(a: argparse.Namespace) -> dict:
 
     from recjobs.data import load_task_data
     from recjobs.models import build_model
-    from recjobs.tasks import make_task
+    from recjobs.training.tasks import make_task
 
     cfg = _config(a.task, a.users, a.items, a.interactions, a.batch, 1, a.set)
     data = load_task_data(cfg)
@@ -227,8 +228,8 @@ def prepare_recommend(a: argparse.Namespace) -> dict:
     import torch
 
     from recjobs.data import load_task_data
-    from recjobs.export import export_model
     from recjobs.models import build_model
+    from recjobs.training.export import export_model
 
     cfg = _config("retrieval", a.users, a.items, a.interactions, a.batch, 1, a.set)
     data = load_task_data(cfg)
@@ -242,7 +243,7 @@ def measure_recommend(a: argparse.Namespace) -> dict:
     """Load the exported model, then top-K of every user (timed), then the Parquet file."""
     import torch
 
-    from recjobs.recommend import Recommender, write_output
+    from recjobs.inference.recommend import Recommender, write_output
 
     start = time.perf_counter()
     rec = Recommender.load(a.model_dir)
@@ -266,7 +267,7 @@ def measure_matmul(a: argparse.Namespace) -> dict:
     of a large square one (what the BLAS can do at best)."""
     import torch
 
-    from recjobs.recommend import CHUNK_USERS
+    from recjobs.inference.recommend import CHUNK_USERS
 
     dim = 64
     shapes = {"scoring": (CHUNK_USERS, dim, a.items), "square": (2048, 2048, 2048)}

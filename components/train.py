@@ -9,7 +9,7 @@ local_docker and Kubernetes.
         -j 1x2 -- --optimizer SGD --set=training.max_epochs=1
     torchx run components/train.py:recommend --model_dir runs/APP_ID --k 100 -j 1x2
 
-The config is resolved here, at submit time; see `recjobs.launch` for what the jobs run.
+The config is resolved here, at submit time; see `recjobs.submit.launch` for what the jobs run.
 """
 
 import sys
@@ -17,8 +17,8 @@ from typing import Dict, List, Optional
 
 from torchx import specs
 
-from recjobs import launch
 from recjobs.errors import UserError
+from recjobs.submit import launch
 
 
 def train(

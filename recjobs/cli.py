@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from recjobs.config import (
+from recjobs.config.resolver import (
     Overrides,
     add_override_arguments,
     drop_removed_keys,
@@ -26,13 +26,13 @@ from recjobs.config import (
     resolve,
     resolve_dict,
 )
+from recjobs.config.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
 from recjobs.errors import ConfigError, UserError
-from recjobs.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from recjobs.recommend import Recommender
+    from recjobs.inference.recommend import Recommender
 
 log = logging.getLogger("recjobs.cli")
 
@@ -192,7 +192,7 @@ def _model_dir_arg(parser: argparse.ArgumentParser) -> None:
 def _load_recommender(args: argparse.Namespace) -> Recommender:
     import torch
 
-    from recjobs.recommend import Recommender
+    from recjobs.inference.recommend import Recommender
 
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
@@ -237,7 +237,7 @@ def _resolve(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from recjobs.trainer import EXIT_PREEMPTED, Preempted, train
+    from recjobs.training.trainer import EXIT_PREEMPTED, Preempted, train
 
     cfg = _resolve_args(args)
     try:
@@ -290,7 +290,7 @@ def _movielens(args: argparse.Namespace) -> int:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from recjobs import recommend
+    from recjobs.inference import recommend
 
     if args.k < 1:  # a k beyond the catalogue gives every item
         raise UserError("--k", f"must be at least 1, got {args.k}")
@@ -332,7 +332,7 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from recjobs import recommend
+    from recjobs.inference import recommend
 
     recommend.check_output_path(args.out)
     rec = _load_recommender(args)
@@ -346,7 +346,7 @@ def _score(args: argparse.Namespace) -> int:
 def _pairs_file(rec: Recommender, path: str, flag: str) -> pa.Table:
     import pyarrow as pa
 
-    from recjobs import recommend
+    from recjobs.inference import recommend
 
     encoders, columns = rec.encoders, rec.cfg.columns
     found = recommend.read_ids(
@@ -383,7 +383,7 @@ def _this_process_share(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from recjobs import recommend
+    from recjobs.inference import recommend
 
     if candidates is not None:
         ids = pc.unique(candidates.column("user_id"))
@@ -395,7 +395,7 @@ def _this_process_share(
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from recjobs.plot import plot_runs
+    from recjobs.training.plot import plot_runs
 
     plot_runs(args.run_dirs, args.out)
     print(args.out)
@@ -403,7 +403,7 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _config_reference(args: argparse.Namespace) -> int:
-    from recjobs.config_reference import config_reference
+    from recjobs.config.reference import config_reference
 
     sys.stdout.write(config_reference())
     return 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from recjobs import trainer
-from recjobs.config import resolve_dict
+from recjobs.config.resolver import resolve_dict
 
 
 def main() -> None:

@@ -18,9 +18,9 @@ from torchx.specs.builders import materialize_appdef
 from torchx.specs.file_linter import get_fn_docstring, validate
 from torchx.specs.finder import get_component
 
-from recjobs import launch, secret_env
-from recjobs.config import Overrides, resolve
+from recjobs.config.resolver import Overrides, resolve
 from recjobs.errors import ConfigError
+from recjobs.submit import launch, secret_env
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENT = ROOT / "components" / "train.py"

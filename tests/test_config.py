@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from recjobs.cli import main
-from recjobs.config import Overrides, load_yaml, parse_value, resolve, resolve_dict
+from recjobs.config.resolver import Overrides, load_yaml, parse_value, resolve, resolve_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"

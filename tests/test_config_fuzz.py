@@ -17,8 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from recjobs.cli import main
-from recjobs.config import resolve
-from recjobs.optim import (
+from recjobs.config.optim import (
     CLASS_ARG_RANGES,
     CONTAINERS,
     OPTIMIZER_ARG_RANGES,
@@ -26,7 +25,8 @@ from recjobs.optim import (
     SCHEDULER_ARG_RANGES,
     SCHEDULERS,
 )
-from recjobs.schema import (
+from recjobs.config.resolver import resolve
+from recjobs.config.schema import (
     ColumnsConfig,
     DatasetConfig,
     EarlyStopping,

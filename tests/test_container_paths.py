@@ -1,4 +1,4 @@
-"""Submit-time guardrails of the container schedulers (recjobs.container_paths).
+"""Submit-time guardrails of the container schedulers (recjobs.submit.container_paths).
 
 The matrix runs on AppDefs the components build (launch.train_app / recommend_app) through
 `container_paths.check`; the CLI contract (one `error:` line, exit 2, nothing printed on

@@ -16,6 +16,15 @@ import pytest
 import torch
 import yaml
 
+from recjobs.config.schema import (
+    ColumnsConfig,
+    DataPaths,
+    DatasetConfig,
+    ResolvedConfig,
+    SharedConfig,
+    SynthSize,
+    TaskConfig,
+)
 from recjobs.data import (
     Encoders,
     TaskData,
@@ -29,15 +38,6 @@ from recjobs.data import (
     write_dataset,
 )
 from recjobs.errors import CheckpointError, DataError
-from recjobs.schema import (
-    ColumnsConfig,
-    DataPaths,
-    DatasetConfig,
-    ResolvedConfig,
-    SharedConfig,
-    SynthSize,
-    TaskConfig,
-)
 
 ROLES = ("users", "items", "interactions_train", "interactions_val")
 TENSOR_FIELDS = (

@@ -30,7 +30,7 @@ import pytest
 import torch
 import yaml
 
-from recjobs.checkpoint import load_checkpoint
+from recjobs.training.checkpoint import load_checkpoint
 
 from runs import ROOT, TINY, missing, resolve_printed
 
@@ -281,7 +281,7 @@ def test_local_docker_recommend_job_writes_every_users_top_k_once_as_the_python_
     import pyarrow.parquet as pq
 
     from recjobs import Recommender, trainer
-    from recjobs.config import Overrides, resolve
+    from recjobs.config.resolver import Overrides, resolve
 
     runs = runs_dir(tmp_path)
     config = resolve("retrieval", ROOT / "config" / "quickstart.yaml", Overrides(sets=TINY))

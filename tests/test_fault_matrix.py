@@ -25,11 +25,11 @@ import pytest
 import torch
 
 from recjobs import tasks, trainer
-from recjobs.checkpoint import load_checkpoint, previous, save_checkpoint
 from recjobs.cli import main
-from recjobs.config import Overrides, resolve
+from recjobs.config.resolver import Overrides, resolve
 from recjobs.errors import UserError
-from recjobs.export import load_model
+from recjobs.training.checkpoint import load_checkpoint, previous, save_checkpoint
+from recjobs.training.export import load_model
 
 from runs import QUICKSTART, missing
 
@@ -460,8 +460,8 @@ def test_a_non_finite_validation_metric_stops_like_a_diverged_loss(tmp_path, cap
 
 
 def test_a_schedule_that_turns_the_lr_negative_later_stops_the_run():
+    from recjobs.config.optim import build_scheduler
     from recjobs.errors import ConfigError
-    from recjobs.optim import build_scheduler
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
     # Refused at resolve time (gamma must be > 0); built directly to test the loop's guard.

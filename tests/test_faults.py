@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from recjobs import trainer
-from recjobs.checkpoint import load_checkpoint, previous, save_checkpoint
 from recjobs.cli import main
-from recjobs.config import Overrides, resolve
+from recjobs.config.resolver import Overrides, resolve
 from recjobs.errors import CheckpointError
-from recjobs.rundir import RunDir
+from recjobs.training.checkpoint import load_checkpoint, previous, save_checkpoint
+from recjobs.training.rundir import RunDir
 
 from runs import QUICKSTART, StopAfter
 from runs import TINY as TINY_RUN

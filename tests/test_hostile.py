@@ -646,7 +646,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_once(monkeypatch, caplog):
     ],
 )
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, cpuinfo, native):
-    from recjobs.precision import cpu_has_native_bf16
+    from recjobs.training.precision import cpu_has_native_bf16
 
     path = tmp_path / "cpuinfo"
     if cpuinfo is not None:

@@ -31,7 +31,7 @@ import pytest
 import yaml
 from kubernetes.utils.quantity import parse_quantity
 
-from recjobs.checkpoint import load_checkpoint
+from recjobs.training.checkpoint import load_checkpoint
 
 from runs import ROOT, missing, resolve_printed
 
@@ -473,7 +473,7 @@ def test_a_two_pod_recommend_job_writes_every_users_top_k_once_on_the_pvc(cluste
     import pyarrow.parquet as pq
 
     from recjobs import Recommender, trainer
-    from recjobs.config import Overrides, resolve
+    from recjobs.config.resolver import Overrides, resolve
 
     # The model: trained here, straight onto the volume (the pods only read it).
     sets = [s.removeprefix("--set=") for s in TINY]

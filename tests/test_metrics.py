@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from recjobs.metrics import auc, binary_logloss, csr_from_pairs, mae, retrieval_metrics, rmse
+from recjobs.training.metrics import (
+    auc,
+    binary_logloss,
+    csr_from_pairs,
+    mae,
+    retrieval_metrics,
+    rmse,
+)
 
 # --- reference implementations -----------------------------------------------------------------
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recjobs.config.schema import ModelConfig
 from recjobs.models import DCN, DLRM, TwoTower, build_model, in_batch_softmax_loss
-from recjobs.schema import ModelConfig
 
 USER_CARDS = [20, 3, 5]
 ITEM_CARDS = [30, 4, 6, 2]

@@ -8,10 +8,16 @@ import pytest
 import torch
 
 from recjobs import precision
-from recjobs.config import load_yaml, resolve_dict
+from recjobs.config.optim import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    build_optimizer,
+    build_scheduler,
+    current_lrs,
+)
+from recjobs.config.resolver import load_yaml, resolve_dict
 from recjobs.errors import ConfigError
-from recjobs.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, current_lrs
-from recjobs.precision import precision_policy
+from recjobs.training.precision import precision_policy
 
 from lr_curves import LR, cosine, one_cycle, warm_restarts
 

@@ -18,12 +18,12 @@ import pytest
 import torch
 
 import recjobs
-from recjobs import metrics, trainer
 from recjobs.cli import main
-from recjobs.config import Overrides, resolve
+from recjobs.config.resolver import Overrides, resolve
 from recjobs.data import generate_tables, write_table
-from recjobs.export import CATALOGUE, load_model
-from recjobs.recommend import top_k_items
+from recjobs.inference.recommend import top_k_items
+from recjobs.training import metrics, trainer
+from recjobs.training.export import CATALOGUE, load_model
 
 from runs import QUICKSTART, TINY
 

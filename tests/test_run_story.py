@@ -14,12 +14,12 @@ import torch
 import yaml
 
 from recjobs import trainer
-from recjobs.checkpoint import load_checkpoint
 from recjobs.cli import main
-from recjobs.config import Overrides, resolve
-from recjobs.config_reference import config_reference
+from recjobs.config.reference import config_reference
+from recjobs.config.resolver import Overrides, resolve
 from recjobs.data import load_task_data
-from recjobs.plot import plot_runs
+from recjobs.training.checkpoint import load_checkpoint
+from recjobs.training.plot import plot_runs
 
 from runs import QUICKSTART, TINY
 
@@ -93,9 +93,11 @@ def test_train_log_ends_with_the_best_metric_and_where_the_model_is(runs):
     lines = (runs["short"] / "train.log").read_text().splitlines()
     validations = [r for r in records(runs["short"]) if "val/loss" in r]
     best = max(validations, key=lambda r: r["val/recall@10"])  # the first of equals
-    assert any("recjobs.tracking: step=" in line and "train/loss=" in line for line in lines)
+    assert any(
+        "recjobs.training.tracking: step=" in line and "train/loss=" in line for line in lines
+    )
     assert lines[-1].endswith(
-        f"recjobs.trainer: done at step {validations[-1]['step']} (epoch 2): best val/recall@10 "
+        f"recjobs.training.trainer: done at step {validations[-1]['step']} (epoch 2): best val/recall@10 "
         f"{best['val/recall@10']:.6g} at step {best['step']}; those weights are in "
         f"{runs['short'] / 'model'}"
     )

@@ -10,9 +10,9 @@ from torchx.runner import get_runner
 from torchx.schedulers import get_scheduler_factories
 from torchx.specs import AppDef
 
-from recjobs import launch
-from recjobs.k8s_scheduler import RecjobsKubernetesScheduler, parse_toleration
-from recjobs.local_docker_scheduler import RecjobsDockerScheduler
+from recjobs.submit import launch
+from recjobs.submit.kubernetes_scheduler import RecjobsKubernetesScheduler, parse_toleration
+from recjobs.submit.local_docker_scheduler import RecjobsDockerScheduler
 
 TORCHX_BUILTIN_SCHEDULERS = {
     "local_docker",
@@ -203,7 +203,7 @@ def test_a_pending_jobs_reasons_are_its_latest_distinct_warnings():
     from datetime import datetime, timedelta, timezone
     from types import SimpleNamespace
 
-    from recjobs.k8s_scheduler import pending_reasons
+    from recjobs.submit.kubernetes_scheduler import pending_reasons
 
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from recjobs import metrics
-from recjobs.config import Overrides, resolve
+from recjobs.config.resolver import Overrides, resolve
 from recjobs.data import load_task_data
 from recjobs.errors import ConfigError
 from recjobs.models import build_model
-from recjobs.tasks import make_task
+from recjobs.training import metrics
+from recjobs.training.tasks import make_task
 
 from runs import TINY
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recjobs.config import Overrides, resolve
+from recjobs.config.resolver import Overrides, resolve
 from recjobs.data import load_task_data, steps_per_epoch
 
 ROOT = Path(__file__).resolve().parents[1]

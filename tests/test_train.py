@@ -16,12 +16,12 @@ import pytest
 import torch
 import yaml
 
-from recjobs import metrics, trainer
-from recjobs.checkpoint import load_checkpoint
 from recjobs.cli import main
-from recjobs.config import Overrides, resolve
+from recjobs.config.resolver import Overrides, resolve
 from recjobs.data import load_task_data
-from recjobs.export import ITEM_EMBEDDINGS, load_model
+from recjobs.training import metrics, trainer
+from recjobs.training.checkpoint import load_checkpoint
+from recjobs.training.export import ITEM_EMBEDDINGS, load_model
 
 from lr_curves import cosine, one_cycle, step_lr, warm_restarts
 from runs import QUICKSTART, TINY, StopAfter
@@ -480,7 +480,7 @@ def test_os_environ_untouched_by_training(tmp_path):
 def test_fp16_overflow_steps_are_skipped_and_logged_not_fatal(tmp_path, monkeypatch, caplog):
     # CPU autocast does fp16 too; forcing the CUDA policy here exercises GradScaler for real,
     # started at a scale (2^40) that overflows fp16 gradients for the first dozen steps.
-    from recjobs.precision import Precision
+    from recjobs.training.precision import Precision
 
     class Fp16OnCpu(Precision):
         def grad_scaler(self):

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from recjobs.config import Overrides, resolve
+from recjobs.config.resolver import Overrides, resolve
 from recjobs.data import load_task_data, steps_per_epoch
 from recjobs.models import build_model
-from recjobs.tasks import make_task
+from recjobs.training.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

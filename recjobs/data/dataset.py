@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from recjobs.config.schema import ColumnsConfig, ResolvedConfig
 from recjobs.data import synth
 from recjobs.data.tables import (
     Encoders,
@@ -25,7 +26,6 @@ from recjobs.data.tables import (
     select_columns,
 )
 from recjobs.errors import CheckpointError, DataError
-from recjobs.schema import ColumnsConfig, ResolvedConfig
 
 logger = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from recjobs.config.schema import ARCHS, ModelConfig
 from recjobs.models.ranking import DCN, DLRM
 from recjobs.models.two_tower import TwoTower, in_batch_softmax_loss
-from recjobs.schema import ARCHS, ModelConfig
 
 __all__ = ["DCN", "DLRM", "TwoTower", "build_model", "in_batch_softmax_loss"]
 

@@ -5,7 +5,7 @@
 <run_dir>/train.log              rank 0's log lines, ending with the best metric and the model
 <run_dir>/checkpoints/last.pt    the latest checkpoint (resume point)
 <run_dir>/checkpoints/best.pt    the checkpoint with the best early-stopping metric
-<run_dir>/model/                 the best weights, config, vocabularies, catalogue (recjobs.export)
+<run_dir>/model/                 the best weights, config, vocabularies, catalogue (export.py)
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from recjobs.checkpoint import atomic_write_bytes, previous
 from recjobs.errors import CheckpointError, RunDirError
+from recjobs.training.checkpoint import atomic_write_bytes, previous
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ edits the pod templates:
 - `node_selector` run option: `LABEL:VALUE` items separated by `;`;
 - `fs_group` run option: the pods' `securityContext.fsGroup`, so the image's non-root user
   (uid/gid 1000) can write the run directory on a PVC;
-- every secret variable a role asks for (`recjobs.secret_env`) becomes
+- every secret variable a role asks for (`recjobs.submit.secret_env`) becomes
   `env.valueFrom.secretKeyRef` into the Secret named by `wandb_secret` (key = variable name),
   so the key is never in the job spec;
 - `torchx status` of a PENDING job says why it waits (`describe`): the latest warnings about
@@ -38,8 +38,8 @@ from torchx.schedulers.kubernetes_scheduler import (
 )
 from torchx.specs import AppDef, AppState, runopts
 
-from recjobs import container_paths, secret_env
 from recjobs.errors import UserError
+from recjobs.submit import container_paths, secret_env
 
 DEFAULT_WANDB_SECRET = "wandb"
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from recjobs.checkpoint import atomic_write_bytes
 from recjobs.errors import RunDirError
+from recjobs.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,10 @@ logs: `torchx run --dryrun` prints the whole spec, Kubernetes stores it in etcd 
 anyone who can read jobs. So the TorchX component only records the *names* of the variables
 the job needs (in the role's metadata), and the scheduler decides where the value comes from:
 
-- kubernetes (recjobs.k8s_scheduler): `env.valueFrom.secretKeyRef` into a Kubernetes Secret;
-- local_docker (recjobs.local_docker_scheduler): copied from the submitting environment when the
-  containers start, after the dry-run spec was built and printed;
+- kubernetes (recjobs.submit.kubernetes_scheduler): `env.valueFrom.secretKeyRef` into a Kubernetes
+  Secret;
+- local_docker (recjobs.submit.local_docker_scheduler): copied from the submitting environment
+  when the containers start, after the dry-run spec was built and printed;
 - local_cwd: nothing to do, the job's processes inherit the submitting environment.
 
 This module is the contract between the two sides and imports nothing heavy, because the

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from torch.optim import lr_scheduler
 
-from recjobs.coerce import brief, coerce, describe, did_you_mean, key_text
+from recjobs.config.coerce import brief, coerce, describe, did_you_mean, key_text
+from recjobs.config.schema import INT32_MAX, Range
 from recjobs.errors import ConfigError
-from recjobs.schema import INT32_MAX, Range
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     name: obj

@@ -3,7 +3,7 @@
 docs/config.md is written from these fields (`recjobs config-reference`): a key's `doc` is its
 meaning there, its `Range` (numbers) the valid values.
 
-One dataclass per section. `recjobs.config` validates YAML against these classes (unknown
+One dataclass per section. `recjobs.config.resolver` validates YAML against these classes (unknown
 keys, wrong types, bad values) and builds them; nothing else in the project reads raw dicts.
 The layout is the spec's: top-level `dataset:` and `shared:`, then one section per task
 (`retrieval:`, `ranking:`) holding `columns:`, `model:` and `training:`.
@@ -31,7 +31,7 @@ class Range:
     """The valid values of a numeric key (of each element, for a list key).
 
     Every int and float field of the schema carries one (`field(metadata={"range": ...})`);
-    `recjobs.config` checks them at resolve time and docs/reliability.md lists them.
+    `recjobs.config.resolver` checks them at resolve time and docs/reliability.md lists them.
     """
 
     low: float
@@ -211,7 +211,7 @@ class TrainingConfig:
     lr: float = ranged(
         0.001, 0, **POSITIVE, doc="learning rate; an `lr` inside `optimizer` takes precedence"
     )
-    # Resolved: {"name": ..., "lr": ..., **kwargs}. See recjobs.optim.
+    # Resolved: {"name": ..., "lr": ..., **kwargs}. See recjobs.config.optim.
     optimizer: dict[str, Any] = option(
         doc="a torch.optim class by name, or {name: ..., <its keyword arguments>}",
         factory=lambda: {"name": "Adam"},

@@ -2,9 +2,9 @@
 
 Read it top to bottom: set up (process group, device, data, model, optimizer, scheduler,
 precision), maybe resume, then epochs of steps with logging, validation, checkpoints and early
-stopping, then export. Everything configurable comes from the builders in `recjobs.optim`,
-`recjobs.precision`, `recjobs.models` and `recjobs.tasks`; the loop does not know which
-optimizer, scheduler or model it runs.
+stopping, then export. Everything configurable comes from the builders in `recjobs.config.optim`,
+`recjobs.training.precision`, `recjobs.models` and `recjobs.training.tasks`; the loop does not know
+which optimizer, scheduler or model it runs.
 
 Under torchrun (WORLD_SIZE > 1) it is one DDP job: gloo on CPU, NCCL on CUDA. Every rank
 trains on its own disjoint shard of each epoch and evaluates the full validation set (so the
@@ -32,18 +32,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from recjobs.checkpoint import (
-    load_checkpoint,
-    load_latest_good,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from recjobs.data import Encoders, epoch_batches, load_task_data, steps_per_epoch
-from recjobs.errors import CheckpointError, ConfigError, DataError, RunDirError, TrainingDiverged
-from recjobs.export import export_model
-from recjobs.models import build_model
-from recjobs.optim import (
+from recjobs.config.optim import (
     Optimizers,
     build_optimizers,
     build_scheduler,
@@ -51,11 +40,22 @@ from recjobs.optim import (
     clip_grad_norm,
     sparse_decision,
 )
-from recjobs.precision import precision_policy
-from recjobs.rundir import RunDir
-from recjobs.schema import ResolvedConfig
-from recjobs.tasks import make_task
-from recjobs.tracking import Tracker, run_log, wandb_wanted
+from recjobs.config.schema import ResolvedConfig
+from recjobs.data import Encoders, epoch_batches, load_task_data, steps_per_epoch
+from recjobs.errors import CheckpointError, ConfigError, DataError, RunDirError, TrainingDiverged
+from recjobs.models import build_model
+from recjobs.training.checkpoint import (
+    load_checkpoint,
+    load_latest_good,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from recjobs.training.export import export_model
+from recjobs.training.precision import precision_policy
+from recjobs.training.rundir import RunDir
+from recjobs.training.tasks import make_task
+from recjobs.training.tracking import Tracker, run_log, wandb_wanted
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ signature plus a docstring. `recommend_app` (batch inference) is at the end.
 What happens at submit time (in `torchx run`, `--dryrun` included):
 
 1. The pass-through overrides are parsed with the same flags as `recjobs resolve`
-   (`recjobs.config.add_override_arguments`) and the config is resolved with
-   `recjobs.config.resolve()`. Any mistake is a `UserError` *before* anything is queued.
+   (`recjobs.config.resolver.add_override_arguments`) and the config is resolved with
+   `recjobs.config.resolver.resolve()`. Any mistake is a `UserError` *before* anything is queued.
 2. The resolved config travels inside the job as `--config-json`, so the container needs
    neither the config file nor the submitting machine's working directory, and the job
    trains on exactly what `recjobs resolve` printed (the trainer re-validates it and writes
@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from torchx import specs
 from torchx.specs import macros
 
-from recjobs import container_paths, secret_env
-from recjobs.config import Overrides, add_override_arguments, resolve
+from recjobs.config.resolver import Overrides, add_override_arguments, resolve
+from recjobs.config.schema import TASKS, ResolvedConfig
 from recjobs.errors import ConfigError, UserError
-from recjobs.schema import TASKS, ResolvedConfig
+from recjobs.submit import container_paths, secret_env
 
 ROLE_NAME = "train"
 RECOMMEND_ROLE = "recommend"
-DEFAULT_IMAGE = "recjobs:latest"
+DEFAULT_IMAGE = container_paths.DEFAULT_IMAGE
 # One directory per job: a retry of the same job (same app id) finds its checkpoints again,
 # while a new submission never resumes somebody else's run by accident.
 DEFAULT_RUN_DIR = f"runs/{macros.app_id}"

@@ -5,8 +5,8 @@
 >>> rec.topk([10017, 10342], k=10)                 # table: user_id, item_id, score, rank
 >>> rec.score([(10017, 50123), (10342, 50007)])    # table: user_id, item_id, score
 
-Everything comes from the exported model directory (`recjobs.export`): the vocabularies turn
-the users' own ids into rows and back, `catalogue.pt` holds the users' and items' feature rows
+Everything comes from the exported model directory (`recjobs.training.export`): the vocabularies
+turn the users' own ids into rows and back, `catalogue.pt` holds the users' and items' feature rows
 and every user's training items; no data file is read.
 
 Scores: retrieval, the dot product of the user's and the item's unit vectors (a cosine, as in
@@ -37,13 +37,13 @@ import torch
 from torch import Tensor, nn
 
 from recjobs.atomic import atomic_file
+from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, Vocabulary, read_table
 from recjobs.data.tables import as_key_array, column_names, key_kind, table_format
 from recjobs.errors import CheckpointError, UserError
-from recjobs.export import CATALOGUE, ITEM_EMBEDDINGS, load_config
-from recjobs.metrics import csr_chunk
 from recjobs.models import build_model
-from recjobs.schema import ResolvedConfig
+from recjobs.training.export import CATALOGUE, ITEM_EMBEDDINGS, load_config
+from recjobs.training.metrics import csr_chunk
 
 log = logging.getLogger(__name__)
 

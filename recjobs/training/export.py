@@ -8,9 +8,9 @@ model/catalogue.pt            the users' and items' encoded feature rows, every 
                               items (the seen-items index) and the items' training counts
 
 With these the directory is self-sufficient: `recjobs.Recommender.load(dir)` recommends and
-scores without the data files (recjobs.recommend). For the bare model:
+scores without the data files (recjobs.inference.recommend). For the bare model:
 
->>> from recjobs.export import load_model
+>>> from recjobs.training.export import load_model
 >>> model, cfg, encoders = load_model("runs/quickstart/model")
 >>> model.eval()
 """
@@ -26,12 +26,12 @@ import torch
 import yaml
 from torch import nn
 
-from recjobs import metrics
-from recjobs.checkpoint import atomic_write_bytes
-from recjobs.config import drop_removed_keys, resolve_dict
+from recjobs.config.resolver import drop_removed_keys, resolve_dict
+from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, TaskData
 from recjobs.models import build_model
-from recjobs.schema import ResolvedConfig
+from recjobs.training import metrics
+from recjobs.training.checkpoint import atomic_write_bytes
 
 ITEM_EMBEDDINGS = "item_embeddings.pt"
 CATALOGUE = "catalogue.pt"

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recjobs import metrics
+from recjobs.config.schema import ResolvedConfig
 from recjobs.data import TaskData
 from recjobs.models import in_batch_softmax_loss
-from recjobs.schema import ResolvedConfig
+from recjobs.training import metrics
 
 # Validation sets are scored in batches of this many rows (bounded memory, any size).
 EVAL_BATCH = 65536

@@ -4,8 +4,8 @@ torchx's own ways to pass environment variables to containers (the AppDef's env,
 `copy_env` run options) all copy the value into the scheduler request, which
 `torchx run --dryrun` prints and `torchx run` logs at debug level. This scheduler, registered
 under the same name `local_docker` (see pyproject.toml), leaves the request alone and adds
-each secret variable a role asks for (`recjobs.secret_env`) from `os.environ` to a private copy
-of the containers' environment just before starting them. (Docker itself still shows a
+each secret variable a role asks for (`recjobs.submit.secret_env`) from `os.environ` to a private
+copy of the containers' environment just before starting them. (Docker itself still shows a
 container's environment to whoever can `docker inspect` it: that is the local machine's owner.)
 """
 
@@ -21,7 +21,7 @@ from torchx.schedulers.api import AppDryRunInfo
 from torchx.schedulers.docker_scheduler import LABEL_ROLE_NAME, DockerJob, DockerScheduler
 from torchx.specs import AppDef, runopts
 
-from recjobs import container_paths, secret_env
+from recjobs.submit import container_paths, secret_env
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def with_secrets(request: DockerJob, app: AppDef, environ: dict[str, str]) -> Do
 
 class RecjobsDockerScheduler(DockerScheduler):
     """DockerScheduler that delivers secret variables at container start, never in the spec,
-    and refuses jobs whose outputs would vanish with the container (recjobs.container_paths)."""
+    and refuses jobs whose outputs would vanish with the container
+    (recjobs.submit.container_paths)."""
 
     def _run_opts(self) -> runopts:
         opts = super()._run_opts()

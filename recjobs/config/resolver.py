@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from recjobs import optim
-from recjobs.coerce import (
+from recjobs.config import optim
+from recjobs.config.coerce import (
     MAX_SHOWN,
     brief,
     coerce,
@@ -28,8 +28,7 @@ from recjobs.coerce import (
     key_text,
     show,
 )
-from recjobs.errors import ConfigError
-from recjobs.schema import (
+from recjobs.config.schema import (
     ARCHS,
     LOSSES,
     MAX_EVAL_K,
@@ -45,6 +44,7 @@ from recjobs.schema import (
     TaskConfig,
     TrainingConfig,
 )
+from recjobs.errors import ConfigError
 
 # --------------------------------------------------------------------------- YAML
 
@@ -646,7 +646,7 @@ def _check(cond: bool, where: str, problem: str, hint: str | None = None) -> Non
 
 
 # Names the export writes into model/ itself; a configured file name must not replace them.
-_MODEL_DIR_NAMES = ("config.yaml", "item_embeddings.pt", "catalogue.pt")  # recjobs.export
+_MODEL_DIR_NAMES = ("config.yaml", "item_embeddings.pt", "catalogue.pt")  # recjobs.training.export
 
 
 def _check_file_name(value: str, where: str, example: str) -> None:

@@ -2,7 +2,7 @@
 
 `recjobs config-reference > docs/config.md` regenerates the page; a test compares the page with
 `config_reference()` and fails when someone changed the schema and not the page. The meanings
-are the `doc` of each field in `recjobs.schema`, so a new key without one fails here.
+are the `doc` of each field in `recjobs.config.schema`, so a new key without one fails here.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any, Literal, Union
 
-from recjobs.schema import (
+from recjobs.config.schema import (
     REMOVED_KEYS,
     TASK_DEFAULTS,
     TASK_ONLY_KEYS,
@@ -26,8 +26,8 @@ from recjobs.schema import (
 HEADER = """\
 # Config reference
 
-Generated from `recjobs/schema.py` by `recjobs config-reference > docs/config.md`; do not edit
-by hand (`tests/test_config_reference.py` fails when this page is stale).
+Generated from `recjobs/config/schema.py` by `recjobs config-reference > docs/config.md`; do not
+edit by hand (`tests/test_config_reference.py` fails when this page is stale).
 
 A config file has `dataset:`, `shared:` and one section per task (`retrieval:`, `ranking:`),
 each with `columns:`, `model:` and `training:`. Keys below `TASK` are written under the task's
@@ -73,7 +73,7 @@ def _rows(prefix: str, cls: type, task_section: str | None, nested: tuple[str, .
         hint = hints[f.name]
         doc = f.metadata.get("doc")
         if not doc:
-            raise ValueError(f"{prefix}.{f.name} has no doc in recjobs.schema")
+            raise ValueError(f"{prefix}.{f.name} has no doc in recjobs.config.schema")
         name = f"{prefix}.{f.name}"
         meaning = _only_for(task_section, (*nested, f.name)) + _escape(doc)
         inner = _dataclass_of(hint)

@@ -1,6 +1,6 @@
 """Checking plain YAML values against Python type hints.
 
-One mechanism serves the config schema (`recjobs.schema` dataclasses) and the keyword
+One mechanism serves the config schema (`recjobs.config.schema` dataclasses) and the keyword
 arguments of any `torch.optim` optimizer or `lr_scheduler` class (their signatures), so a
 type error reads the same wherever it comes from. Values are converted only where the
 meaning cannot change: an int where a float is expected, a list where a tuple is expected.

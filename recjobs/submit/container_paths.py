@@ -5,14 +5,14 @@ retry would resume from; a relative data path names a file in the submitter's wo
 directory, which the container never had. Both fail long after submission (or, worse, finish
 "successfully" into a deleted directory). So the components record in each role's metadata
 which paths the job writes and reads (`record`), and the container schedulers
-(recjobs.k8s_scheduler, recjobs.local_docker_scheduler) check them against the role's mounts
-at submit time, `--dryrun` included (`check`): an output outside every mount is refused
-unless the run option `ephemeral_outputs` says it is meant, a relative input is refused, and
-an absolute input outside every mount, a GPU job with the default 2 CPUs / 4 GB and an image
-the nodes may not be able to pull get a warning. local_cwd runs on the submitting machine and
-checks nothing.
+(recjobs.submit.kubernetes_scheduler, recjobs.submit.local_docker_scheduler) check them against the
+role's mounts at submit time, `--dryrun` included (`check`): an output outside every mount is
+refused unless the run option `ephemeral_outputs` says it is meant, a relative input is refused, and
+an absolute input outside every mount, a GPU job with the default 2 CPUs / 4 GB and an image the
+nodes may not be able to pull get a warning. local_cwd runs on the submitting machine and checks
+nothing.
 
-Like recjobs.secret_env, this module imports nothing heavy: the schedulers load it on every
+Like recjobs.submit.secret_env, this module imports nothing heavy: the schedulers load it on every
 `torchx status`/`log`/`cancel`.
 """
 
@@ -23,6 +23,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+# The image components run unless told otherwise; on Kubernetes the nodes may not have it.
+DEFAULT_IMAGE = "recjobs:latest"
 # Role.metadata key: {"writes": {FLAG: PATH}, "reads": {FLAG: PATH}}.
 METADATA_KEY = "recjobs/paths"
 OPT_IN = "ephemeral_outputs"
@@ -72,7 +74,6 @@ def check(app: Any, scheduler: str, ephemeral_outputs: bool) -> list[str]:
     from torchx.specs import BindMount, VolumeMount
 
     from recjobs.errors import UserError
-    from recjobs.launch import DEFAULT_IMAGE
 
     warnings: list[str] = []
     for role in app.roles:
