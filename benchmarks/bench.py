@@ -68,7 +68,7 @@ def _peak_rss_mb() -> float:
 
 def measure_trainer(a: argparse.Namespace) -> dict:
     """Examples/s of the real loop: median over its log windows, the first (warm-up) dropped."""
-    from recjobs import tasks, trainer
+    from recjobs.training import tasks, trainer
 
     cfg = _config(a.task, a.users, a.items, a.interactions, a.batch, a.steps, a.set)
     # Validation is measured on its own ("eval"); here it would only add the end-of-run

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from recjobs import trainer
 from recjobs.config.resolver import resolve_dict
+from recjobs.training import trainer
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from recjobs import trainer
+from recjobs.training import trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "config" / "quickstart.yaml"

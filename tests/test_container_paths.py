@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from recjobs import container_paths, launch
 from recjobs.errors import UserError
+from recjobs.submit import container_paths, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

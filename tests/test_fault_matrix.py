@@ -24,10 +24,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from recjobs import tasks, trainer
 from recjobs.cli import main
 from recjobs.config.resolver import Overrides, resolve
 from recjobs.errors import UserError
+from recjobs.training import tasks, trainer
 from recjobs.training.checkpoint import load_checkpoint, previous, save_checkpoint
 from recjobs.training.export import load_model
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from recjobs import trainer
 from recjobs.cli import main
 from recjobs.config.resolver import Overrides, resolve
 from recjobs.errors import CheckpointError
+from recjobs.training import trainer
 from recjobs.training.checkpoint import load_checkpoint, previous, save_checkpoint
 from recjobs.training.rundir import RunDir
 

@@ -615,7 +615,7 @@ def test_csv_that_is_not_utf8_is_one_line(tmp_path):
 def test_bf16_on_a_cpu_without_native_bf16_warns_once(monkeypatch, caplog):
     import torch
 
-    from recjobs import precision
+    from recjobs.training import precision
 
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     with caplog.at_level("WARNING"):

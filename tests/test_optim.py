@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from recjobs import precision
 from recjobs.config.optim import (
     OPTIMIZERS,
     SCHEDULERS,
@@ -17,6 +16,7 @@ from recjobs.config.optim import (
 )
 from recjobs.config.resolver import load_yaml, resolve_dict
 from recjobs.errors import ConfigError
+from recjobs.training import precision
 from recjobs.training.precision import precision_policy
 
 from lr_curves import LR, cosine, one_cycle, warm_restarts

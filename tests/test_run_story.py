@@ -13,11 +13,11 @@ import pytest
 import torch
 import yaml
 
-from recjobs import trainer
 from recjobs.cli import main
 from recjobs.config.reference import config_reference
 from recjobs.config.resolver import Overrides, resolve
 from recjobs.data import load_task_data
+from recjobs.training import trainer
 from recjobs.training.checkpoint import load_checkpoint
 from recjobs.training.plot import plot_runs
 

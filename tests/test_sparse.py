@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from recjobs import trainer
 from recjobs.config.optim import SPARSE_AUTO_ROWS, build_optimizers, clip_grad_norm, sparse_decision
 from recjobs.config.resolver import Overrides, load_yaml, resolve, resolve_dict
 from recjobs.errors import ConfigError
+from recjobs.training import trainer
 
 from runs import QUICKSTART, ROOT, TINY, StopAfter
 

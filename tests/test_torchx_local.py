@@ -128,7 +128,7 @@ def test_local_cwd_ddp_job_trains_on_exactly_the_resolved_config(tmp_path):
 def test_local_cwd_recommend_job_writes_parts_holding_every_user_once(tmp_path):
     import pyarrow.parquet as pq
 
-    from recjobs import trainer
+    from recjobs.training import trainer
 
     config = resolve(
         "retrieval",
