@@ -36,10 +36,16 @@ stop() {
     if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
     wait "$pid" 2>/dev/null || true
   fi
-  # The daemon mounts its network namespace (nsfs) under the exec root and, killed, leaves it
-  # there: unmount whatever is left below $run, deepest first, before removing it.
-  local mnt
-  for mnt in $(findmnt -rn -o TARGET | grep -E "^$run(/|$)" | sort -r); do
+  # A daemon that was killed (or crashed) leaves its containers running under their shims, and
+  # their network namespaces (nsfs) mounted under the exec root and their root filesystems
+  # under the data root: end those processes, unmount what is left below $run and the data root
+  # (no daemon uses it now: the lock), deepest first, then remove $run.
+  local shim mnt
+  for shim in $(pgrep -f "containerd-shim-runc-v2 .*-address $run/" || true); do
+    pkill -KILL -P "$shim" 2>/dev/null || true
+    kill -KILL "$shim" 2>/dev/null || true
+  done
+  for mnt in $(findmnt -rn -o TARGET | grep -E "^($run|$cache/docker)(/|$)" | sort -r); do
     umount -l "$mnt" 2>/dev/null || true
   done
   rm -rf --one-file-system "$run" 2>/dev/null || true
