@@ -180,7 +180,33 @@ CASES = [
     ),
     (
         "retrieval --optimizer SGD --optimizer-args momentum=-1",
-        "error: retrieval.training.optimizer: Invalid momentum value: -1.0",
+        "error: retrieval.training.optimizer.momentum: must be in [0, 1), got -1.0",
+    ),
+    # Settings that pass torch's own checks but would not train (gradient ascent, no step, a
+    # sub-schedule that never runs, a schedule stepped past its end).
+    (
+        "retrieval --optimizer SGD --optimizer-args momentum=1.5",
+        "error: retrieval.training.optimizer.momentum: must be in [0, 1), got 1.5",
+    ),
+    (
+        "retrieval --optimizer SGD --optimizer-args momentum=0.9 dampening=2",
+        "error: retrieval.training.optimizer.dampening: must be in [0, 1), got 2.0",
+    ),
+    (
+        "retrieval --scheduler ConstantLR --scheduler-args factor=0 total_iters=100",
+        "error: retrieval.training.scheduler.factor: must be in (0, 1], got 0.0",
+    ),
+    (
+        "retrieval --set training.max_epochs=4 --set 'training.scheduler={name: SequentialLR, milestones: [3, 2], schedulers: [{name: ConstantLR, total_iters: 1}, {name: StepLR, step_size: 1}, {name: ExponentialLR, gamma: 0.9}]}'",
+        "error: retrieval.training.scheduler.milestones: must increase strictly, got [3, 2]: the scheduler between 3 and 2 would never run",
+    ),
+    (
+        "retrieval --set 'training.scheduler={name: SequentialLR, milestones: [2, 5], schedulers: [{name: ConstantLR, total_iters: 1}, {name: StepLR, step_size: 1}]}'",
+        "error: retrieval.training.scheduler.milestones: expected a list of 1 step or epoch numbers (one per hand-over between the 2 schedulers), got [2, 5]",
+    ),
+    (
+        "retrieval --set training.max_epochs=6 --set 'training.scheduler={name: SequentialLR, milestones: [2], schedulers: [{name: ConstantLR, factor: 0.5, total_iters: 1}, {name: OneCycleLR, max_lr: 0.1, total_steps: 3}]}'",
+        "error: retrieval.training.scheduler: SequentialLR fails at scheduler step 6 of this run's 6: Tried to step 4 times. The specified number of total steps is 3 (give each OneCycleLR a total_steps of at least the steps it runs (or omit it at the top level))",
     ),
     (
         "retrieval --optimizer Adam --optimizer-args lr=-1",

@@ -440,13 +440,22 @@ EOF
   start coredns "$bin/coredns" -conf "$state/Corefile"
   wait_for 30 coredns bash -c "exec 3<>/dev/tcp/$node_ip/53"
 }
+crds_established() { # crds_established CRD...: every one has condition Established=True
+  local crd
+  for crd in "$@"; do
+    [ "$(admin get crd "$crd" -o 'jsonpath={.status.conditions[?(@.type=="Established")].status}')" = True ] \
+      || return 1
+  done
+}
 start_volcano() {
   kubeconfig "$state/volcano.kubeconfig" volcano
   # The CRDs of this Volcano version; the jobs CRD is over 200 KB, too big for the annotation
   # a client-side apply keeps, hence server-side.
   admin apply --server-side --force-conflicts -f "$bin/volcano-crds/" >/dev/null
-  admin wait --for condition=established --timeout=60s crd/jobs.batch.volcano.sh \
-    crd/podgroups.scheduling.volcano.sh crd/queues.scheduling.volcano.sh >/dev/null
+  # Polled, not `kubectl wait --for condition=established`: that fails at once ("accessor
+  # error: <nil>") while a new CRD has no status yet, which a slow fresh machine shows.
+  wait_for 60 "Volcano CRDs established" crds_established jobs.batch.volcano.sh \
+    podgroups.scheduling.volcano.sh queues.scheduling.volcano.sh
   sed -e "s#WEBHOOK_URL#https://127.0.0.1:$webhook_port#" \
     -e "s#CA_BUNDLE#$(base64 -w0 "$pki/ca.crt")#" "$root/k8s/dev/volcano-webhooks.yaml" \
     | admin apply -f - >/dev/null

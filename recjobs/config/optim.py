@@ -63,6 +63,11 @@ _POSITIVE = Range(0, low_open=True)
 # (torch checks eps, weight_decay, momentum and most others itself.)
 OPTIMIZER_ARG_RANGES = {
     "lr": _POSITIVE,  # torch takes 0: a run that never changes a weight
+    # torch takes any momentum >= 0 and any dampening: at 1 and above the momentum buffer
+    # never decays (SGD, RMSprop: the steps grow without bound), and dampening >= 1 scales the
+    # gradient out of the buffer (no step at 1, gradient ascent above).
+    "momentum": Range(0, 1, high_open=True),
+    "dampening": Range(0, 1, high_open=True),
     "lambd": _NON_NEGATIVE,  # ASGD: a negative decay term makes its step size grow to inf
     "alpha": _NON_NEGATIVE,
     "t0": _NON_NEGATIVE,
@@ -93,7 +98,12 @@ SCHEDULER_ARG_RANGES = {
     "eps": _NON_NEGATIVE,
 }
 # Where one name means something else in one class: ReduceLROnPlateau multiplies by `factor`.
-CLASS_ARG_RANGES = {"ReduceLROnPlateau": {"factor": Range(0, 1, low_open=True, high_open=True)}}
+# ConstantLR multiplies by `factor` until total_iters, then divides by it: 0 holds the learning
+# rate at 0 and then divides by zero.
+CLASS_ARG_RANGES = {
+    "ReduceLROnPlateau": {"factor": Range(0, 1, low_open=True, high_open=True)},
+    "ConstantLR": {"factor": Range(0, 1, low_open=True)},
+}
 
 
 def _parameters(cls: type) -> dict[str, tuple[Any, Any]]:
@@ -201,9 +211,11 @@ def _check_kwargs(cls: type, kwargs: dict[str, Any], where: str, skip: set[str])
     return out
 
 
-def _trial_parameter() -> torch.nn.Parameter:
-    # 2-D so that optimizers restricted to matrices (Muon) accept it.
-    return torch.nn.Parameter(torch.zeros(2, 2))
+def _trial_parameters() -> list[torch.nn.Parameter]:
+    # Shaped like every model's parameters: matrices (embedding tables, Linear weights) and
+    # vectors (Linear biases), so an optimizer that cannot take one of them (Muon: matrices
+    # only) is refused here, not at the first step of every real run.
+    return [torch.nn.Parameter(torch.zeros(2, 2)), torch.nn.Parameter(torch.zeros(2))]
 
 
 def _first_line(exc: Exception) -> str:
@@ -247,9 +259,17 @@ def resolve_optimizer(
     if device == "cpu":
         check_device({"name": cls.__name__, **kwargs}, "cpu", where, "training.device is cpu")
     try:
-        trial = _trial_optimizer(cls, kwargs)
+        cls([torch.nn.Parameter(torch.zeros(2, 2))], **_trial_kwargs(kwargs))
     except Exception as exc:  # torch's own value checks, e.g. "Invalid learning rate: -1.0"
         raise ConfigError(where, _first_line(exc)) from None
+    try:
+        trial = _trial_optimizer(cls, kwargs)
+    except Exception as exc:  # it takes matrices but not the models' bias vectors (Muon)
+        raise ConfigError(
+            f"{where}.name",
+            f"{cls.__name__} cannot train these models' parameters: {_first_line(exc)}",
+            "every model here has bias vectors as well as matrices; use Adam, AdamW or SGD",
+        ) from None
     _trial_steps(trial, cls.__name__, where, sparse)
     return {"name": cls.__name__, "lr": kwargs.pop("lr"), **kwargs}
 
@@ -287,16 +307,21 @@ def check_device(optimizer: dict[str, Any], device_type: str, where: str, why: s
         )
 
 
-def _trial_optimizer(cls: type, kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+def _trial_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     # The trial runs on the CPU; capturable (CUDA only) is judged by check_device instead.
-    kwargs = {k: v for k, v in kwargs.items() if k != "capturable"}
-    return cls([_trial_parameter()], **kwargs)
+    return {k: v for k, v in kwargs.items() if k != "capturable"}
+
+
+def _trial_optimizer(cls: type, kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+    return cls(_trial_parameters(), **_trial_kwargs(kwargs))
 
 
 def _fake_gradients(optimizer: torch.optim.Optimizer, sparse: bool) -> None:
     for group in optimizer.param_groups:
         for p in group["params"]:
-            if sparse:  # one row of a table, as an nn.Embedding(sparse=True) gives
+            if sparse and p.dim() == 1:  # only tables get sparse gradients
+                p.grad = None
+            elif sparse:  # one row of a table, as an nn.Embedding(sparse=True) gives
                 p.grad = torch.sparse_coo_tensor([[0]], torch.ones(1, p.shape[1]), p.shape)
             else:
                 p.grad = torch.ones_like(p)
@@ -479,12 +504,15 @@ def resolve_scheduler(
     monitor_default: str,
     valid_metrics: list[str],
     embedding_optimizer: dict[str, Any] | None = None,
+    epochs: int | None = None,
 ) -> dict[str, Any] | None:
     """Normalise `training.scheduler` to None or {name, interval, **kwargs}.
 
     ReduceLROnPlateau also gets `monitor` (a validation metric) and a `mode` derived from it.
     The scheduler is built and stepped on trial optimizers (`optimizer`, and
-    `embedding_optimizer` with sparse gradients when given).
+    `embedding_optimizer` with sparse gradients when given). `epochs`: the run's length in
+    epochs when it is known here; a per-epoch schedule is then rehearsed over all of it (a
+    per-step one is, once the trainer knows the steps per epoch).
 
     Raises:
         ConfigError: unknown name or argument, a value out of range, or a schedule that fails
@@ -525,6 +553,16 @@ def resolve_scheduler(
     _trial_schedule(resolved, optimizer, where, sparse=False)
     if embedding_optimizer is not None:
         _trial_schedule(resolved, embedding_optimizer, where, sparse=True)
+    if epochs is not None and interval == "epoch":
+        cls = OPTIMIZERS[optimizer["name"]]
+        trial = _trial_optimizer(cls, {k: v for k, v in optimizer.items() if k != "name"})
+        rehearse_schedule(
+            resolved,
+            [trial],
+            lambda opt: _build(opt, resolved, None, epochs, PLACEHOLDER_TOTAL_STEPS),
+            epochs,
+            where=where,
+        )
     return {
         "name": name,
         "interval": interval,
@@ -616,12 +654,32 @@ def _resolve_one(spec: dict[str, Any], where: str, nested: bool = False) -> dict
         resolved_children = [
             _resolve_one(c, f"{where}.schedulers[{i}]", nested=True) for i, c in enumerate(children)
         ]
+        if name == "SequentialLR":
+            _check_milestones(checked.get("milestones"), len(children), f"{where}.milestones")
         return {"name": name, "schedulers": resolved_children, **checked}
     if nested and name == "OneCycleLR" and "total_steps" not in kwargs and "epochs" not in kwargs:
         raise ConfigError(
             f"{where}.total_steps", "a nested OneCycleLR needs an explicit total_steps"
         )
     return {"name": name, **_check_kwargs(cls, kwargs, where, skip=set())}
+
+
+def _check_milestones(milestones: Any, children: int, where: str) -> None:
+    """SequentialLR hands over at each milestone in turn; torch takes them in any order, and a
+    milestone at or before the previous one means a sub-schedule that never runs."""
+    if not isinstance(milestones, list) or len(milestones) != children - 1:
+        raise ConfigError(
+            where,
+            f"expected a list of {children - 1} step or epoch numbers (one per hand-over between "
+            f"the {children} schedulers), got {brief(milestones)}",
+        )
+    for before, after in zip(milestones, milestones[1:]):
+        if after <= before:
+            raise ConfigError(
+                where,
+                f"must increase strictly, got {milestones}: the scheduler between {before} and "
+                f"{after} would never run",
+            )
 
 
 def metric_mode(metric: str) -> str:
@@ -669,6 +727,93 @@ def _build(
     return cls(optimizer=optimizer, **kwargs)
 
 
+# A run's whole schedule is rehearsed before its first step (about 3 µs a scheduler step);
+# beyond this many scheduler steps only the first ones are.
+REHEARSAL_STEPS = 2_000_000
+
+
+def rehearse_schedule(
+    spec: dict[str, Any],
+    optimizers: list[torch.optim.Optimizer],
+    build: Any,
+    run_steps: int,
+    states: list[dict[str, Any]] | None = None,
+    where: str = "training.scheduler",
+) -> None:
+    """Step a copy of the schedule through every scheduler step of the run, on trial optimizers
+    with the real ones' param groups: what torch would only reject mid-run (a OneCycleLR, nested
+    or resumed with more epochs, stepped past its cycle), and a schedule that holds the learning
+    rate at 0 for the whole run, become a ConfigError before the first step. `build` makes the
+    scheduler for an optimizer; `states`, when resuming, are the checkpoint's scheduler states
+    (the rehearsal then starts where they stopped). ReduceLROnPlateau (it follows a metric) is
+    not rehearsed.
+
+    Raises:
+        ConfigError: the schedule fails, sets a negative or non-finite learning rate, or is at 0
+            for every remaining step.
+    """
+    if spec["name"] == "ReduceLROnPlateau" or run_steps <= 0:
+        return
+    for index, real in enumerate(optimizers):
+        groups = [
+            {**{k: v for k, v in g.items() if k != "params"}, "params": [p]}
+            for g, p in zip(real.param_groups, _trial_parameters() * len(real.param_groups))
+        ]
+        trial = type(real)(groups)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scheduler steps without optimizer steps
+            scheduler = build(trial)
+            done = 0
+            if states is not None:
+                scheduler.load_state_dict(states[index])
+                done = _steps_taken(states[index])
+            remaining = min(run_steps - done, REHEARSAL_STEPS)
+            all_zero = bool(current_lrs(trial)) and max(current_lrs(trial)) == 0
+            for step in range(done + 1, done + remaining + 1):
+                try:
+                    scheduler.step()
+                except Exception as exc:
+                    raise ConfigError(
+                        where,
+                        f"{spec['name']} fails at scheduler step {step} of this run's {run_steps}: "
+                        f"{_first_line(exc)}",
+                        _ran_out_hint(spec, states is not None),
+                    ) from None
+                check_learning_rates(trial, spec["name"], step, where)
+                # The learning rate of step k is the one set after k - 1 scheduler steps.
+                if step < done + remaining:
+                    all_zero = all_zero and max(current_lrs(trial)) == 0
+        if remaining > 0 and all_zero:
+            raise ConfigError(
+                where,
+                f"{spec['name']} holds the learning rate at 0 for "
+                + ("the rest of" if states is not None else "the whole")
+                + f" run ({remaining} scheduler steps): no weight would change",
+                "check factor/start_factor/gamma against total_iters and milestones",
+            )
+
+
+def _steps_taken(state: dict[str, Any]) -> int:
+    """Scheduler steps a saved state has taken (ChainedScheduler keeps them in its children)."""
+    if "last_epoch" in state:
+        return int(state["last_epoch"])
+    return int(state["_schedulers"][0]["last_epoch"])
+
+
+def _ran_out_hint(spec: dict[str, Any], resuming: bool) -> str:
+    if resuming:
+        return (
+            "a resumed run keeps the schedule it started with; one that ends (OneCycleLR's "
+            "cycle, derived from the first run's length) cannot be stretched without a jump "
+            "in the learning rate: resume with the first run's max_epochs/max_steps, or start a "
+            "new run"
+        )
+    return (
+        "give each OneCycleLR a total_steps of at least the steps it runs (or omit it at the "
+        "top level)"
+    )
+
+
 @dataclass
 class LRSchedule:
     """A scheduler plus the rule for when to step it; the loop calls the three hooks.
@@ -683,6 +828,11 @@ class LRSchedule:
     interval: str = "epoch"
     monitor: str | None = None
     steps: int = 0  # scheduler steps taken in this process, for messages
+    # For the rehearsal of the rest of the run on resume: the spec, how to build it on an
+    # optimizer, and the scheduler steps the whole run takes.
+    spec: dict[str, Any] | None = None
+    build: Any = None
+    run_steps: int = 0
 
     @property
     def scheduler(self) -> Any | None:
@@ -716,6 +866,9 @@ class LRSchedule:
         return [s.state_dict() for s in self.schedulers]
 
     def load_state_dict(self, states: list[dict[str, Any]]) -> None:
+        if self.spec is not None:  # the rest of the run, before any of it is trained
+            optimizers = [s.optimizer for s in self.schedulers]
+            rehearse_schedule(self.spec, optimizers, self.build, self.run_steps, states)
         for s, state in zip(self.schedulers, states, strict=True):
             s.load_state_dict(state)
 
@@ -748,8 +901,21 @@ def build_scheduler(
                 f"OneCycleLR ends after {given} steps but this run takes {total}",
                 "omit total_steps to derive it",
             )
-    built = [_build(opt, scheduler, steps_per_epoch, max_epochs, max_steps) for opt in optimizers]
-    return LRSchedule(built, scheduler.get("interval", "epoch"), scheduler.get("monitor"))
+
+    def build(opt: torch.optim.Optimizer) -> Any:
+        return _build(opt, scheduler, steps_per_epoch, max_epochs, max_steps)
+
+    interval = scheduler.get("interval", "epoch")
+    run_steps = total if interval == "step" else math.ceil(total / steps_per_epoch)
+    rehearse_schedule(scheduler, optimizers, build, run_steps)
+    return LRSchedule(
+        [build(opt) for opt in optimizers],
+        interval,
+        scheduler.get("monitor"),
+        spec=scheduler,
+        build=build,
+        run_steps=run_steps,
+    )
 
 
 def current_lrs(optimizer: torch.optim.Optimizer) -> list[float]:

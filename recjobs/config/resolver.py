@@ -752,6 +752,8 @@ def _validate_section(task: str, section: TaskConfig, raw_section: dict[str, Any
         "loss",
         metrics,
         embedding_optimizer=emb_opt if tr.sparse_embeddings is not False else None,
+        # A per-epoch schedule steps exactly max_epochs times unless max_steps cuts the run.
+        epochs=tr.max_epochs if tr.max_steps is None else None,
     )
     tr = dataclasses.replace(
         tr,
