@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from recjobs.cli import main
+from recjobs.config.optim import current_lrs
 from recjobs.config.resolver import Overrides, resolve
 from recjobs.errors import UserError
 from recjobs.training import tasks, trainer
@@ -487,21 +488,28 @@ def test_a_non_finite_validation_metric_stops_like_a_diverged_loss(tmp_path, cap
     assert not (run_dir / "model").exists() and not (run_dir / "checkpoints" / "last.pt").exists()
 
 
-def test_a_schedule_that_turns_the_lr_negative_later_stops_the_run():
-    from recjobs.config.optim import build_scheduler
+def test_a_schedule_that_turns_the_lr_negative_later_stops_before_the_first_step():
+    from recjobs.config.optim import LRSchedule, build_scheduler
     from recjobs.errors import ConfigError
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
-    # Refused at resolve time (gamma must be > 0); built directly to test the loop's guard.
-    schedule = build_scheduler(opt, {"name": "StepLR", "step_size": 3, "gamma": -1.0}, 5, 10)
+    expected = (
+        "error: training.scheduler: StepLR sets the learning rate to -0.1 after 3 steps (a "
+        "learning rate must stay finite and 0 or more; check gamma, factors and eta_min/min_lr)"
+    )
+    # Refused at resolve time (gamma must be > 0); built directly: the rehearsal of the whole
+    # run (10 epochs) finds it before the first step.
+    with pytest.raises(ConfigError) as err:
+        build_scheduler(opt, {"name": "StepLR", "step_size": 3, "gamma": -1.0}, 5, 10)
+    assert err.value.line() == expected
+    assert current_lrs(opt) == [0.1]  # the real optimizer was not touched
+    # The loop checks every step as well (ReduceLROnPlateau and runs beyond the rehearsal).
+    schedule = LRSchedule([torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=-1.0)])
     schedule.after_epoch()
     schedule.after_epoch()
     with pytest.raises(ConfigError) as err:
         schedule.after_epoch()
-    assert err.value.line() == (
-        "error: training.scheduler: StepLR sets the learning rate to -0.1 after 3 steps (a "
-        "learning rate must stay finite and 0 or more; check gamma, factors and eta_min/min_lr)"
-    )
+    assert err.value.line() == expected
 
 
 def test_capturable_with_device_auto_fails_once_the_device_is_known(tmp_path, capsys, monkeypatch):

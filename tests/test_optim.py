@@ -276,3 +276,66 @@ def test_spec_examples_build_their_optimizer_and_scheduler(path):
         if t["scheduler"] is not None:
             assert type(schedule.scheduler).__name__ == t["scheduler"]["name"]
             assert schedule.interval == t["scheduler"]["interval"]
+
+
+# --------------------------------------------------------------------------- whole-run rehearsal
+
+
+def _train(run_dir, *sets: str, resume: bool = False) -> int:
+    from recjobs.cli import main
+
+    from runs import QUICKSTART, TINY
+
+    argv = ["train", "retrieval", "--run-dir", str(run_dir)]
+    argv += ["--config", str(QUICKSTART)] if not resume else ["--resume"]
+    return main([*argv, *[f"--set={s}" for s in (*TINY, *sets)]])
+
+
+def _snapshot(run_dir) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        (  # a per-step schedule's length is known once the data is: at train start
+            "{name: SequentialLR, interval: step, milestones: [2], schedulers: "
+            "[{name: ConstantLR, factor: 0.5, total_iters: 1}, "
+            "{name: OneCycleLR, max_lr: 0.05, total_steps: 5}]}",
+            "error: training.scheduler: SequentialLR fails at scheduler step 8 of this run's 28: "
+            "Tried to step 6 times. The specified number of total steps is 5",
+        ),
+        (
+            "{name: CyclicLR, base_lr: 0, max_lr: 0, cycle_momentum: false}",
+            "error: training.scheduler: CyclicLR holds the learning rate at 0 for the whole run "
+            "(28 scheduler steps): no weight would change",
+        ),
+    ],
+    ids=["nested OneCycleLR too short", "learning rate 0 throughout"],
+)
+def test_a_per_step_schedule_that_cannot_run_stops_before_the_first_step(
+    tmp_path, capsys, schedule, expected
+):
+    run_dir = tmp_path / "run"
+    sets = ["training.max_epochs=2", f"training.scheduler={schedule}"]
+    assert _train(run_dir, *sets) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(expected), err[-1]
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
+
+
+def test_a_one_cycle_run_resumed_with_more_epochs_is_refused_before_it_trains(tmp_path, capsys):
+    """The docs allow a resume with more epochs; a derived one-cycle schedule cannot follow
+    (it used to fail mid-run with `Tried to step N times`, after the run dir was rewritten)."""
+    run_dir = tmp_path / "run"
+    sets = ["training.max_epochs=2", "training.scheduler={name: OneCycleLR, max_lr: 0.05}"]
+    assert _train(run_dir, *sets) == 0
+    before = _snapshot(run_dir)
+    capsys.readouterr()
+    assert _train(run_dir, "training.max_epochs=3", resume=True) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(
+        "error: training.scheduler: OneCycleLR fails at scheduler step 29 of this run's 42"
+    ), err
+    assert "resume with the first run's max_epochs/max_steps, or start a new run" in err
+    assert _snapshot(run_dir) == before  # nothing of the finished run was touched

@@ -789,7 +789,8 @@ def rehearse_schedule(
                 f"{spec['name']} holds the learning rate at 0 for "
                 + ("the rest of" if states is not None else "the whole")
                 + f" run ({remaining} scheduler steps): no weight would change",
-                "check factor/start_factor/gamma against total_iters and milestones",
+                "check the schedule's factors and learning rates (factor, gamma, base_lr, max_lr, "
+                "eta_min) against its length",
             )
 
 

@@ -345,10 +345,6 @@ class TrainingRun:
         es = training.early_stopping
         self.early = EarlyStopping(es.enabled, es.metric, es.mode, es.patience, es.min_delta)
 
-        if ddp.is_main:
-            rundir.path.mkdir(parents=True, exist_ok=True)
-            rundir.write_config(cfg.to_dict())
-        self.tracker = self._start_tracker(checkpoint)
         self.progress = Progress()
         self.best_state: dict[str, torch.Tensor] | None = None
         self.metrics: dict[str, float] = {}
@@ -361,10 +357,14 @@ class TrainingRun:
         self.loss_count = 0
         self.step_counter = torch.zeros((), dtype=torch.long, device=self.device)
         self.first_bad_step = torch.zeros((), dtype=torch.long, device=self.device)
-        if checkpoint is not None:
-            self._resume(checkpoint)
-        else:
-            self.tracker.truncate(0)  # --resume before any checkpoint existed: start afresh
+        metrics_lines = self._resume(checkpoint) if checkpoint is not None else 0
+        # Everything is set up and restored (a failure so far leaves the run directory as it
+        # was); only now is it written to.
+        if ddp.is_main:
+            rundir.path.mkdir(parents=True, exist_ok=True)
+            rundir.write_config(cfg.to_dict())
+        self.tracker = self._start_tracker(checkpoint)
+        self.tracker.truncate(metrics_lines)  # 0: a new run, or --resume before any checkpoint
         self.examples, self.tick = 0, time.perf_counter()
         self.last_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
 
@@ -406,7 +406,8 @@ class TrainingRun:
             wandb_args=wandb_args,
         )
 
-    def _resume(self, checkpoint: dict[str, Any]) -> None:
+    def _resume(self, checkpoint: dict[str, Any]) -> int:
+        """Restore the checkpoint's states (reading only); the metrics lines it covers."""
         epoch, batch_in_epoch, step, metrics_lines = _restore_states(
             checkpoint,
             self.rundir,
@@ -420,7 +421,6 @@ class TrainingRun:
         )
         self.progress = Progress(epoch, batch_in_epoch, step)
         self.step_counter.fill_(step)
-        self.tracker.truncate(metrics_lines)
         if self.rundir.best.exists():
             self.best_state = load_checkpoint(self.rundir.best)["model"]
         if "loss_window" in checkpoint:
@@ -428,6 +428,7 @@ class TrainingRun:
                 self.loss_sum.copy_(checkpoint["loss_window"]["sum"])
                 self.loss_count = int(checkpoint["loss_window"]["count"])
         log.info("resumed from %s at epoch %d, step %d", self.rundir.last, epoch, step)
+        return metrics_lines
 
     # --- the loop ---------------------------------------------------------------------------
 
