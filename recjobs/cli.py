@@ -73,11 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where config, metrics, checkpoints and model go (default: training.artifact_dir)",
     )
-    p.add_argument(
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
         "--resume",
         action="store_true",
-        help="continue from DIR/checkpoints/last.pt if it exists; without --config, with "
-        "DIR/config.yaml (overrides still apply)",
+        help="continue the run in DIR from DIR/checkpoints/last.pt (an error when there is "
+        "none); without --config, with DIR/config.yaml (overrides still apply)",
+    )
+    resume.add_argument(
+        "--resume-or-start",
+        action="store_true",
+        help="like --resume when DIR has a checkpoint, else start a new run there (what a "
+        "TorchX job does, so that a retry resumes)",
     )
     p.set_defaults(run=_train)
 
@@ -212,8 +219,9 @@ def _resolve_args(args: argparse.Namespace) -> ResolvedConfig:
 
 
 def _run_dir_config(args: argparse.Namespace) -> dict | None:
-    """`train --resume` without --config: the run directory's own config.yaml, if it has one."""
-    if not getattr(args, "resume", False):
+    """`train --resume` (or --resume-or-start) without --config: the run directory's own
+    config.yaml, if it has one."""
+    if not (getattr(args, "resume", False) or getattr(args, "resume_or_start", False)):
         return None
     run_dir = Path(args.run_dir or resolve(args.task).training.artifact_dir)
     path = run_dir / "config.yaml"
@@ -241,7 +249,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = _resolve_args(args)
     try:
-        train(cfg, args.run_dir, resume=args.resume)
+        train(cfg, args.run_dir, resume=args.resume, resume_or_start=args.resume_or_start)
     except Preempted as exc:
         logging.getLogger("recjobs").warning("%s", exc)
         return exc.exit_code or EXIT_PREEMPTED

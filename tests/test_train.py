@@ -243,6 +243,88 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
     assert max(r["epoch"] for r in val_records(tmp_path)) == 1
 
 
+RESUME_HINT = (
+    "(drop --resume to start a new run, or pass --resume-or-start to resume when there is a "
+    "checkpoint and start a new run when there is none)"
+)
+
+
+def test_resume_without_a_run_to_resume_is_an_error(tmp_path, capsys):
+    argv = [
+        "train",
+        "ranking",
+        "--config",
+        str(QUICKSTART),
+        *[a for s in TINY for a in ("--set", s)],
+    ]
+    typo = tmp_path / "typo_dir"
+    assert main([*argv, "--run-dir", str(typo), "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {typo}: does not exist: nothing to resume {RESUME_HINT}"
+    )
+    assert not typo.exists()  # the mistyped directory is not created
+    # A directory without a checkpoint (a run that died before its first one) is no run either.
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "metrics.jsonl").write_text("")
+    assert main([*argv, "--run-dir", str(started), "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {started}: has no checkpoints/last.pt to resume {RESUME_HINT}"
+    )
+    assert sorted(p.name for p in started.iterdir()) == ["metrics.jsonl"]
+    assert main([*argv, "--run-dir", str(started), "--resume", "--resume-or-start"]) == 2
+    assert "not allowed with argument --resume" in capsys.readouterr().err
+
+
+def test_resume_or_start_starts_a_new_run_with_one_warning_then_resumes(tmp_path, caplog):
+    argv = [
+        "train",
+        "ranking",
+        "--config",
+        str(QUICKSTART),
+        *[a for s in TINY for a in ("--set", s)],
+    ]
+    run_dir = tmp_path / "run"
+    with caplog.at_level("INFO", logger="recjobs"):
+        assert (
+            main(
+                [
+                    *argv,
+                    "--set",
+                    "training.max_epochs=1",
+                    "--run-dir",
+                    str(run_dir),
+                    "--resume-or-start",
+                ]
+            )
+            == 0
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"no checkpoint in {run_dir}: starting a new run"]
+    assert [r["epoch"] for r in val_records(run_dir)] == [0]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="recjobs"):
+        assert (
+            main(
+                [
+                    *argv,
+                    "--set",
+                    "training.max_epochs=2",
+                    "--run-dir",
+                    str(run_dir),
+                    "--resume-or-start",
+                ]
+            )
+            == 0
+        )
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        r.getMessage().startswith(f"resumed from {run_dir}/checkpoints/last.pt at epoch 1")
+        for r in caplog.records
+    )
+    assert [r["epoch"] for r in val_records(run_dir)] == [0, 1]
+
+
 def test_cpu_runs_are_deterministic(tmp_path):
     config = cfg("ranking", "training.max_epochs=2")
     trainer.train(config, tmp_path / "a")

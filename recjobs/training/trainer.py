@@ -220,9 +220,16 @@ def seed_everything(seed: int) -> None:
 
 
 def train(
-    cfg: ResolvedConfig, run_dir: str | Path | None = None, resume: bool = False
+    cfg: ResolvedConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    resume_or_start: bool = False,
 ) -> dict[str, float]:
     """Train one task as configured; returns the validation metrics of the exported weights.
+
+    `resume` continues the run in the run dir and requires its checkpoint; `resume_or_start`
+    continues it when there is a checkpoint and starts a new run (with a warning) when there
+    is none, as a job's first attempt and its retries all do.
 
     The export (RUN_DIR/model) holds the weights of the best epoch-end validation by
     `training.early_stopping.metric` (the last weights when no validation was finite). Rank 0
@@ -230,7 +237,8 @@ def train(
 
     Raises:
         Preempted: SIGTERM or SIGINT arrived; a checkpoint was written.
-        UserError: bad data, checkpoint or run dir (RunDirError also for a full disk);
+        UserError: bad data, checkpoint or run dir (RunDirError also for a full disk;
+            CheckpointError for `resume` without a checkpoint);
             TrainingDiverged for a non-finite loss or validation metric.
     """
     tr = cfg.training
@@ -238,6 +246,9 @@ def train(
     stop = StopSignal()
     ddp = init_distributed(tr.device)
     try:
+        if resume and not resume_or_start:
+            rundir.require_checkpoint()  # before the lock creates the directory
+        resume = resume or resume_or_start
         if not ddp.is_main:
             return TrainingRun(cfg, rundir, resume, ddp, stop).run()
         with rundir.lock(), run_log(rundir.log):
@@ -364,7 +375,10 @@ class TrainingRun:
         if checkpoint is not None:
             self._resume(checkpoint)
         else:
-            self.tracker.truncate(0)  # --resume before any checkpoint existed: start afresh
+            if resume and ddp.is_main:
+                log.warning("no checkpoint in %s: starting a new run", rundir.path)
+            # A retry of a job that died before its first checkpoint: start afresh.
+            self.tracker.truncate(0)
         self.examples, self.tick = 0, time.perf_counter()
         self.last_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
 
