@@ -43,8 +43,8 @@ def train(
     The config is resolved on the submitting machine exactly like `recjobs resolve` does, and
     an invalid one stops the submission with that command's one-line error (exit code 2).
     The resolved config travels with the job, which runs torchrun (c10d rendezvous) with
-    `python -m recjobs train TASK --config-json ... --run-dir RUN_DIR --resume`: a retried
-    job continues from RUN_DIR/checkpoints/last.pt.
+    `python -m recjobs train TASK --config-json ... --run-dir RUN_DIR --resume-or-start`: the
+    first attempt starts the run and a retried job continues from RUN_DIR/checkpoints/last.pt.
 
     Config overrides go after `--`, with the flags of `recjobs resolve`; TorchX rejects a
     repeated flag, so write repeated ones as `--set=KEY=VALUE`:

@@ -47,7 +47,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _task_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("task", choices=TASKS, help="which model to train")
+    # Optional for argparse only: `resolve --mixed-precision retrieval` would hand the task to
+    # the option before it (nargs ? or +); `_place_task` takes it back, or reports it missing.
+    parser.add_argument("task", nargs="?", choices=TASKS, help="which model to train")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--config", metavar="FILE", help="YAML config; default: built-in defaults")
     source.add_argument(
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("resolve", help="print the fully resolved config as JSON")
     _task_args(p)
+    _task_required_in_usage(p)
     p.set_defaults(run=_resolve)
 
     p = sub.add_parser("train", help="train a model (under torchrun: one DDP job)")
@@ -73,12 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where config, metrics, checkpoints and model go (default: training.artifact_dir)",
     )
-    p.add_argument(
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument(
         "--resume",
         action="store_true",
-        help="continue from DIR/checkpoints/last.pt if it exists; without --config, with "
-        "DIR/config.yaml (overrides still apply)",
+        help="continue the run in DIR from DIR/checkpoints/last.pt (an error when there is "
+        "none); without --config, with DIR/config.yaml (overrides still apply)",
     )
+    resume.add_argument(
+        "--resume-or-start",
+        action="store_true",
+        help="like --resume when DIR has a checkpoint, else start a new run there (what a "
+        "TorchX job does, so that a retry resumes)",
+    )
+    _task_required_in_usage(p)
     p.set_defaults(run=_train)
 
     p = sub.add_parser(
@@ -179,6 +190,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _task_required_in_usage(parser: argparse.ArgumentParser) -> None:
+    choices = "{" + ",".join(TASKS) + "}"
+    usage = parser.format_usage().removeprefix("usage: ").strip()
+    parser.usage = usage.replace(f"[{choices}]", choices).replace(parser.prog, "%(prog)s", 1)
+
+
+def _place_task(args: argparse.Namespace) -> None:
+    """The task given among the options: a task name that argparse gave to an option taking a
+    variable number of values (--optimizer-args/--scheduler-args K=V ..., --mixed-precision
+    [fp16|bf16]) is the task. Values of single-value options (--config FILE) never are."""
+    where = f"recjobs {args.command}"
+    if args.task is not None:
+        return
+    if args.mixed_precision in TASKS:
+        args.task, args.mixed_precision = args.mixed_precision, True
+        return
+    for flag in ("--optimizer-args", "--scheduler-args"):
+        values = getattr(args, flag[2:].replace("-", "_")) or []
+        if any(v in TASKS for v in values):
+            args.task = next(v for v in values if v in TASKS)
+            values.remove(args.task)
+            if not values:
+                raise UserError(where, f"argument {flag}: expected at least one argument")
+            return
+    raise UserError(where, "the following arguments are required: task", "see --help")
+
+
 def _model_dir_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", metavar="DIR", help="a run directory or its model/")
     parser.add_argument(
@@ -202,6 +240,7 @@ def _load_recommender(args: argparse.Namespace) -> Recommender:
 
 
 def _resolve_args(args: argparse.Namespace) -> ResolvedConfig:
+    _place_task(args)
     overrides = Overrides.from_args(args)
     if args.config_json is not None:
         return resolve_dict(load_yaml(args.config_json, "--config-json"), args.task, overrides)
@@ -212,8 +251,9 @@ def _resolve_args(args: argparse.Namespace) -> ResolvedConfig:
 
 
 def _run_dir_config(args: argparse.Namespace) -> dict | None:
-    """`train --resume` without --config: the run directory's own config.yaml, if it has one."""
-    if not getattr(args, "resume", False):
+    """`train --resume` (or --resume-or-start) without --config: the run directory's own
+    config.yaml, if it has one."""
+    if not (getattr(args, "resume", False) or getattr(args, "resume_or_start", False)):
         return None
     run_dir = Path(args.run_dir or resolve(args.task).training.artifact_dir)
     path = run_dir / "config.yaml"
@@ -241,7 +281,7 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = _resolve_args(args)
     try:
-        train(cfg, args.run_dir, resume=args.resume)
+        train(cfg, args.run_dir, resume=args.resume, resume_or_start=args.resume_or_start)
     except Preempted as exc:
         logging.getLogger("recjobs").warning("%s", exc)
         return exc.exit_code or EXIT_PREEMPTED

@@ -112,7 +112,7 @@ def test_one_node_two_processes_runs_recjobs_train_under_torchrun(train_fn):
     ]
     assert words[10:14] == ["-m", "recjobs", "train", "retrieval"]
     assert flag(words, "--run-dir") == "runs/app-123"  # one directory per job by default
-    assert words[-1] == "--resume"
+    assert words[-1] == "--resume-or-start"
     expected = resolve(
         "retrieval",
         QUICKSTART,

@@ -330,6 +330,74 @@ def test_cli_combine_all(capsys):
     assert t["mixed_precision"] == "fp16"
 
 
+@pytest.mark.parametrize(
+    ("options_first", "task_first"),
+    [
+        (
+            ["--optimizer", "SGD", "--optimizer-args", "momentum=0.9", "retrieval"],
+            ["retrieval", "--optimizer", "SGD", "--optimizer-args", "momentum=0.9"],
+        ),
+        (["--mixed-precision", "retrieval"], ["retrieval", "--mixed-precision"]),
+        (["--mixed-precision", "bf16", "ranking"], ["ranking", "--mixed-precision", "bf16"]),
+        (
+            [
+                "--scheduler",
+                "StepLR",
+                "--scheduler-args",
+                "step_size=3",
+                "ranking",
+                "--set=shared.seed=3",
+            ],
+            [
+                "ranking",
+                "--scheduler",
+                "StepLR",
+                "--scheduler-args",
+                "step_size=3",
+                "--set=shared.seed=3",
+            ],
+        ),
+        (
+            [
+                "--set",
+                "training.lr=0.5",
+                "--optimizer-args",
+                "eps=1e-6",
+                "ranking",
+                "weight_decay=0.1",
+            ],
+            [
+                "ranking",
+                "--set",
+                "training.lr=0.5",
+                "--optimizer-args",
+                "eps=1e-6",
+                "weight_decay=0.1",
+            ],
+        ),
+    ],
+)
+def test_the_task_may_stand_after_the_options(capsys, options_first, task_first):
+    expected = run_resolve(capsys, *task_first)
+    assert run_resolve(capsys, *options_first) == expected
+    # train reads the command line the same way.
+    from recjobs.cli import _resolve_args, build_parser
+
+    parsed = build_parser().parse_args(["train", *options_first, "--run-dir", "r"])
+    assert _resolve_args(parsed).to_dict() == expected
+
+
+def test_a_config_file_named_like_a_task_is_not_the_task(capsys):
+    assert main(["resolve", "--config", "retrieval"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: recjobs resolve: the following arguments are required: task (see --help)"
+    )
+    assert main(["resolve", "--optimizer-args", "retrieval"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: recjobs resolve: argument --optimizer-args: expected at least one argument"
+    )
+
+
 # --------------------------------------------------------------------------- precedence rules
 
 

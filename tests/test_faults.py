@@ -52,8 +52,8 @@ def test_sigterm_at_random_steps_then_resume_gives_the_same_weights(tmp_path, mo
     for stop in stops:
         StopAfter.n = stop
         monkeypatch.setattr(trainer, "StopSignal", StopAfter)
-        with pytest.raises(trainer.Preempted):
-            trainer.train(config, run_dir, resume=True)
+        with pytest.raises(trainer.Preempted):  # the first stop comes before any checkpoint
+            trainer.train(config, run_dir, resume_or_start=True)
         monkeypatch.undo()
     trainer.train(config, run_dir, resume=True)
     assert same_weights(tmp_path / "straight", run_dir)

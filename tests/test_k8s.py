@@ -420,7 +420,7 @@ def test_a_lost_pod_is_restarted_by_volcano_and_the_job_resumes_from_its_checkpo
     )
     assert match, resumed[-3000:]
     assert int(match.group(2)) > 0
-    steps = [r["step"] for r in records(run_dir) if "train/loss" in r]
+    steps = [r["step"] for r in records(run_dir) if "train/lr" in r]
     assert steps == list(range(1, steps[-1] + 1)) and steps[-1] == checkpoint["step"]
 
     # The key is nowhere but in the Secret.

@@ -101,7 +101,7 @@ def sent_config(command: str) -> dict[str, Any]:
     words = shlex.split(command)
     assert words[:2] == ["exec", "torchrun"]
     assert words[words.index("-m") + 1 : words.index("-m") + 4] == ["recjobs", "train", "ranking"]
-    assert words[-1] == "--resume"
+    assert words[-1] == "--resume-or-start"
     return json.loads(words[words.index("--config-json") + 1])
 
 

@@ -38,7 +38,9 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def train_records(run_dir: Path) -> list[dict]:
-    return [r for r in read_metrics(run_dir) if "train/loss" in r]
+    # Every train record has train/lr; retrieval's has no train/loss when its window holds
+    # only an epoch's short last batch.
+    return [r for r in read_metrics(run_dir) if "train/lr" in r]
 
 
 def val_records(run_dir: Path) -> list[dict]:
@@ -243,6 +245,88 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
     assert max(r["epoch"] for r in val_records(tmp_path)) == 1
 
 
+RESUME_HINT = (
+    "(drop --resume to start a new run, or pass --resume-or-start to resume when there is a "
+    "checkpoint and start a new run when there is none)"
+)
+
+
+def test_resume_without_a_run_to_resume_is_an_error(tmp_path, capsys):
+    argv = [
+        "train",
+        "ranking",
+        "--config",
+        str(QUICKSTART),
+        *[a for s in TINY for a in ("--set", s)],
+    ]
+    typo = tmp_path / "typo_dir"
+    assert main([*argv, "--run-dir", str(typo), "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {typo}: does not exist: nothing to resume {RESUME_HINT}"
+    )
+    assert not typo.exists()  # the mistyped directory is not created
+    # A directory without a checkpoint (a run that died before its first one) is no run either.
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "metrics.jsonl").write_text("")
+    assert main([*argv, "--run-dir", str(started), "--resume"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {started}: has no checkpoints/last.pt to resume {RESUME_HINT}"
+    )
+    assert sorted(p.name for p in started.iterdir()) == ["metrics.jsonl"]
+    assert main([*argv, "--run-dir", str(started), "--resume", "--resume-or-start"]) == 2
+    assert "not allowed with argument --resume" in capsys.readouterr().err
+
+
+def test_resume_or_start_starts_a_new_run_with_one_warning_then_resumes(tmp_path, caplog):
+    argv = [
+        "train",
+        "ranking",
+        "--config",
+        str(QUICKSTART),
+        *[a for s in TINY for a in ("--set", s)],
+    ]
+    run_dir = tmp_path / "run"
+    with caplog.at_level("INFO", logger="recjobs"):
+        assert (
+            main(
+                [
+                    *argv,
+                    "--set",
+                    "training.max_epochs=1",
+                    "--run-dir",
+                    str(run_dir),
+                    "--resume-or-start",
+                ]
+            )
+            == 0
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"no checkpoint in {run_dir}: starting a new run"]
+    assert [r["epoch"] for r in val_records(run_dir)] == [0]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="recjobs"):
+        assert (
+            main(
+                [
+                    *argv,
+                    "--set",
+                    "training.max_epochs=2",
+                    "--run-dir",
+                    str(run_dir),
+                    "--resume-or-start",
+                ]
+            )
+            == 0
+        )
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        r.getMessage().startswith(f"resumed from {run_dir}/checkpoints/last.pt at epoch 1")
+        for r in caplog.records
+    )
+    assert [r["epoch"] for r in val_records(run_dir)] == [0, 1]
+
+
 def test_cpu_runs_are_deterministic(tmp_path):
     config = cfg("ranking", "training.max_epochs=2")
     trainer.train(config, tmp_path / "a")
@@ -283,6 +367,91 @@ def test_max_steps_ends_mid_epoch_with_a_validation(tmp_path):
     trainer.train(cfg("retrieval", "training.max_steps=5", "training.max_epochs=3"), tmp_path)
     assert max(r["step"] for r in train_records(tmp_path)) == 5
     assert val_records(tmp_path)[-1]["step"] == 5
+
+
+# --------------------------------------------------------------------------- train/loss, examples/s
+
+
+class FakeClock:
+    """The trainer's clock: a training step "takes" 0.05 s plus 1 ms per example."""
+
+    now = 0.0
+
+    @classmethod
+    def perf_counter(cls) -> float:
+        return cls.now
+
+
+def record_steps(monkeypatch, task_class) -> list[tuple[float, int]]:
+    """(loss, examples) of every training step, each advancing the fake clock."""
+    steps: list[tuple[float, int]] = []
+    real = task_class.loss
+
+    def loss(self, model, batch):
+        value = real(self, model, batch)
+        if model.training:  # not validation's val/loss
+            examples = len(batch["labels"] if "labels" in batch else batch["users"])
+            steps.append((float(value), examples))
+            FakeClock.now += 0.05 + examples / 1000
+        return value
+
+    FakeClock.now = 0.0
+    monkeypatch.setattr(task_class, "loss", loss)
+    monkeypatch.setattr(trainer, "time", FakeClock)
+    return steps
+
+
+@pytest.mark.parametrize("log_steps", [1, 3])
+def test_retrieval_train_loss_weighs_examples_and_leaves_out_the_short_batch(
+    tmp_path, monkeypatch, log_steps
+):
+    from recjobs.training.tasks import RetrievalTask
+
+    steps = record_steps(monkeypatch, RetrievalTask)
+    trainer.train(
+        cfg("retrieval", "training.max_epochs=2", f"training.log_steps={log_steps}"), tmp_path
+    )
+    full = 256
+    per_epoch = sum(1 for _, n in steps) // 2
+    assert [n for _, n in steps[:per_epoch]] == [full] * 13 + [3400 - 13 * full]  # 72 left
+    records = [r for r in read_metrics(tmp_path) if "train/lr" in r]
+    previous, last_window = 0, None
+    for record in records:
+        window = steps[previous : record["step"]]
+        previous = record["step"]
+        counted = [(loss, n) for loss, n in window if n == full]
+        if counted:
+            expected = sum(loss * n for loss, n in counted) / sum(n for _, n in counted)
+            assert record["train/loss"] == pytest.approx(expected, rel=1e-5)
+        else:  # only the epoch's short last batch: no loss to show
+            assert "train/loss" not in record and record["step"] % per_epoch == 0
+        examples = sum(n for _, n in window)
+        seconds = sum(0.05 + n / 1000 for _, n in window)
+        rate = (examples, seconds)
+        if len(counted) < log_steps and last_window is not None:  # too short on its own
+            rate = (examples + last_window[0], seconds + last_window[1])
+        assert record["train/examples_per_s"] == pytest.approx(rate[0] / rate[1], rel=1e-9)
+        last_window = (examples, seconds)
+    epoch_ends = [r for r in records if r["step"] % per_epoch == 0]
+    # Full steps read 256 / 0.306 = 837 examples/s; the short batch alone would read
+    # 72 / 0.122 = 590, measured with the window before it at least 766.
+    assert all(r["train/examples_per_s"] > 760 for r in records)
+    # log_steps=3: epoch 0's last window is steps 13-14 (one full batch), epoch 1's is step 28
+    # alone (the short batch).
+    expected_loss = [False, False] if log_steps == 1 else [True, False]
+    assert [("train/loss" in r) for r in epoch_ends] == expected_loss
+
+
+def test_ranking_train_loss_is_the_mean_per_example_short_batch_included(tmp_path, monkeypatch):
+    from recjobs.training.tasks import RankingTask
+
+    steps = record_steps(monkeypatch, RankingTask)
+    trainer.train(cfg("ranking", "training.max_epochs=1", "training.log_steps=1000"), tmp_path)
+    (record,) = train_records(tmp_path)
+    expected = sum(loss * n for loss, n in steps) / sum(n for _, n in steps)
+    assert record["train/loss"] == pytest.approx(expected, rel=1e-5)
+    unweighted = sum(loss for loss, _ in steps) / len(steps)
+    assert record["train/loss"] != pytest.approx(unweighted, rel=1e-5)
 
 
 # --------------------------------------------------------------------------- resume and SIGTERM

@@ -282,8 +282,9 @@ class TrainingConfig:
         50,
         1,
         INT32_MAX,
-        doc="log train/loss (mean since the last record), train/lr, train/examples_per_s every "
-        "this many steps and at every epoch end",
+        doc="log train/loss (mean per example since the last record; retrieval leaves out an "
+        "epoch's short last batch), train/lr, train/examples_per_s every this many steps and at "
+        "every epoch end",
     )
     checkpoint_steps: int = ranged(
         0, 0, INT32_MAX, doc="also write checkpoints/last.pt every this many steps; 0: epoch ends"

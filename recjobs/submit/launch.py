@@ -13,8 +13,9 @@ What happens at submit time (in `torchx run`, `--dryrun` included):
    neither the config file nor the submitting machine's working directory, and the job
    trains on exactly what `recjobs resolve` printed (the trainer re-validates it and writes
    it to RUN_DIR/config.yaml).
-3. The job is `torchrun` with c10d rendezvous running `python -m recjobs train ... --resume`,
-   so a job the scheduler retries continues from RUN_DIR/checkpoints/last.pt.
+3. The job is `torchrun` with c10d rendezvous running
+   `python -m recjobs train ... --resume-or-start`, so a job the scheduler retries continues
+   from RUN_DIR/checkpoints/last.pt.
 """
 
 from __future__ import annotations
@@ -129,8 +130,17 @@ class _Raw(str):
 def torchrun_command(
     nodes: Nodes, task: str, cfg: ResolvedConfig, run_dir: str, rdzv_port: int = RDZV_PORT
 ) -> str:
-    """The job's shell command: torchrun (c10d rendezvous) running `recjobs train --resume`."""
-    train = ["train", task, "--config-json", config_json(cfg), "--run-dir", run_dir, "--resume"]
+    """The job's shell command: torchrun (c10d rendezvous) running `recjobs train
+    --resume-or-start`: the first attempt starts the run, a retry resumes it."""
+    train = [
+        "train",
+        task,
+        "--config-json",
+        config_json(cfg),
+        "--run-dir",
+        run_dir,
+        "--resume-or-start",
+    ]
     return _torchrun(nodes, train, rdzv_port)
 
 

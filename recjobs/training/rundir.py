@@ -85,6 +85,21 @@ class RunDir:
                 str(in_the_way[0]), "is a directory, not a checkpoint file", "remove it"
             )
 
+    def require_checkpoint(self) -> None:
+        """`--resume`: there must be a run here to resume; a mistyped --run-dir is not a new run.
+
+        Raises:
+            CheckpointError: the directory does not exist or holds no checkpoint.
+        """
+        hint = (
+            "drop --resume to start a new run, or pass --resume-or-start to resume when there "
+            "is a checkpoint and start a new run when there is none"
+        )
+        if not self.path.is_dir():
+            raise CheckpointError(str(self.path), "does not exist: nothing to resume", hint)
+        if not (self.last.exists() or previous(self.last).exists()):
+            raise CheckpointError(str(self.path), "has no checkpoints/last.pt to resume", hint)
+
     def check_start(self, resume: bool) -> bool:
         """Whether this run resumes. A fresh run never overwrites another run's checkpoints."""
         if self.last.exists() or previous(self.last).exists():

@@ -1,7 +1,8 @@
 """What differs between retrieval and ranking: batches, the loss, and validation.
 
-The training loop talks to a task through five members (`num_examples`, `batch`, `loss`,
-`evaluate`, `baseline`) and never learns which model or loss it runs. All tensors live on the
+The training loop talks to a task through six members (`num_examples`, `batch`, `loss`,
+`loss_depends_on_batch_size`, `evaluate`, `baseline`) and never learns which model or loss it
+runs. All tensors live on the
 training device from the start, so a batch is a few index gathers: no per-example Python, no copies.
 """
 
@@ -24,6 +25,9 @@ EVAL_BATCH = 65536
 
 class RetrievalTask:
     """Two-tower retrieval: in-batch softmax on (user, item) positives; full-catalogue metrics."""
+
+    # The other positives of a batch are its negatives: a short batch's loss is lower.
+    loss_depends_on_batch_size = True
 
     def __init__(self, cfg: ResolvedConfig, data: TaskData, device: torch.device, rank: int = 0):
         tr = cfg.training
@@ -116,6 +120,8 @@ class RetrievalTask:
 
 class RankingTask:
     """DLRM/DCN ranking: BCE with sampled negatives (implicit) or MSE on a label column."""
+
+    loss_depends_on_batch_size = False  # a mean over independent examples
 
     def __init__(self, cfg: ResolvedConfig, data: TaskData, device: torch.device, rank: int = 0):
         tr = cfg.training

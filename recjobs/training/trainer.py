@@ -220,9 +220,16 @@ def seed_everything(seed: int) -> None:
 
 
 def train(
-    cfg: ResolvedConfig, run_dir: str | Path | None = None, resume: bool = False
+    cfg: ResolvedConfig,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    resume_or_start: bool = False,
 ) -> dict[str, float]:
     """Train one task as configured; returns the validation metrics of the exported weights.
+
+    `resume` continues the run in the run dir and requires its checkpoint; `resume_or_start`
+    continues it when there is a checkpoint and starts a new run (with a warning) when there
+    is none, as a job's first attempt and its retries all do.
 
     The export (RUN_DIR/model) holds the weights of the best epoch-end validation by
     `training.early_stopping.metric` (the last weights when no validation was finite). Rank 0
@@ -230,7 +237,8 @@ def train(
 
     Raises:
         Preempted: SIGTERM or SIGINT arrived; a checkpoint was written.
-        UserError: bad data, checkpoint or run dir (RunDirError also for a full disk);
+        UserError: bad data, checkpoint or run dir (RunDirError also for a full disk;
+            CheckpointError for `resume` without a checkpoint);
             TrainingDiverged for a non-finite loss or validation metric.
     """
     tr = cfg.training
@@ -238,6 +246,9 @@ def train(
     stop = StopSignal()
     ddp = init_distributed(tr.device)
     try:
+        if resume and not resume_or_start:
+            rundir.require_checkpoint()  # before the lock creates the directory
+        resume = resume or resume_or_start
         if not ddp.is_main:
             return TrainingRun(cfg, rundir, resume, ddp, stop).run()
         with rundir.lock(), run_log(rundir.log):
@@ -330,6 +341,11 @@ class TrainingRun:
         self.per_epoch = _steps_per_epoch(
             self.task.num_examples, training.batch_size, ddp.world_size
         )
+        # A batch of this many examples is full; each rank's last batch of an epoch may be
+        # shorter. When a rank's shard is smaller than batch_size its one batch is the full one.
+        per_rank = self.task.num_examples // ddp.world_size
+        self.full_batch = min(training.batch_size, per_rank)
+        self.full_batches_per_epoch = per_rank // self.full_batch
         self.total_steps = min(
             self.per_epoch * training.max_epochs, training.max_steps or sys.maxsize
         )
@@ -350,13 +366,16 @@ class TrainingRun:
         self.metrics: dict[str, float] = {}
         # The most-popular baseline is logged once per run, with its first validation.
         self.baseline_logged = checkpoint is not None and bool(checkpoint.get("baseline_logged"))
-        # train/loss is the mean since the last log record, summed on the device. Divergence is
-        # tracked there too (the first step whose loss was not finite) and read only where the
-        # loop syncs anyway: at log steps and before checkpoints.
+        # train/loss is the mean per example since the last log record, summed on the device
+        # (see `counts_toward_loss`). Divergence is tracked there too (the first step whose
+        # loss was not finite) and read only where the loop syncs anyway: at log steps and
+        # before checkpoints.
         self.loss_sum = torch.zeros((), device=self.device)
-        self.loss_count = 0
+        self.loss_examples = 0
         self.step_counter = torch.zeros((), dtype=torch.long, device=self.device)
         self.first_bad_step = torch.zeros((), dtype=torch.long, device=self.device)
+        if checkpoint is None and resume and ddp.is_main:
+            log.warning("no checkpoint in %s: starting a new run", rundir.path)
         metrics_lines = self._resume(checkpoint) if checkpoint is not None else 0
         # Everything is set up and restored (a failure so far leaves the run directory as it
         # was); only now is it written to.
@@ -364,8 +383,13 @@ class TrainingRun:
             rundir.path.mkdir(parents=True, exist_ok=True)
             rundir.write_config(cfg.to_dict())
         self.tracker = self._start_tracker(checkpoint)
-        self.tracker.truncate(metrics_lines)  # 0: a new run, or --resume before any checkpoint
-        self.examples, self.tick = 0, time.perf_counter()
+        # 0: a new run, or a retry of a job that died before its first checkpoint
+        self.tracker.truncate(metrics_lines)
+        # train/examples_per_s: examples and full batches since the last record, timed from
+        # `tick` (validation and checkpoints excluded); a short window is measured together
+        # with the previous record's (`rate_window`).
+        self.examples, self.full_batches, self.tick = 0, 0, time.perf_counter()
+        self.rate_window: tuple[int, float] | None = None
         self.last_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
 
     def _build_model_and_optimizers(self) -> None:
@@ -424,9 +448,14 @@ class TrainingRun:
         if self.rundir.best.exists():
             self.best_state = load_checkpoint(self.rundir.best)["model"]
         if "loss_window" in checkpoint:
+            window = checkpoint["loss_window"]
             with _unusable_checkpoint(self.rundir):
-                self.loss_sum.copy_(checkpoint["loss_window"]["sum"])
-                self.loss_count = int(checkpoint["loss_window"]["count"])
+                if "examples" in window:
+                    self.loss_sum.copy_(window["sum"])
+                    self.loss_examples = int(window["examples"])
+                else:  # written when steps were averaged unweighted: full batches assumed
+                    self.loss_sum.copy_(window["sum"] * self.full_batch)
+                    self.loss_examples = int(window["count"]) * self.full_batch
         log.info("resumed from %s at epoch %d, step %d", self.rundir.last, epoch, step)
         return metrics_lines
 
@@ -515,24 +544,45 @@ class TrainingRun:
         self.schedule.after_step()
         progress.step += 1
         progress.batch_in_epoch += 1
-        self.track_loss(loss.detach())
+        full = len(idx) == self.full_batch
+        self.track_loss(loss.detach(), len(idx), self.counts_toward_loss(full))
         self.examples += len(idx)
+        self.full_batches += full
         self.bar.update(1)
 
         if logging_now:  # the loop's only host sync: at log steps
             self.log_training(lr_record)
         if training.eval_steps and progress.step % training.eval_steps == 0:
-            self.validate(end_of_epoch=False)
-            self.tick = time.perf_counter()  # examples/s measures training, not validation
+            with self.clock_stopped():  # examples/s measures training, not validation
+                self.validate(end_of_epoch=False)
         if training.checkpoint_steps and progress.step % training.checkpoint_steps == 0:
-            self.checkpoint(self.rundir.last)
-            self.tick = time.perf_counter()
+            with self.clock_stopped():
+                self.checkpoint(self.rundir.last)
         if _stop_requested(self.stop, progress.step, self.ddp):
             self.preempted(f"at step {progress.step}")
 
-    def track_loss(self, loss: torch.Tensor) -> None:
-        self.loss_sum += loss.float()
-        self.loss_count += 1
+    @contextlib.contextmanager
+    def clock_stopped(self) -> Iterator[None]:
+        """What runs inside does not count as training time for train/examples_per_s."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.tick += time.perf_counter() - started
+
+    def counts_toward_loss(self, full: bool) -> bool:
+        """Whether a step's loss enters the train/loss window.
+
+        A short last batch still trains, but where the loss depends on the batch size
+        (retrieval's in-batch softmax: fewer negatives, a lower loss by construction) its loss
+        would be a false dip in the curve, so only full batches are averaged.
+        """
+        return full or not self.task.loss_depends_on_batch_size
+
+    def track_loss(self, loss: torch.Tensor, examples: int, counted: bool) -> None:
+        if counted:  # weighted by examples: the mean per example over the window
+            self.loss_sum += loss.float() * examples
+            self.loss_examples += examples
         self.step_counter += 1
         self.first_bad_step = torch.where(
             (self.first_bad_step == 0) & ~torch.isfinite(loss),
@@ -541,14 +591,19 @@ class TrainingRun:
         )
 
     def log_training(self, lr_record: dict[str, float]) -> None:
-        """A train/ record: the mean loss since the last one, the LRs, the throughput."""
+        """A train/ record: the mean loss since the last one, the LRs, the throughput.
+
+        train/loss is left out when no step since the last record counts toward it (a
+        retrieval window holding only an epoch's short last batch).
+        """
         self.check_finite()
         progress = self.progress
-        mean_loss = _mean_over_ranks(self.loss_sum / self.loss_count, self.ddp)
-        elapsed = time.perf_counter() - self.tick
-        record = {"step": progress.step, "epoch": progress.epoch, "train/loss": mean_loss}
+        record: dict[str, float] = {"step": progress.step, "epoch": progress.epoch}
+        if self.loss_examples:  # the same on every rank: equal shards
+            loss = self.loss_sum / self.loss_examples
+            record["train/loss"] = _mean_over_ranks(loss, self.ddp)
         record.update(lr_record)
-        record["train/examples_per_s"] = self.examples * self.ddp.world_size / max(elapsed, 1e-9)
+        record["train/examples_per_s"] = self.examples_per_s()
         if self.scaler.is_enabled():  # fp16: overflowing steps are skipped, not fatal
             scale = self.scaler.get_scale()
             record["train/grad_scale"] = scale
@@ -563,7 +618,23 @@ class TrainingRun:
             self.last_scale = scale
         self.tracker.log(record)
         self.loss_sum.zero_()
-        self.loss_count, self.examples, self.tick = 0, 0, time.perf_counter()
+        self.loss_examples, self.examples, self.full_batches = 0, 0, 0
+        self.tick = time.perf_counter()
+
+    def examples_per_s(self) -> float:
+        """Examples per second of training (all ranks) since the last record.
+
+        A window shorter than log_steps full batches (an epoch's end soon after a record, or
+        only its short last batch) is too short to say much: it is measured together with the
+        previous record's window.
+        """
+        examples, seconds = self.examples, time.perf_counter() - self.tick
+        meaningful = min(self.cfg.training.log_steps, self.full_batches_per_epoch)
+        window = (examples, seconds)
+        if self.full_batches < meaningful and self.rate_window is not None:
+            examples, seconds = examples + self.rate_window[0], seconds + self.rate_window[1]
+        self.rate_window = window
+        return examples * self.ddp.world_size / max(seconds, 1e-9)
 
     def end_epoch(self) -> None:
         """Validate, step the per-epoch schedule, keep the best weights, checkpoint."""
@@ -631,9 +702,12 @@ class TrainingRun:
                 "encoders": self.data.encoders.to_json(),
                 "wandb_id": getattr(self.tracker.wandb, "id", None),
                 "baseline_logged": self.baseline_logged,
-                # The running mean of train/loss since the last log step: without it, the
+                # The running train/loss window since the last log step: without it, the
                 # first train/loss after a resume would average fewer steps.
-                "loss_window": {"sum": self.loss_sum.detach().cpu(), "count": self.loss_count},
+                "loss_window": {
+                    "sum": self.loss_sum.detach().cpu(),
+                    "examples": self.loss_examples,
+                },
             },
             keep_previous=path == self.rundir.last,  # a damaged last.pt falls back to .prev
         )
