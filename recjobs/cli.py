@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from recjobs.config.resolver import (
     Overrides,
     add_override_arguments,
-    drop_removed_keys,
+    drop_ignored_keys,
     load_file,
     load_yaml,
     resolve,
@@ -144,7 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument(
-        "-o", "--out", default="curves.png", metavar="FILE", help="image (.png, .svg, .pdf)"
+        "-o",
+        "--out",
+        metavar="FILE",
+        help="image (.png, .svg, .pdf) (default: curves.png in the first RUN_DIR, which a new "
+        "plot replaces; never a file of the working directory)",
     )
     p.set_defaults(run=_plot)
 
@@ -266,7 +270,7 @@ def _run_dir_config(args: argparse.Namespace) -> dict | None:
             str(path), f"holds a {other} run, not {args.task}", f"use recjobs train {other}"
         )
     log.info("resuming with %s", path)
-    return drop_removed_keys(raw)
+    return drop_ignored_keys(raw)
 
 
 def _resolve(args: argparse.Namespace) -> int:
@@ -437,8 +441,9 @@ def _this_process_share(
 def _plot(args: argparse.Namespace) -> int:
     from recjobs.training.plot import plot_runs
 
-    plot_runs(args.run_dirs, args.out)
-    print(args.out)
+    out = args.out or str(Path(args.run_dirs[0]) / "curves.png")
+    plot_runs(args.run_dirs, out)
+    print(out)
     return 0
 
 

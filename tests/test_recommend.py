@@ -259,3 +259,30 @@ def test_top_k_search_by_block_maxima_equals_torch_topk():
     finite = torch.isfinite(expected.values)
     assert torch.equal(columns[finite], expected.indices[finite])
     assert columns[5].tolist()[4:] == [-1] * 6 and sorted(columns[5, :4].tolist()) == [0, 1, 2, 3]
+
+
+def test_reranking_says_how_many_seen_candidates_it_left_out(runs, caplog):
+    rec = recjobs.Recommender.load(runs["ranking"])
+    train = runs["tables"]["interactions_train"]
+    user = train.column("user_id")[0].as_py()
+    seen = sorted(
+        {
+            i
+            for u, i in zip(*(train.column(c).to_pylist() for c in ("user_id", "item_id")))
+            if u == user
+        }
+    )
+    unseen = sorted(set(runs["tables"]["items"].column("item_id").to_pylist()) - set(seen))
+    pairs = [(user, i) for i in seen[:3] + unseen[:4]]
+    with caplog.at_level("INFO", logger="recjobs"):
+        kept = rec.topk(candidates=pairs, k=10)
+    assert sorted(kept.column("item_id").to_pylist()) == unseen[:4]
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("candidates:")]
+    assert said == [
+        "candidates: left out 3 of 7 pairs whose item is in the user's training items (include "
+        "seen items to keep them)"
+    ]
+    caplog.clear()
+    with caplog.at_level("INFO", logger="recjobs"):
+        assert rec.topk(candidates=pairs, k=10, exclude_seen=False).num_rows == 7
+    assert not [r for r in caplog.records if r.getMessage().startswith("candidates:")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -96,11 +97,13 @@ def test_train_log_ends_with_the_best_metric_and_where_the_model_is(runs):
     assert any(
         "recjobs.training.tracking: step=" in line and "train/loss=" in line for line in lines
     )
-    assert lines[-1].endswith(
-        f"recjobs.training.trainer: done at step {validations[-1]['step']} (epoch 2): best val/recall@10 "
-        f"{best['val/recall@10']:.6g} at step {best['step']}; those weights are in "
-        f"{runs['short'] / 'model'}"
+    assert (
+        f"recjobs.training.trainer: done at step {validations[-1]['step']}, after 2 epochs: "
+        f"best val/recall@10 {best['val/recall@10']:.4g} at step {best['step']} (most-popular "
+        in lines[-2]
     )
+    assert lines[-2].endswith(f"; those weights are in {runs['short'] / 'model'}")
+    assert f"recjobs.training.trainer: summary: {runs['short'] / 'summary.json'} (" in lines[-1]
 
 
 def test_model_holds_the_best_weights_even_without_early_stopping(tmp_path):
@@ -177,6 +180,20 @@ def test_plot_overlays_runs_with_their_names(runs, tmp_path, capsys):
     )
 
 
+def test_plot_without_out_writes_into_the_run_directory(runs, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    shutil.copytree(runs["short"], run)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "curves.png").write_bytes(b"someone else's figure")
+    monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    assert main(["plot", str(run)]) == 0
+    assert capsys.readouterr().out.strip() == str(run / "curves.png")
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (cwd / "curves.png").read_bytes() == b"someone else's figure"
+
+
 def test_config_reference_is_generated_from_the_schema_and_current(capsys):
     page = (ROOT / "docs" / "config.md").read_text()
     assert page == config_reference(), (
@@ -192,10 +209,28 @@ def test_config_reference_is_generated_from_the_schema_and_current(capsys):
     )
 
 
-def test_num_workers_is_gone_with_a_clear_error(capsys):
-    assert main(["resolve", "ranking", "--set", "training.num_workers=4"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "error: ranking.training.num_workers: was removed: the data lives in memory as tensors "
-        "and a batch is an index gather, so there are no data-loader workers to configure "
-        "(delete it from the config)"
-    )
+def test_num_workers_from_the_common_format_is_ignored_with_one_warning(tmp_path, capsys, caplog):
+    config = tmp_path / "common.yaml"
+    config.write_text("ranking:\n  training:\n    num_workers: 8\n    batch_size: 512\n")
+    assert main(["resolve", "ranking"]) == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert main(["resolve", "ranking", "--config", str(config)]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    training = resolved["ranking"]["training"]
+    assert "num_workers" not in training and training["batch_size"] == 512
+    plain["ranking"]["training"]["batch_size"] = 512
+    assert resolved == plain
+    warnings = [
+        (r.levelname, r.getMessage()) for r in caplog.records if "num_workers" in r.msg % r.args
+    ]
+    assert warnings == [
+        (
+            "WARNING",
+            "ranking.training.num_workers: ignored, has no effect: "
+            "the data lives in memory as tensors and a batch is an index gather, so there are no "
+            "data-loader workers (delete it from the config)",
+        )
+    ]
+    # A key that would change what trains is never ignored.
+    assert main(["resolve", "ranking", "--set", "training.num_worker=8"]) == 2
+    assert "error: ranking.training.num_worker: unknown key" in capsys.readouterr().err

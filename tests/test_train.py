@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import struct
 import subprocess
 import sys
@@ -363,10 +364,66 @@ def test_early_stopping_stops_and_restores_the_best(tmp_path):
     assert not all(torch.equal(last_state["model"][k], exported[k]) for k in exported)
 
 
-def test_max_steps_ends_mid_epoch_with_a_validation(tmp_path):
+def test_max_steps_ends_mid_epoch_with_a_validation(tmp_path, caplog):
+    caplog.set_level("INFO", logger="recjobs")
     trainer.train(cfg("retrieval", "training.max_steps=5", "training.max_epochs=3"), tmp_path)
     assert max(r["step"] for r in train_records(tmp_path)) == 5
     assert val_records(tmp_path)[-1]["step"] == 5
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["step"], summary["epochs"], summary["ended_mid_epoch"]) == (5, 1, True)
+    assert (
+        (tmp_path / "train.log")
+        .read_text()
+        .splitlines()[-2]
+        .split(": ", 1)[1]
+        .startswith("done at step 5, in epoch 0: best val/recall@10 ")
+    )
+
+
+# --------------------------------------------------------------------------- the run's last word
+
+
+def test_summary_json_and_the_last_lines_of_train_log(tmp_path, caplog):
+    caplog.set_level("INFO", logger="recjobs")  # train.log copies what the recjobs logger lets by
+    trainer.train(
+        cfg("retrieval", "training.max_epochs=3", "training.mixed_precision=bf16"), tmp_path
+    )
+    records = read_metrics(tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    vals = val_records(tmp_path)
+    best = max(vals, key=lambda r: r["val/recall@10"])
+    (baseline,) = [r["val/baseline/recall@10"] for r in records if "val/baseline/recall@10" in r]
+    rates = [r["train/examples_per_s"] for r in train_records(tmp_path)]
+    assert summary["best"] == {
+        "metric": "val/recall@10",
+        "mode": "max",
+        "value": best["val/recall@10"],
+        "step": best["step"],
+    }
+    assert summary["baseline"] == {
+        "name": "most popular",
+        "metric": "val/baseline/recall@10",
+        "value": baseline,
+    }
+    assert summary["lift"]["absolute"] == pytest.approx(best["val/recall@10"] - baseline)
+    assert summary["lift"]["relative"] == pytest.approx(best["val/recall@10"] / baseline - 1)
+    assert summary["examples_per_s"] == pytest.approx(statistics.median(rates), abs=0.05)
+    assert (summary["step"], summary["epochs"], summary["ended_mid_epoch"]) == (
+        vals[-1]["step"],
+        3,
+        False,
+    )
+    assert summary["model"] == str(tmp_path / "model") and summary["wall_time_s"] > 0
+    lines = [line.split(": ", 1)[1] for line in (tmp_path / "train.log").read_text().splitlines()]
+    assert "mixed precision: bf16 (autocast to bfloat16)" in lines
+    assert lines[-3] == f"restored the best weights (val/recall@10 = {best['val/recall@10']:.4g})"
+    lift = summary["lift"]["relative"]
+    assert lines[-2] == (
+        f"done at step {vals[-1]['step']}, after 3 epochs: best val/recall@10 "
+        f"{best['val/recall@10']:.4g} at step {best['step']} (most-popular baseline "
+        f"{baseline:.4g}: {lift:+.0%}); those weights are in {tmp_path / 'model'}"
+    )
+    assert lines[-1].startswith(f"summary: {tmp_path / 'summary.json'} (")
 
 
 # --------------------------------------------------------------------------- train/loss, examples/s

@@ -14,7 +14,7 @@ import typing
 from typing import Any, Literal, Union
 
 from recjobs.config.schema import (
-    REMOVED_KEYS,
+    IGNORED_KEYS,
     TASK_DEFAULTS,
     TASK_ONLY_KEYS,
     TASKS,
@@ -49,12 +49,13 @@ def config_reference() -> str:
     for sub in ("columns", "model", "training"):
         hint = typing.get_type_hints(TaskConfig)[sub]
         lines += [f"## `TASK.{sub}`", "", *_table(f"TASK.{sub}", hint, task_section=sub), ""]
-    lines += ["## Removed keys", "", "| key | why |", "| --- | --- |"]
-    lines += [f"| `TASK.{path}` | {why} |" for path, why in REMOVED_KEYS.items()]
+    lines += ["## Ignored keys", "", "| key | why |", "| --- | --- |"]
+    lines += [f"| `TASK.{path}` | {why} |" for path, why in IGNORED_KEYS.items()]
     lines += [
         "",
-        "A config that sets a removed key stops with that reason; a run directory written by an "
-        "older version keeps loading (the key is dropped from its saved config).",
+        "Keys of the common config format that have no effect here. A config that sets one "
+        "resolves with one warning and without it (a key that would change what trains is never "
+        "ignored: it is an unknown key); a run directory's saved config drops it silently.",
         "",
     ]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import logging
 import math
 import re
 import typing
@@ -30,10 +31,10 @@ from recjobs.config.coerce import (
 )
 from recjobs.config.schema import (
     ARCHS,
+    IGNORED_KEYS,
     LOSSES,
     MAX_EVAL_K,
     MAX_LAYERS,
-    REMOVED_KEYS,
     TASK_DEFAULTS,
     TASK_ONLY_KEYS,
     TASKS,
@@ -45,6 +46,8 @@ from recjobs.config.schema import (
     TrainingConfig,
 )
 from recjobs.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- YAML
 
@@ -555,9 +558,10 @@ def _build_dataclass(
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            reason = REMOVED_KEYS.get(f"{_schema_path(where)}.{key}")
+            reason = IGNORED_KEYS.get(f"{_schema_path(where)}.{key}")
             if reason:
-                raise ConfigError(f"{where}.{key}", reason, "delete it from the config")
+                log.warning("%s.%s: ignored, %s (delete it from the config)", where, key, reason)
+                continue
             raise unknown_key(f"{where}.{key_text(key)}", key, list(fields))
     missing = [name for name, f in fields.items() if name not in data and _required(f)]
     if missing:
@@ -586,11 +590,11 @@ def _schema_path(where: str) -> str:
     return ".".join(parts[1:] if parts[0] in TASKS else parts)
 
 
-def drop_removed_keys(raw: dict[str, Any]) -> dict[str, Any]:
-    """A run's own saved config (config.yaml, model/config.yaml) without the keys recjobs
-    no longer has: runs written by an older version stay loadable and resumable."""
+def drop_ignored_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """A run's own saved config (config.yaml, model/config.yaml) without the keys that have no
+    effect (IGNORED_KEYS): runs written by an older version load and resume without a warning."""
     raw = copy.deepcopy(raw)
-    for path in REMOVED_KEYS:
+    for path in IGNORED_KEYS:
         *sections, name = path.split(".")
         for task in TASKS:
             node = raw.get(task)

@@ -310,11 +310,13 @@ class TrainingConfig:
     )
 
 
-# Keys recjobs once had. A config that still sets one fails with the reason and what to do;
-# a run directory's own saved config (written by an older version) just drops it.
-REMOVED_KEYS: dict[str, str] = {
-    "training.num_workers": "was removed: the data lives in memory as tensors and a batch is "
-    "an index gather, so there are no data-loader workers to configure",
+# Keys of the common config format (the project the spec came from, older recjobs) that have no
+# effect here: a config that sets one resolves with one warning and without it, so such configs
+# migrate unchanged. A key that would change what trains never goes here: it stays unknown.
+# A run directory's own saved config just drops them.
+IGNORED_KEYS: dict[str, str] = {
+    "training.num_workers": "has no effect: the data lives in memory as tensors and a batch is "
+    "an index gather, so there are no data-loader workers",
 }
 
 

@@ -241,6 +241,14 @@ class Recommender:
         users, items = users[np.sort(first)], items[np.sort(first)]
         if exclude_seen:
             unseen = ~self._seen(users, items)
+            if not unseen.all():
+                # Said, not silent: a re-ranked list shorter than its candidates needs a reason.
+                log.info(
+                    "candidates: left out %d of %d pairs whose item is in the user's training "
+                    "items (include seen items to keep them)",
+                    len(users) - int(unseen.sum()),
+                    len(users),
+                )
             users, items = users[unseen], items[unseen]
         scores = self._pair_scores(users, items).cpu().numpy()
         # Users in order of first appearance, best score first within a user.

@@ -26,7 +26,7 @@ import torch
 import yaml
 from torch import nn
 
-from recjobs.config.resolver import drop_removed_keys, resolve_dict
+from recjobs.config.resolver import drop_ignored_keys, resolve_dict
 from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, TaskData
 from recjobs.models import build_model
@@ -109,7 +109,7 @@ def load_config(model_dir: Path) -> ResolvedConfig:
     """The resolved config an export (or a run directory) was written with."""
     raw = yaml.safe_load((model_dir / "config.yaml").read_text())
     task = "retrieval" if "retrieval" in raw else "ranking"
-    return resolve_dict(drop_removed_keys(raw), task)
+    return resolve_dict(drop_ignored_keys(raw), task)
 
 
 def load_model(model_dir: str | Path) -> tuple[nn.Module, ResolvedConfig, Encoders]:

@@ -8,7 +8,6 @@ overlaid, each in its own colour and named by its directory.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -16,30 +15,11 @@ from typing import Any
 
 from recjobs.atomic import atomic_file
 from recjobs.errors import UserError
+from recjobs.training.tracking import read_records
 
 FORMATS = (".png", ".svg", ".pdf")
 LINE_STYLES = ("-", "--", ":", "-.")
 COLUMNS = 3
-
-
-def read_records(run_dir: Path) -> list[dict[str, Any]]:
-    """The records of RUN_DIR/metrics.jsonl; UserError for a missing or damaged file."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise UserError(
-            str(run_dir),
-            "no metrics.jsonl here" if run_dir.is_dir() else "not found",
-            "give run directories of `recjobs train`",
-        )
-    records = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}: line {number}", "not a JSON record") from None
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            records.append(record)
-    return records
 
 
 def run_names(run_dirs: list[Path]) -> list[str]:

@@ -35,6 +35,13 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
+    def describe(self) -> str:
+        """For the run's log: what this run computes in."""
+        if self.dtype is None:
+            return "off (fp32)"
+        scaler = " with a GradScaler" if self.use_scaler else ""
+        return f"{self.mode} (autocast to {str(self.dtype).removeprefix('torch.')}{scaler})"
+
     def grad_scaler(self) -> torch.amp.GradScaler:
         # A disabled scaler is a pass-through, so the loop has one code path.
         return torch.amp.GradScaler(self.device_type, enabled=self.use_scaler)

@@ -3,6 +3,7 @@
 <run_dir>/config.yaml            the resolved config (what `recjobs resolve` prints)
 <run_dir>/metrics.jsonl          one JSON object per log/validation event
 <run_dir>/train.log              rank 0's log lines, ending with the best metric and the model
+<run_dir>/summary.json           written at the end: best metric, baseline and lift, time, model
 <run_dir>/checkpoints/last.pt    the latest checkpoint (resume point)
 <run_dir>/checkpoints/best.pt    the checkpoint with the best early-stopping metric
 <run_dir>/model/                 the best weights, config, vocabularies, catalogue (export.py)
@@ -39,6 +40,10 @@ class RunDir:
     @property
     def log(self) -> Path:
         return self.path / "train.log"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "summary.json"
 
     @property
     def last(self) -> Path:

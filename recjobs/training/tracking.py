@@ -12,11 +12,11 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from recjobs.errors import RunDirError
+from recjobs.errors import RunDirError, UserError
 from recjobs.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,26 @@ class Tracker:
                 log.warning("W&B finish failed: %s", exc)
 
 
+def read_records(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of RUN_DIR/metrics.jsonl; UserError for a missing or damaged file."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(
+            str(run_dir),
+            "no metrics.jsonl here" if run_dir.is_dir() else "not found",
+            "give run directories of `recjobs train`",
+        )
+    records = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{path}: line {number}", "not a JSON record") from None
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -100,18 +120,24 @@ class _RunLogHandler(logging.FileHandler):
 
 
 @contextlib.contextmanager
-def run_log(path: Path) -> Iterator[None]:
+def run_log(path: Path) -> Iterator[Callable[[int, str], None]]:
     """Copy recjobs' log lines to `path` (RUN_DIR/train.log) while the block runs.
 
     TorchX's local_cwd log directory is deleted when the job ends and container logs go with
     the container; this copy stays with the run. Levels are as configured (RECJOBS_LOG_LEVEL).
+    The block gets a function that writes one line to train.log only: the run's last word (its
+    `error:` line), which the CLI prints to stderr itself once the block has ended.
     """
     handler = _RunLogHandler(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     package = logging.getLogger("recjobs")
+
+    def last_word(level: int, line: str) -> None:
+        handler.handle(package.makeRecord(package.name, level, __file__, 0, "%s", (line,), None))
+
     package.addHandler(handler)
     try:
-        yield
+        yield last_word
     finally:
         package.removeHandler(handler)
         handler.close()

@@ -42,7 +42,14 @@ from recjobs.config.optim import (
 )
 from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, epoch_batches, load_task_data, steps_per_epoch
-from recjobs.errors import CheckpointError, ConfigError, DataError, RunDirError, TrainingDiverged
+from recjobs.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    RunDirError,
+    TrainingDiverged,
+    UserError,
+)
 from recjobs.models import build_model
 from recjobs.training.checkpoint import (
     load_checkpoint,
@@ -54,8 +61,9 @@ from recjobs.training.checkpoint import (
 from recjobs.training.export import export_model
 from recjobs.training.precision import precision_policy
 from recjobs.training.rundir import RunDir
+from recjobs.training.summary import RunEnd, summarise, summary_lines, write_summary
 from recjobs.training.tasks import make_task
-from recjobs.training.tracking import Tracker, run_log, wandb_wanted
+from recjobs.training.tracking import Tracker, read_records, run_log, wandb_wanted
 
 log = logging.getLogger(__name__)
 
@@ -251,8 +259,15 @@ def train(
         resume = resume or resume_or_start
         if not ddp.is_main:
             return TrainingRun(cfg, rundir, resume, ddp, stop).run()
-        with rundir.lock(), run_log(rundir.log):
-            return TrainingRun(cfg, rundir, resume, ddp, stop).run()
+        with rundir.lock(), run_log(rundir.log) as last_word:
+            try:
+                return TrainingRun(cfg, rundir, resume, ddp, stop).run()
+            except UserError as exc:
+                last_word(logging.ERROR, exc.line())
+                raise
+            except Preempted as exc:
+                last_word(logging.WARNING, str(exc))
+                raise
     except OSError as exc:
         if not _is_file_error(exc):  # e.g. a DDP peer's connection: not the user's doing
             traceback.clear_frames(exc.__traceback__)
@@ -376,6 +391,8 @@ class TrainingRun:
         self.first_bad_step = torch.zeros((), dtype=torch.long, device=self.device)
         if checkpoint is None and resume and ddp.is_main:
             log.warning("no checkpoint in %s: starting a new run", rundir.path)
+        self.started = time.perf_counter()
+        self.elapsed_before = float(checkpoint.get("elapsed_s", 0.0)) if checkpoint else 0.0
         metrics_lines = self._resume(checkpoint) if checkpoint is not None else 0
         # Everything is set up and restored (a failure so far leaves the run directory as it
         # was); only now is it written to.
@@ -478,6 +495,7 @@ class TrainingRun:
             log.info(
                 "sparse embedding updates: %s (%s)", "on" if self.sparse else "off", self.sparse_why
             )
+            log.info("mixed precision: %s", self.precision.describe())
         self.bar = _progress(self.total_steps, progress.step, self.ddp.is_main)
         self.model.train()
         if _signalled_before_start(self.stop, self.ddp):  # e.g. Ctrl-C while the data loaded
@@ -702,6 +720,7 @@ class TrainingRun:
                 "encoders": self.data.encoders.to_json(),
                 "wandb_id": getattr(self.tracker.wandb, "id", None),
                 "baseline_logged": self.baseline_logged,
+                "elapsed_s": self.elapsed_s(),
                 # The running train/loss window since the last log step: without it, the
                 # first train/loss after a resume would average fewer steps.
                 "loss_window": {
@@ -726,19 +745,11 @@ class TrainingRun:
         if self.best_state is not None:  # tracked whether or not early stopping is on
             self.model.load_state_dict(self.best_state)
             metrics = self.early.best_metrics or metrics
-            log.info("restored the best weights (%s = %s)", self.early.key, self.early.best)
+            if self.ddp.is_main:
+                log.info("restored the best weights (%s = %.4g)", self.early.key, self.early.best)
         if self.ddp.is_main:
             export_model(self.rundir.model, self.model, self.cfg, self.data)
-            log.info(
-                "%s",
-                _run_summary(
-                    self.early,
-                    self.best_state is not None,
-                    self.progress.step,
-                    self.progress.epoch,
-                    self.rundir,
-                ),
-            )
+            self.write_summary()
         self.tracker.finish()
         if self.stop.signum is not None:
             # It arrived after the last checkpoint; the handler let the export finish first.
@@ -749,24 +760,40 @@ class TrainingRun:
             )
         return metrics
 
+    def write_summary(self) -> None:
+        """summary.json, and its gist as train.log's last lines."""
+        progress, early = self.progress, self.early
+        end = RunEnd(
+            task=self.cfg.task,
+            step=progress.step,
+            epoch=progress.epoch,
+            batch_in_epoch=progress.batch_in_epoch,
+            metric=early.key,
+            mode=early.mode,
+            best=early.best if self.best_state is not None else None,
+            best_step=early.best_step,
+            wall_time_s=self.elapsed_s(),
+            model=self.rundir.model,
+        )
+        try:
+            records = read_records(self.rundir.path) if self.tracker.enabled else []
+        except UserError as exc:  # the model is exported already: a summary without them
+            log.warning("summary.json leaves out the baseline and examples/s: %s", exc.line())
+            records = []
+        summary = summarise(end, records)
+        write_summary(self.rundir.summary, summary)
+        for line in summary_lines(summary, self.rundir.summary):
+            log.info("%s", line)
+
+    def elapsed_s(self) -> float:
+        """Wall time of the run so far, earlier attempts (up to their checkpoint) included."""
+        return self.elapsed_before + time.perf_counter() - self.started
+
 
 def _log_baseline(task: Any, tracker: Tracker, step: int, epoch: int, ddp: Distributed) -> None:
     """The most-popular baseline on the same validation set: what the model's lift is over."""
     if ddp.is_main:
         tracker.log({"step": step, "epoch": epoch, **task.baseline()})
-
-
-def _run_summary(
-    early: EarlyStopping, restored_best: bool, step: int, epoch: int, rundir: RunDir
-) -> str:
-    """The run's last log line: where it ended, its best validation, and where the model is."""
-    done = f"done at step {step} (epoch {epoch})"
-    if not restored_best or early.best is None:
-        return f"{done}: no finite {early.key} to pick a best by; last weights in {rundir.model}"
-    return (
-        f"{done}: best {early.key} {early.best:.6g} at step {early.best_step}; "
-        f"those weights are in {rundir.model}"
-    )
 
 
 def _restore_states(
