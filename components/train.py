@@ -94,6 +94,7 @@ def train(
             run_dir=run_dir,
             wandb_project=wandb_project,
             wandb_mode=wandb_mode,
+            command_line=sys.argv,
         )
     except UserError as exc:
         # torchx prints a traceback for any other exception; SystemExit passes through

@@ -124,6 +124,32 @@ def test_component_help_labels_each_argument_once_and_correctly(component, where
         assert helps["out"].endswith("(default: runs/${app_id})")
 
 
+def test_submit_line_names_built_in_defaults_and_wandb_overrides(train_fn, capsys):
+    app_for(train_fn, "--task", "ranking", "--wandb_project", "p", "--", "--optimizer", "SGD")
+    assert capsys.readouterr().err.splitlines() == [
+        "recjobs: task ranking, config the built-in defaults (no --config), 3 overrides: "
+        "--optimizer SGD --set training.use_wandb=true --set training.wandb_project=p"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("command_line", "given"),
+    [
+        (["/v/bin/torchx", "run", "c.py:train", "--config", "a.yaml"], True),
+        (["torchx", "run", "c.py:train", "--config=a.yaml"], True),
+        (["torchx", "run", "c.py:train", "--conf", "a.yaml"], True),
+        (["torchx", "run", "c.py:train", "--cpu", "4", "--", "--config", "x"], False),
+        (["torchx", "run"], False),
+        (["pytest"], None),
+        ([], None),
+    ],
+)
+def test_config_given_reads_torchx_run_command_line(command_line, given):
+    assert launch.config_given(command_line) is given
+    origin = launch.submission_line("retrieval", "a.yaml", Overrides(), command_line)
+    assert origin.endswith(" (from .torchxconfig), no overrides") is (given is False)
+
+
 def test_one_node_two_processes_runs_recjobs_train_under_torchrun(train_fn):
     app = app_for(
         train_fn,

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import re
 import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -110,6 +111,46 @@ def with_wandb(overrides: Overrides, project: str | None) -> Overrides:
         raise UserError("--wandb_project", "must not be empty")
     sets = [*overrides.sets, "training.use_wandb=true", f"training.wandb_project={project}"]
     return dataclasses.replace(overrides, sets=sets)
+
+
+def config_given(command_line: Sequence[str]) -> bool | None:
+    """Whether `torchx run`'s command line names `--config`; None when it is not `torchx run`.
+
+    TorchX hands the component .torchxconfig's `[component:...]` values as if they were
+    arguments, so only the command line tells whether a config came from there. argparse also
+    accepts an unambiguous prefix (`--conf`); the overrides after `--` are not the component's.
+    """
+    if not command_line or "torchx" not in command_line[0].rsplit("/", 1)[-1]:
+        return None
+    words = list(command_line[1:])
+    words = words[: words.index("--")] if "--" in words else words
+    for word in words:
+        name = word.split("=", 1)[0]
+        if len(name) > len("--co") and "--config".startswith(name):
+            return True
+    return False
+
+
+def submission_line(
+    task: str, config: str | None, overrides: Overrides, command_line: Sequence[str] = ()
+) -> str:
+    """One line saying what a training job trains: its task, config file and overrides.
+
+    Printed at submit (dry runs too) because the repository's .torchxconfig silently supplies
+    `--config config/quickstart.yaml`.
+    """
+    if config is None:
+        source = "the built-in defaults (no --config)"
+    else:
+        given = config_given(command_line)
+        source = config + (" (from .torchxconfig)" if given is False else "")
+    argv = overrides.to_argv()
+    count = sum(1 for word in argv if word.startswith("--"))
+    if count == 0:
+        changes = "no overrides"
+    else:
+        changes = f"{count} override{'s' if count > 1 else ''}: {shlex.join(argv)}"
+    return f"recjobs: task {task}, config {source}, {changes}"
 
 
 def config_json(cfg: ResolvedConfig) -> str:
@@ -245,10 +286,13 @@ def train_app(
     run_dir: str | None,
     wandb_project: str | None,
     wandb_mode: str | None,
+    command_line: Sequence[str] = (),
 ) -> specs.AppDef:
     """The AppDef of one training job; every argument is the component's (see its docstring).
 
-    Raises UserError for anything wrong, before a job exists.
+    `command_line` is `torchx run`'s argv; with it the job's one-line summary on stderr says
+    whether the config came from .torchxconfig. Raises UserError for anything wrong, before a
+    job exists.
     """
     if task not in TASKS:
         raise UserError("--task", f"expected one of {', '.join(TASKS)}, got {task!r}")
@@ -267,7 +311,9 @@ def train_app(
     job_env = _env(env, wandb_mode)
     role_mounts = _mounts(mounts)
 
-    cfg = resolve(task, config, with_wandb(parse_overrides(overrides), wandb_project))
+    effective = with_wandb(parse_overrides(overrides), wandb_project)
+    cfg = resolve(task, config, effective)
+    print(submission_line(task, config, effective, command_line), file=sys.stderr)
 
     role = specs.Role(
         name=ROLE_NAME,
