@@ -29,8 +29,8 @@ def train(
     config: Optional[str] = None,
     j: str = "1x1",
     gpu: int = 0,
-    cpu: int = 2,
-    memMB: int = 4096,
+    cpu: int = launch.DEFAULT_CPU,
+    memMB: int = launch.DEFAULT_MEM_MB,
     h: Optional[str] = None,
     image: str = launch.DEFAULT_IMAGE,
     env: Optional[Dict[str, str]] = None,
@@ -114,8 +114,8 @@ def recommend(
     output_format: str = "parquet",
     j: str = "1x1",
     gpu: int = 0,
-    cpu: int = 2,
-    memMB: int = 4096,
+    cpu: int = launch.DEFAULT_CPU,
+    memMB: int = launch.DEFAULT_MEM_MB,
     h: Optional[str] = None,
     image: str = launch.DEFAULT_IMAGE,
     env: Optional[Dict[str, str]] = None,
@@ -172,6 +172,7 @@ def recommend(
             env=env,
             mounts=mounts,
             max_retries=max_retries,
+            command_line=sys.argv,
         )
     except UserError as exc:
         print(exc.line(), file=sys.stderr)  # as in `train`: one line, exit 2, nothing submitted

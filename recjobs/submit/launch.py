@@ -39,6 +39,7 @@ from recjobs.submit import container_paths, secret_env
 ROLE_NAME = "train"
 RECOMMEND_ROLE = "recommend"
 DEFAULT_IMAGE = container_paths.DEFAULT_IMAGE
+DEFAULT_CPU, DEFAULT_MEM_MB = container_paths.DEFAULT_CPU, container_paths.DEFAULT_MEM_MB
 # One directory per job: a retry of the same job (same app id) finds its checkpoints again,
 # while a new submission never resumes somebody else's run by accident.
 DEFAULT_RUN_DIR = f"runs/{macros.app_id}"
@@ -113,22 +114,58 @@ def with_wandb(overrides: Overrides, project: str | None) -> Overrides:
     return dataclasses.replace(overrides, sets=sets)
 
 
-def config_given(command_line: Sequence[str]) -> bool | None:
-    """Whether `torchx run`'s command line names `--config`; None when it is not `torchx run`.
+# The shortest spelling argparse accepts for the component flags that submit-time messages
+# depend on: TorchX's component parser takes any unambiguous prefix (`--conf`, `--mem`), and
+# these are unambiguous among both components' flags (`--co` could be --config or --cpu, `--m`
+# --memMB, --mounts or --max_retries).
+_SHORTEST = {"--config": "--con", "--cpu": "--cp", "--memMB": "--me"}
 
-    TorchX hands the component .torchxconfig's `[component:...]` values as if they were
-    arguments, so only the command line tells whether a config came from there. argparse also
-    accepts an unambiguous prefix (`--conf`); the overrides after `--` are not the component's.
+
+def named_on_command_line(command_line: Sequence[str], flag: str) -> bool | None:
+    """Whether `torchx run`'s command line names the component argument `flag`; None when it
+    is not `torchx run`.
+
+    TorchX hands the component .torchxconfig's `[component:...]` values and the signature's
+    defaults as if they were arguments, so only the command line tells what the user typed.
+    The overrides after `--` are not the component's.
     """
     if not command_line or "torchx" not in command_line[0].rsplit("/", 1)[-1]:
         return None
     words = list(command_line[1:])
     words = words[: words.index("--")] if "--" in words else words
+    shortest = _SHORTEST.get(flag, flag)
     for word in words:
         name = word.split("=", 1)[0]
-        if len(name) > len("--co") and "--config".startswith(name):
+        if len(name) >= len(shortest) and flag.startswith(name):
             return True
     return False
+
+
+def config_given(command_line: Sequence[str]) -> bool | None:
+    """Whether `torchx run`'s command line names `--config`; None when it is not `torchx run`."""
+    return named_on_command_line(command_line, "--config")
+
+
+def defaulted_resources(
+    cpu: int,
+    memMB: int,  # noqa: N803
+    h: str | None,
+    command_line: Sequence[str],
+) -> list[str]:
+    """The flags of --cpu and --memMB that were left at the components' defaults.
+
+    Not named on `torchx run`'s command line and equal to the signature's default (a value
+    from .torchxconfig is the user's choice); outside `torchx run`, equal to the default. A
+    named resource (-h) replaces both.
+    """
+    if h:
+        return []
+    values = {"--cpu": (cpu, DEFAULT_CPU), "--memMB": (memMB, DEFAULT_MEM_MB)}
+    return [
+        flag
+        for flag, (value, default) in values.items()
+        if value == default and not named_on_command_line(command_line, flag)
+    ]
 
 
 def submission_line(
@@ -291,7 +328,8 @@ def train_app(
     """The AppDef of one training job; every argument is the component's (see its docstring).
 
     `command_line` is `torchx run`'s argv; with it the job's one-line summary on stderr says
-    whether the config came from .torchxconfig. Raises UserError for anything wrong, before a
+    whether the config came from .torchxconfig, and the container schedulers' warnings whether
+    --cpu and --memMB were left at their defaults. Raises UserError for anything wrong, before a
     job exists.
     """
     if task not in TASKS:
@@ -335,6 +373,7 @@ def train_app(
         role.metadata,
         writes={"--run_dir": run_dir},
         reads={f"dataset.paths.{table}": path for table, path in data.items()},
+        defaulted=defaulted_resources(cpu, memMB, h, command_line),
     )
     return specs.AppDef(name=f"recjobs-{task}", roles=[role])
 
@@ -357,8 +396,11 @@ def recommend_app(
     env: dict[str, str] | None,
     mounts: list[str] | None,
     max_retries: int,
+    command_line: Sequence[str] = (),
 ) -> specs.AppDef:
     """The AppDef of one batch-inference job; every argument is the `recommend` component's.
+
+    `command_line` is `torchx run`'s argv (see `train_app`).
 
     The job is torchrun (same rendezvous, image, mounts and resources as training) running
     `recjobs recommend MODEL_DIR --k K --out OUT --parts FORMAT` in every process: process
@@ -406,5 +448,6 @@ def recommend_app(
         role.metadata,
         writes={"--out": out},
         reads={"--model_dir": model_dir, "--users": users or "", "--candidates": candidates or ""},
+        defaulted=defaulted_resources(cpu, memMB, h, command_line),
     )
     return specs.AppDef(name="recjobs-recommend", roles=[role])
