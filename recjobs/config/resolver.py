@@ -376,7 +376,11 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
         help="enable mixed precision (fp16 when no value is given)",
     )
     g.add_argument(
-        "--no-mixed-precision", dest="mixed_precision", action="store_const", const=False
+        "--no-mixed-precision",
+        dest="mixed_precision",
+        action="store_const",
+        const=False,
+        help="turn mixed precision off (training.mixed_precision: off)",
     )
     g.add_argument(
         "--set",
