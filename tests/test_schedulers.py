@@ -319,3 +319,22 @@ def test_roles_of_tasks_counts_replicas_per_role_and_skips_foreign_tasks():
     spec["tasks"].append({"name": "sidecar"})  # not torchx's <role>-<replica> form
     assert [(r.name, r.num_replicas) for r in roles_of_tasks(spec)] == [("train", 2), ("eval", 1)]
     assert roles_of_tasks({}) == []
+
+
+def test_max_retries_says_what_volcano_does_instead_of_torchxs_stale_warning(capsys):
+    import warnings
+
+    job_app = app(max_retries=3)
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        job = kube_job(job_app)
+    assert not [w for w in caught if "Volcano" in str(w.message)]  # torchx's, about v1.3
+    assert job["spec"]["maxRetry"] == 3  # Volcano: at most 3 runs, so 2 restarts
+    assert capsys.readouterr().err.splitlines() == [
+        "note: role train: --max_retries 3 on Volcano runs the job at most 3 time(s) in all, "
+        "i.e. 2 restart(s) after a failed or evicted pod (Volcano's maxRetry counts the first "
+        "run); each restart resumes from the run directory's last checkpoint"
+    ]
+    kube_job(app(max_retries=0))
+    assert "note:" not in capsys.readouterr().err

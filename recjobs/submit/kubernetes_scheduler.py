@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any, Dict, List  # noqa: UP035 - see the runopts below
 
@@ -159,7 +160,14 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
             raise _user_error(exc) from None
         container_paths.check_at_submit(app, "kubernetes", options)
 
-        info = super()._submit_dryrun(app, cfg)
+        with warnings.catch_warnings():
+            # torchx warns "As of 1.4.0 Volcano does NOT support retries correctly" (Volcano
+            # issue 1651: the last retry's failed pods were deleted with their logs), fixed in
+            # Volcano v1.4.0; what a user needs instead is what --max_retries N means there.
+            warnings.filterwarnings("ignore", message=r"(?s).*does NOT support retries")
+            info = super()._submit_dryrun(app, cfg)
+        for line in retry_notes(app):
+            print(line, file=sys.stderr)
         secret = str(options.get("wandb_secret") or DEFAULT_WANDB_SECRET)
         for task in info.request.resource["spec"]["tasks"]:  # type: ignore[index]
             pod = task["template"]
@@ -210,6 +218,26 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
             return CoreV1Api(self._api_client()).list_namespaced_event(namespace).items
         except ApiException:  # the job's status is still worth printing without its reasons
             return []
+
+
+def retry_notes(app: AppDef) -> list[str]:
+    """What `--max_retries N` does on Volcano, one line per role that asks for retries.
+
+    torchx sets the Volcano Job's maxRetry to N (the smallest over the roles) with RestartJob
+    on PodFailed and PodEvicted. Volcano's maxRetry counts runs, not restarts: a failure
+    increments retryCount, and the job fails once retryCount reaches maxRetry.
+    """
+    notes = []
+    for role in app.roles:
+        if role.max_retries > 0:
+            restarts = role.max_retries - 1
+            notes.append(
+                f"note: role {role.name}: --max_retries {role.max_retries} on Volcano runs the "
+                f"job at most {role.max_retries} time(s) in all, i.e. {restarts} restart(s) "
+                "after a failed or evicted pod (Volcano's maxRetry counts the first run); "
+                "each restart resumes from the run directory's last checkpoint"
+            )
+    return notes
 
 
 def roles_of_tasks(spec: Mapping[str, Any]) -> list[Role]:
