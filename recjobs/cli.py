@@ -1,4 +1,5 @@
-"""`recjobs` command line: resolve | train | recommend | score | plot | data | config-reference.
+"""`recjobs` command line: resolve | train | status | log | recommend | score | plot | data |
+config-reference.
 
 User errors (config, data, checkpoint) print one line `error: <where>: <what> (<hint>)` on
 stderr and exit with code 2; tracebacks are for bugs only.
@@ -80,6 +81,29 @@ def build_parser() -> argparse.ArgumentParser:
         "DIR/config.yaml (overrides still apply)",
     )
     p.set_defaults(run=_train)
+
+    p = sub.add_parser(
+        "status",
+        help="where a run stands, from its run directory: running, finished, preempted, "
+        "failed, stopped or not started; progress, best validation, model",
+    )
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="the run directory (--run-dir, runs/<app id>)"
+    )
+    p.set_defaults(run=_status)
+
+    p = sub.add_parser("log", help="print a run's train.log; -f follows it until the run ends")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="the run directory (--run-dir, runs/<app id>)"
+    )
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing what the trainer writes (waiting for a run that has not started) "
+        "and exit when the run ends: 0 when it finished, else its exit code",
+    )
+    p.set_defaults(run=_log)
 
     p = sub.add_parser(
         "recommend",
@@ -275,6 +299,32 @@ def _train(args: argparse.Namespace) -> int:
         logging.getLogger("recjobs").warning("%s", exc)
         return exc.exit_code or EXIT_PREEMPTED
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from recjobs.training import run_status
+
+    sys.stdout.write(run_status.describe(run_status.read_status(args.run_dir)))
+    return 0
+
+
+def _log(args: argparse.Namespace) -> int:
+    from recjobs.training import run_status
+
+    try:
+        if not args.follow:
+            run_status.print_log(args.run_dir, sys.stdout.buffer)
+            return 0
+        return run_status.follow_log(args.run_dir, sys.stdout.buffer)
+    except BrokenPipeError:  # `recjobs log DIR | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(
+            f"recjobs log: stopped following {args.run_dir} (Ctrl-C); the run itself goes on",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
 
 
 def _synth_fields() -> dict[str, dataclasses.Field[Any]]:

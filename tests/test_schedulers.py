@@ -8,10 +8,12 @@ from __future__ import annotations
 import pytest
 from torchx.runner import get_runner
 from torchx.schedulers import get_scheduler_factories
+from torchx.schedulers.local_scheduler import CWDImageProvider, LocalScheduler
 from torchx.specs import AppDef
 
 from recjobs.submit import launch
 from recjobs.submit.kubernetes_scheduler import RecjobsKubernetesScheduler, parse_toleration
+from recjobs.submit.local_cwd_scheduler import RecjobsLocalCwdScheduler, where_lines
 from recjobs.submit.local_docker_scheduler import RecjobsDockerScheduler
 
 TORCHX_BUILTIN_SCHEDULERS = {
@@ -53,7 +55,9 @@ def test_every_torchx_builtin_scheduler_is_still_registered():
     assert TORCHX_BUILTIN_SCHEDULERS <= set(factories)
     assert isinstance(factories["kubernetes"](session_name="t"), RecjobsKubernetesScheduler)
     assert isinstance(factories["local_docker"](session_name="t"), RecjobsDockerScheduler)
-    assert type(factories["local_cwd"](session_name="t")).__name__ == "LocalScheduler"
+    local_cwd = factories["local_cwd"](session_name="t")
+    assert isinstance(local_cwd, RecjobsLocalCwdScheduler) and isinstance(local_cwd, LocalScheduler)
+    assert local_cwd._image_provider_class is CWDImageProvider  # as TorchX's local_cwd
 
 
 def test_torchx_default_scheduler_is_unchanged_outside_this_repo():
@@ -338,3 +342,12 @@ def test_max_retries_says_what_volcano_does_instead_of_torchxs_stale_warning(cap
     ]
     kube_job(app(max_retries=0))
     assert "note:" not in capsys.readouterr().err
+
+
+def test_local_cwd_names_the_run_directory_with_the_app_id_filled_in():
+    default = app(run_dir=launch.DEFAULT_RUN_DIR)
+    assert where_lines(default, "recjobs-ranking-x1") == [
+        "recjobs: run directory runs/recjobs-ranking-x1, its log runs/recjobs-ranking-x1/train.log",
+        "recjobs: from another terminal: recjobs status runs/recjobs-ranking-x1; recjobs log "
+        "runs/recjobs-ranking-x1 -f (torchx status and log do not see local_cwd jobs)",
+    ]

@@ -19,7 +19,6 @@ from typing import Any
 
 import yaml
 
-from recjobs.config import optim
 from recjobs.config.coerce import (
     MAX_SHOWN,
     brief,
@@ -30,6 +29,7 @@ from recjobs.config.coerce import (
 )
 from recjobs.config.schema import (
     ARCHS,
+    INTERVALS,
     LOSSES,
     MAX_EVAL_K,
     MAX_LAYERS,
@@ -365,7 +365,7 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--scheduler-interval",
-        choices=optim.INTERVALS,
+        choices=INTERVALS,
         help="step the scheduler per epoch or per step",
     )
     g.add_argument(
@@ -683,6 +683,10 @@ def validation_metrics(task: str, training: TrainingConfig) -> list[str]:
 
 
 def _validate_section(task: str, section: TaskConfig, raw_section: dict[str, Any]) -> TaskConfig:
+    # torch (seconds to import) only where a config is resolved: `recjobs status` and
+    # `recjobs log` build the same command line without it.
+    from recjobs.config import optim
+
     tr, model, cols = section.training, section.model, section.columns
     p = task
     for other in TASKS:
