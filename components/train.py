@@ -70,8 +70,9 @@ def train(
         mounts: volumes, e.g. type=volume,src=recjobs-runs,dst=/runs (a PVC on Kubernetes)
             or type=bind,src=/host/runs,dst=/runs (local_docker)
         max_retries: scheduler retries; a retry resumes from the run dir's last checkpoint
-        run_dir: where config, metrics, checkpoints and model go; put it on a mount for
-            containers; ${app_id} makes one directory per job
+        run_dir: where config, metrics, train.log, checkpoints and model go; put it on a
+            mount for containers; ${app_id} makes one directory per job (local_cwd prints it
+            when the job starts); recjobs status RUN_DIR and recjobs log RUN_DIR -f watch it
         wandb_project: turn W&B on and log to this project (same as
             --set training.use_wandb=true --set training.wandb_project=P)
         wandb_mode: WANDB_MODE for the job: online, offline or disabled; None leaves W&B's
