@@ -18,7 +18,9 @@ from typing import Dict, List, Optional
 from torchx import specs
 
 from recjobs.errors import UserError
-from recjobs.submit import launch
+from recjobs.submit import component_help, launch
+
+component_help.install()
 
 
 def train(
@@ -27,14 +29,14 @@ def train(
     config: Optional[str] = None,
     j: str = "1x1",
     gpu: int = 0,
-    cpu: int = 2,
-    memMB: int = 4096,
+    cpu: int = launch.DEFAULT_CPU,
+    memMB: int = launch.DEFAULT_MEM_MB,
     h: Optional[str] = None,
     image: str = launch.DEFAULT_IMAGE,
     env: Optional[Dict[str, str]] = None,
     mounts: Optional[List[str]] = None,
     max_retries: int = 0,
-    run_dir: Optional[str] = None,
+    run_dir: str = launch.DEFAULT_RUN_DIR,
     wandb_project: Optional[str] = None,
     wandb_mode: Optional[str] = None,
 ) -> specs.AppDef:
@@ -51,27 +53,30 @@ def train(
     `-- --optimizer AdamW --set=training.batch_size=2048 --set=shared.seed=7`.
 
     Args:
-        overrides: config overrides after `--`: --optimizer, --optimizer-args, --scheduler,
-            --scheduler-args, --scheduler-interval, --mixed-precision/--no-mixed-precision,
-            --set (write each as --set=KEY=VALUE)
+        overrides: optional config overrides after `--`: --optimizer, --optimizer-args,
+            --scheduler, --scheduler-args, --scheduler-interval,
+            --mixed-precision/--no-mixed-precision, --set (write each as --set=KEY=VALUE)
         task: which model to train: retrieval or ranking
-        config: YAML config file on the submitting machine (default: the built-in defaults)
+        config: YAML config file on the submitting machine; None trains the built-in defaults
         j: [MIN:]NODESxPROCS, e.g. 1x2 (one node, 2 processes), 2x8, or elastic 1:4x8
         gpu: GPUs per node (nvidia.com/gpu on Kubernetes, a device request on local_docker)
         cpu: CPUs per node
         memMB: memory per node in MB
-        h: a registered named resource (e.g. gpu.small); takes precedence over cpu, gpu, memMB
+        h: a registered named resource (e.g. gpu.small); takes precedence over cpu, gpu, memMB;
+            None uses cpu, gpu and memMB
         image: container image with recjobs installed (ignored by local_cwd)
         env: extra environment variables, e.g. FOO=1,BAR=2 (never secrets: WANDB_API_KEY
             comes from your environment or a Kubernetes Secret)
         mounts: volumes, e.g. type=volume,src=recjobs-runs,dst=/runs (a PVC on Kubernetes)
             or type=bind,src=/host/runs,dst=/runs (local_docker)
         max_retries: scheduler retries; a retry resumes from the run dir's last checkpoint
-        run_dir: where config, metrics, checkpoints and model go; put it on a mount for
-            containers (default: runs/${app_id}, one directory per job)
+        run_dir: where config, metrics, train.log, checkpoints and model go; put it on a
+            mount for containers; ${app_id} makes one directory per job (local_cwd prints it
+            when the job starts); recjobs status RUN_DIR and recjobs log RUN_DIR -f watch it
         wandb_project: turn W&B on and log to this project (same as
             --set training.use_wandb=true --set training.wandb_project=P)
-        wandb_mode: WANDB_MODE for the job: online, offline or disabled
+        wandb_mode: WANDB_MODE for the job: online, offline or disabled; None leaves W&B's
+            own default
     """
     try:
         return launch.train_app(
@@ -90,6 +95,7 @@ def train(
             run_dir=run_dir,
             wandb_project=wandb_project,
             wandb_mode=wandb_mode,
+            command_line=sys.argv,
         )
     except UserError as exc:
         # torchx prints a traceback for any other exception; SystemExit passes through
@@ -102,15 +108,15 @@ def train(
 def recommend(
     model_dir: str,
     k: int = 10,
-    out: Optional[str] = None,
+    out: str = launch.DEFAULT_RUN_DIR,
     users: Optional[str] = None,
     candidates: Optional[str] = None,
     include_seen: bool = False,
     output_format: str = "parquet",
     j: str = "1x1",
     gpu: int = 0,
-    cpu: int = 2,
-    memMB: int = 4096,
+    cpu: int = launch.DEFAULT_CPU,
+    memMB: int = launch.DEFAULT_MEM_MB,
     h: Optional[str] = None,
     image: str = launch.DEFAULT_IMAGE,
     env: Optional[Dict[str, str]] = None,
@@ -129,10 +135,10 @@ def recommend(
         model_dir: the training job's run directory (or its model/) as the job sees it, e.g.
             /runs/recjobs-retrieval-abc123 on the runs volume
         k: items per user
-        out: directory for the part files; put it on a mount for containers (default:
-            runs/${app_id}, one directory per job)
-        users: Parquet/CSV with a user_id column, as the job sees it (default: every user of
-            the model's users table)
+        out: directory for the part files; put it on a mount for containers; ${app_id}
+            makes one directory per job
+        users: Parquet/CSV with a user_id column, as the job sees it; None recommends for
+            every user of the model's users table
         candidates: Parquet/CSV of user_id,item_id pairs to rank, as the job sees it (needed
             by ranking models, e.g. a retrieval job's parts)
         include_seen: also recommend the users' training items (--include_seen True)
@@ -141,7 +147,8 @@ def recommend(
         gpu: GPUs per node (each process scores on its own GPU when there are some)
         cpu: CPUs per node
         memMB: memory per node in MB
-        h: a registered named resource (e.g. gpu.small); takes precedence over cpu, gpu, memMB
+        h: a registered named resource (e.g. gpu.small); takes precedence over cpu, gpu, memMB;
+            None uses cpu, gpu and memMB
         image: container image with recjobs installed (ignored by local_cwd)
         env: extra environment variables, e.g. FOO=1,BAR=2
         mounts: volumes, e.g. type=volume,src=recjobs-runs,dst=/runs (a PVC on Kubernetes)
@@ -166,6 +173,7 @@ def recommend(
             env=env,
             mounts=mounts,
             max_retries=max_retries,
+            command_line=sys.argv,
         )
     except UserError as exc:
         print(exc.line(), file=sys.stderr)  # as in `train`: one line, exit 2, nothing submitted

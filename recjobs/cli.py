@@ -1,4 +1,5 @@
-"""`recjobs` command line: resolve | train | recommend | score | plot | data | config-reference.
+"""`recjobs` command line: resolve | train | status | log | recommend | score | plot | data |
+config-reference.
 
 User errors (config, data, checkpoint) print one line `error: <where>: <what> (<hint>)` on
 stderr and exit with code 2; tracebacks are for bugs only.
@@ -93,11 +94,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_train)
 
     p = sub.add_parser(
+        "status",
+        help="where a run stands, from its run directory: running, finished, preempted, "
+        "failed, stopped or not started; progress, best validation, model",
+    )
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="the run directory (--run-dir, runs/<app id>)"
+    )
+    p.set_defaults(run=_status)
+
+    p = sub.add_parser("log", help="print a run's train.log; -f follows it until the run ends")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="the run directory (--run-dir, runs/<app id>)"
+    )
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing what the trainer writes (waiting for a run that has not started) "
+        "and exit when the run ends: 0 when it finished, else its exit code",
+    )
+    p.set_defaults(run=_log)
+
+    p = sub.add_parser(
         "recommend",
         help="top-K items per user from a trained model (CSV or Parquet by --out's extension)",
     )
     _model_dir_arg(p)
-    p.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    p.add_argument("--k", type=int, default=10, help="items per user (default: %(default)s)")
     p.add_argument(
         "--out",
         required=True,
@@ -142,13 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "plot", help="loss, learning rates and validation metrics by step of one or more runs"
     )
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument(
+        "run_dirs",
+        nargs="+",
+        metavar="RUN_DIR",
+        help="run directories (their metrics.jsonl), drawn over each other under their names",
+    )
     p.add_argument(
         "-o",
         "--out",
         metavar="FILE",
-        help="image (.png, .svg, .pdf) (default: curves.png in the first RUN_DIR, which a new "
-        "plot replaces; never a file of the working directory)",
+        help="the image; its extension picks the format: .png, .svg or .pdf (default: "
+        "curves.png in the first RUN_DIR, replaced by a new plot; never a file of the working "
+        "directory)",
     )
     p.set_defaults(run=_plot)
 
@@ -162,11 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
         dest="data_command", required=True, parser_class=_Parser
     )
     p = data.add_parser("synth", help="write the synthetic data set and a matching config")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--users", type=int, default=2000)
-    p.add_argument("--items", type=int, default=500)
-    p.add_argument("--interactions", type=int, default=60000)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for the four Parquet tables and config.yaml (created if missing)",
+    )
+    # The same defaults and meanings as dataset.synth.* and shared.seed in a config.
+    for name, field in _synth_fields().items():
+        meaning = field.metadata["doc"]
+        if name == "seed":
+            meaning = "seed of the generated data; the written config.yaml gets it as shared.seed"
+        p.add_argument(
+            f"--{name}",
+            type=int,
+            default=field.default,
+            metavar="N",
+            help=f"{meaning} (default: %(default)s)",
+        )
     p.set_defaults(run=_synth)
     p = data.add_parser(
         "movielens", help="convert MovieLens ml-100k / ml-1m files you have into the layout"
@@ -177,13 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="folder holding u.data/u.user/u.item or ratings.dat/users.dat/movies.dat",
     )
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder for the four Parquet tables and config.yaml (created if missing)",
+    )
     p.add_argument(
         "--split",
         choices=("user-time", "global-time"),
         default="user-time",
-        help="user-time (default): each user's latest ratings are validation; global-time: the "
-        "latest ratings overall (leaves many validation users without training ratings)",
+        help="user-time: each user's latest ratings are validation; global-time: the latest "
+        "ratings overall (leaves many validation users without training ratings) (default: "
+        "%(default)s)",
     )
     p.add_argument(
         "--val-fraction",
@@ -227,7 +276,8 @@ def _model_dir_arg(parser: argparse.ArgumentParser) -> None:
         "--device",
         choices=("auto", "cpu", "cuda"),
         default="auto",
-        help="auto (default): this process's GPU (LOCAL_RANK) when one is visible, else the CPU",
+        help="auto: this process's GPU (LOCAL_RANK) when one is visible, else the CPU "
+        "(default: %(default)s)",
     )
 
 
@@ -292,15 +342,46 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    from recjobs.training import run_status
+
+    sys.stdout.write(run_status.describe(run_status.read_status(args.run_dir)))
+    return 0
+
+
+def _log(args: argparse.Namespace) -> int:
+    from recjobs.training import run_status
+
+    try:
+        if not args.follow:
+            run_status.print_log(args.run_dir, sys.stdout.buffer)
+            return 0
+        return run_status.follow_log(args.run_dir, sys.stdout.buffer)
+    except BrokenPipeError:  # `recjobs log DIR | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(
+            f"recjobs log: stopped following {args.run_dir} (Ctrl-C); the run itself goes on",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+
+
+def _synth_fields() -> dict[str, dataclasses.Field[Any]]:
+    """`data synth`'s options: dataset.synth.* and shared.seed of the config schema."""
+    fields = {
+        f.name: f for f in (*dataclasses.fields(SynthSize), *dataclasses.fields(SharedConfig))
+    }
+    return {name: fields[name] for name in ("users", "items", "interactions", "seed")}
+
+
 def _synth(args: argparse.Namespace) -> int:
     from recjobs.data import write_dataset
 
     # The same ranges as dataset.synth.* and shared.seed in a config.
-    fields = {
-        f.name: f for f in (*dataclasses.fields(SynthSize), *dataclasses.fields(SharedConfig))
-    }
-    for name in ("users", "items", "interactions", "seed"):
-        valid = fields[name].metadata["range"]
+    for name, field in _synth_fields().items():
+        valid = field.metadata["range"]
         if getattr(args, name) not in valid:
             raise UserError(f"--{name}", valid.problem(getattr(args, name)))
     with _output_errors(args.out):

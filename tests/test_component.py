@@ -7,9 +7,12 @@ Arguments go through torchx's own argument parser (`materialize_appdef`), exactl
 from __future__ import annotations
 
 import json
+import os
+import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,6 +71,83 @@ def test_component_passes_torchx_linter_and_documents_every_parameter(train_fn):
     assert params[0] == "overrides" and {"task", "config", "j", "gpu", "h", "mounts"} <= set(params)
     undocumented = [p for p in params if not described[p].strip()]
     assert undocumented == []
+
+
+def component_help(component: str, cwd: Path) -> dict[str, str]:
+    """`torchx run components/train.py:COMPONENT --help`, for real: argument -> its help text."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHXCONFIG"}
+    env["COLUMNS"] = "2000"
+    torchx = Path(sys.executable).parent / "torchx"
+    done = subprocess.run(
+        # as the README writes it: .torchxconfig's section names the relative path
+        [str(torchx), "run", f"{os.path.relpath(COMPONENT, cwd)}:{component}", "--help"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    helps = {}
+    # With a wide terminal argparse writes one line per argument: "  -j str, --j str   HELP".
+    for line in done.stdout.splitlines():
+        match = re.match(r"^  (?:-\w+ \w+, )?(--\w+|str)(?: \w+)?  +(.*)$", line)
+        if match and match.group(1) != "--help":
+            helps[match.group(1).lstrip("-")] = match.group(2)
+    return helps
+
+
+@pytest.mark.parametrize("component", ["train", "recommend"])
+@pytest.mark.parametrize("where", ["repository", "elsewhere"])
+def test_component_help_labels_each_argument_once_and_correctly(component, where, tmp_path):
+    """Every argument with a default shows exactly one "(default: ...)"; only arguments
+    without one say "(required)", and the optional overrides after `--` say neither."""
+    import inspect
+
+    fn = get_component(f"{COMPONENT}:{component}").fn
+    params = inspect.signature(fn).parameters
+    helps = component_help(component, ROOT if where == "repository" else tmp_path)
+    named = {"str" if p.kind is p.VAR_POSITIONAL else name for name, p in params.items()}
+    assert set(helps) == named
+    # .torchxconfig gives `train` a task, so it is required only outside the repository.
+    required = {"model_dir"} | ({"task"} if where == "elsewhere" else set())
+    for name, text in helps.items():
+        has_default = name != "str" and name not in required
+        assert text.count("(default:") == (1 if has_default else 0), (name, text)
+        assert ("(required)" in text) == (name in required), (name, text)
+    if component == "train":
+        assert helps["str"].startswith("optional config overrides")
+        assert helps["run_dir"].endswith("(default: runs/${app_id})")
+        expected = "config/quickstart.yaml" if where == "repository" else "None"
+        assert helps["config"].endswith(f"the built-in defaults (default: {expected})")
+    else:
+        assert helps["out"].endswith("(default: runs/${app_id})")
+
+
+def test_submit_line_names_built_in_defaults_and_wandb_overrides(train_fn, capsys):
+    app_for(train_fn, "--task", "ranking", "--wandb_project", "p", "--", "--optimizer", "SGD")
+    assert capsys.readouterr().err.splitlines() == [
+        "recjobs: task ranking, config the built-in defaults (no --config), 3 overrides: "
+        "--optimizer SGD --set training.use_wandb=true --set training.wandb_project=p"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("command_line", "given"),
+    [
+        (["/v/bin/torchx", "run", "c.py:train", "--config", "a.yaml"], True),
+        (["torchx", "run", "c.py:train", "--config=a.yaml"], True),
+        (["torchx", "run", "c.py:train", "--conf", "a.yaml"], True),
+        (["torchx", "run", "c.py:train", "--cpu", "4", "--", "--config", "x"], False),
+        (["torchx", "run"], False),
+        (["pytest"], None),
+        ([], None),
+    ],
+)
+def test_config_given_reads_torchx_run_command_line(command_line, given):
+    assert launch.config_given(command_line) is given
+    origin = launch.submission_line("retrieval", "a.yaml", Overrides(), command_line)
+    assert origin.endswith(" (from .torchxconfig), no overrides") is (given is False)
 
 
 def test_one_node_two_processes_runs_recjobs_train_under_torchrun(train_fn):

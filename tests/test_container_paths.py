@@ -142,6 +142,38 @@ def test_gpus_with_the_default_cpus_and_memory_get_a_warning_with_the_numbers():
     assert container_paths.check(train(gpu=1, h="gpu.small"), "kubernetes", False) == []
 
 
+@pytest.mark.parametrize(
+    ("typed", "said"),
+    [
+        ([], "with 2 CPUs and 4096 MB (the defaults): too little"),
+        (["--cpu", "2", "--memMB=4096"], "with 2 CPUs and 4096 MB: too little"),
+        (["--cpu", "2"], "with 2 CPUs and 4096 MB (--memMB left at its default): too little"),
+        (["--mem", "4096"], "with 2 CPUs and 4096 MB (--cpu left at its default): too little"),
+        (["--", "--set=x.cpu=1"], "with 2 CPUs and 4096 MB (the defaults): too little"),
+    ],
+)
+def test_the_gpu_warning_calls_only_untyped_values_the_defaults(typed, said):
+    command_line = ["/venv/bin/torchx", "run", "components/train.py:train", "--gpu", "1", *typed]
+    app = train(gpu=1, command_line=command_line)
+    (warning,) = container_paths.check(app, "kubernetes", False)
+    assert warning.startswith(f"1 GPU(s) per node {said}"), warning
+    app = recommend(gpu=1, command_line=command_line)
+    assert container_paths.check(app, "kubernetes", False)[0] == warning
+
+
+def test_the_gpu_warning_for_small_explicit_values_does_not_call_them_defaults():
+    # The README's development-cluster job: 1 CPU and 3000 MB were typed, not defaulted.
+    typed = ["torchx", "run", "components/train.py:train", "--gpu", "1", "--cpu", "1"]
+    typed += ["--memMB", "3000"]
+    (warning,) = container_paths.check(
+        train(gpu=1, cpu=1, memMB=3000, command_line=typed), "kubernetes", False
+    )
+    assert warning.startswith("1 GPU(s) per node with 1 CPUs and 3000 MB: too little"), warning
+    # Outside `torchx run` (Python callers) a value equal to the default counts as defaulted.
+    (warning,) = container_paths.check(train(gpu=1, cpu=1), "kubernetes", False)
+    assert warning.startswith("1 GPU(s) per node with 1 CPUs and 4096 MB (--memMB left at")
+
+
 def torchx_dryrun(scheduler: str, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [str(BIN / "torchx"), "run", "-s", scheduler, "--dryrun", "--workspace", "", *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -162,3 +194,11 @@ def test_torchx_run_refuses_with_one_line_and_exit_2_and_warns_without_stopping(
     assert done.returncode == 0, done.stderr[-2000:]
     assert "warning: 1 GPU(s) per node with 2 CPUs and 4096 MB (the defaults)" in done.stderr
     assert "=== SCHEDULER REQUEST ===" in done.stdout
+
+    done = torchx_dryrun(
+        scheduler, *("components/train.py:train", "--task", "retrieval", "--gpu", "1"),
+        *("--cpu", "1", "--memMB", "3000"),
+        *("--mounts", "type=bind,src=/tmp,dst=/runs", "--run_dir", "/runs/job"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "warning: 1 GPU(s) per node with 1 CPUs and 3000 MB: too little" in done.stderr

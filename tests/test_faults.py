@@ -167,7 +167,12 @@ def test_divergence_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert code == 3, err
     assert err.startswith("error: training: loss is not finite at step ")
     # train.log ends with the run's own error line (the CLI prints it to stderr).
-    assert (run_dir / "train.log").read_text().splitlines()[-1].endswith(f" ERROR recjobs: {err}")
+    assert (
+        (run_dir / "train.log")
+        .read_text()
+        .splitlines()[-1]
+        .endswith(f" ERROR recjobs.training.trainer: run ended: failed (exit 3): {err}")
+    )
     assert not (run_dir / "summary.json").exists()
     bad_step = int(err.split("at step ")[1].split(" ")[0])
     assert bad_step > 2

@@ -187,6 +187,11 @@ def log(handle: str, replica: int, role: str = "train") -> str:
     return done.stdout
 
 
+def strip_colours(text: str) -> str:
+    """torchx log's output without the ANSI colour of its role/replica prefixes (a tty only)."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def records(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -340,6 +345,14 @@ def test_readme_job_runs_two_pods_that_rendezvous_and_train_on_the_pvc(cluster):
     assert "on cpu x2" in rank0, rank0[-3000:]
     assert "no CUDA device" in rank0  # device: auto on a node without real GPUs says so
     assert "Traceback" not in rank0 + rank1
+    # `torchx log HANDLE` (every replica, as TorchX documents it) on the finished job: both
+    # pods' lines, prefixed by role/replica (recjobs' describe lists the Job's tasks, which
+    # Volcano no longer counts in status.taskStatusCount once the job has finished).
+    done = torchx("log", handle)
+    assert done.returncode == 0, done.stderr[-2000:]
+    prefixes = {line.split(" ", 1)[0] for line in strip_colours(done.stdout).splitlines()}
+    assert prefixes == {"train/0", "train/1"}, done.stdout[-2000:]
+    assert "on cpu x2" in done.stdout
 
     # Rank 0 wrote the run directory on the PVC as uid 1000 (the pods' fsGroup made the volume
     # writable), on exactly the config `recjobs resolve` prints for the same overrides.

@@ -8,10 +8,12 @@ from __future__ import annotations
 import pytest
 from torchx.runner import get_runner
 from torchx.schedulers import get_scheduler_factories
+from torchx.schedulers.local_scheduler import CWDImageProvider, LocalScheduler
 from torchx.specs import AppDef
 
 from recjobs.submit import launch
 from recjobs.submit.kubernetes_scheduler import RecjobsKubernetesScheduler, parse_toleration
+from recjobs.submit.local_cwd_scheduler import RecjobsLocalCwdScheduler, where_lines
 from recjobs.submit.local_docker_scheduler import RecjobsDockerScheduler
 
 TORCHX_BUILTIN_SCHEDULERS = {
@@ -53,7 +55,9 @@ def test_every_torchx_builtin_scheduler_is_still_registered():
     assert TORCHX_BUILTIN_SCHEDULERS <= set(factories)
     assert isinstance(factories["kubernetes"](session_name="t"), RecjobsKubernetesScheduler)
     assert isinstance(factories["local_docker"](session_name="t"), RecjobsDockerScheduler)
-    assert type(factories["local_cwd"](session_name="t")).__name__ == "LocalScheduler"
+    local_cwd = factories["local_cwd"](session_name="t")
+    assert isinstance(local_cwd, RecjobsLocalCwdScheduler) and isinstance(local_cwd, LocalScheduler)
+    assert local_cwd._image_provider_class is CWDImageProvider  # as TorchX's local_cwd
 
 
 def test_torchx_default_scheduler_is_unchanged_outside_this_repo():
@@ -133,6 +137,7 @@ def test_kubernetes_adds_nothing_unasked():
 def test_kubernetes_refuses_a_literal_key_and_bad_tolerations(capsys):
     literal = app(wandb_project=None)
     literal.roles[0].env["WANDB_API_KEY"] = "k-do-not-print"
+    capsys.readouterr()  # the component's submission line
     with pytest.raises(SystemExit) as exc:
         kube_job(literal)
     assert exc.value.code == 2
@@ -140,8 +145,10 @@ def test_kubernetes_refuses_a_literal_key_and_bad_tolerations(capsys):
     assert err.startswith("error: role train env: WANDB_API_KEY is a literal value")
     assert "k-do-not-print" not in err
 
+    job = app()
+    capsys.readouterr()
     with pytest.raises(SystemExit) as exc:
-        kube_job(app(), tolerations=["nvidia.com/gpu:NoSchedul"])
+        kube_job(job, tolerations=["nvidia.com/gpu:NoSchedul"])
     assert exc.value.code == 2
     assert capsys.readouterr().err == (
         "error: -cfg tolerations: 'nvidia.com/gpu:NoSchedul': unknown effect 'NoSchedul' "
@@ -229,3 +236,118 @@ def test_a_pending_jobs_reasons_are_its_latest_distinct_warnings():
     assert pending_reasons(events, "job-a") == [gpu, "Back-off pulling image"]
     assert pending_reasons(events, "job-a", most=1) == [gpu]
     assert pending_reasons([], "job-a") == []
+
+
+# --------------------------------------------------------------------------- torchx log HANDLE
+
+# A finished 2-node job's Volcano Job as Volcano v1.14.1 leaves it: once the job has completed,
+# the job controller's killPods keeps the pods (PodRetainPhaseSoft) but counts only pods it
+# failed to delete, so status.taskStatusCount (and succeeded) are gone; spec is as submitted.
+FINISHED_STATUS = {
+    "state": {"phase": "Completed", "lastTransitionTime": "2026-01-01T00:10:00Z"},
+    "minAvailable": 2,
+    "version": 2,
+    "conditions": [{"status": "Completed", "lastTransitionTime": "2026-01-01T00:10:00Z"}],
+}
+
+
+class FakeVolcanoApi:
+    """The two CustomObjectsApi reads `describe` makes; the status subresource returns the
+    whole object, as the API server does."""
+
+    def __init__(self, job: dict):
+        self.job = job
+
+    def get_namespaced_custom_object_status(self, group, version, namespace, plural, name):
+        assert (group, plural, namespace, name) == ("batch.volcano.sh", "jobs", "recjobs", "j1")
+        return self.job
+
+    get_namespaced_custom_object = get_namespaced_custom_object_status
+
+
+class FakeCoreApi:
+    """CoreV1Api's pod log read: each pod's log, found by the pod name torchx derives."""
+
+    logs = {
+        "j1-train-0-0": "2026-01-01T00:00:01Z rank 0 says hello\n",
+        "j1-train-1-0": "2026-01-01T00:00:02Z rank 1 says hello\n",
+    }
+
+    def __init__(self, api_client):
+        pass
+
+    def read_namespaced_pod_log(self, name, namespace, timestamps):
+        assert namespace == "recjobs" and timestamps
+        return self.logs[name]
+
+
+def test_torchx_log_of_a_finished_job_reads_every_replica(monkeypatch):
+    """`torchx log kubernetes://torchx/recjobs:j1` (no role, no replica) through torchx's own
+    `torchx log` code (cmd_log.get_logs and the Runner). Mocked: the Kubernetes API server
+    (Volcano Job reads and pod logs), because no cluster runs here; tests/test_k8s.py runs the
+    same against the development cluster."""
+    import io
+
+    import kubernetes.client
+    from torchx.cli.cmd_log import get_logs
+    from torchx.runner import Runner
+    from torchx.schedulers.kubernetes_scheduler import KubernetesScheduler
+
+    job = kube_job(app(j="2x1"))
+    job["metadata"]["name"] = "j1"
+    job["status"] = FINISHED_STATUS
+    scheduler = RecjobsKubernetesScheduler(session_name="torchx", client=object())
+    monkeypatch.setattr(scheduler, "_custom_objects_api", lambda: FakeVolcanoApi(job))
+    monkeypatch.setattr(kubernetes.client, "CoreV1Api", FakeCoreApi)
+
+    # The cause: torchx's own describe finds no roles in such a status.
+    assert KubernetesScheduler.describe(scheduler, "recjobs:j1").roles == []
+    described = scheduler.describe("recjobs:j1")
+    assert [(r.name, r.num_replicas) for r in described.roles] == [("train", 2)]
+    assert str(described.state) == "SUCCEEDED"
+
+    out = io.StringIO()
+    runner = Runner("torchx", scheduler_factories={"kubernetes": lambda *a, **k: scheduler})
+    get_logs(out, "kubernetes://torchx/recjobs:j1", regex=None, runner=runner)
+    colourless = out.getvalue().replace("\x1b[32m", "").replace("\x1b[0m", "")
+    assert sorted(colourless.splitlines()) == [
+        "train/0 2026-01-01T00:00:01Z rank 0 says hello",
+        "train/1 2026-01-01T00:00:02Z rank 1 says hello",
+    ]
+
+
+def test_roles_of_tasks_counts_replicas_per_role_and_skips_foreign_tasks():
+    from recjobs.submit.kubernetes_scheduler import roles_of_tasks
+
+    spec = {"tasks": [{"name": "train-0"}, {"name": "train-1"}, {"name": "eval-0"}]}
+    spec["tasks"].append({"name": "sidecar"})  # not torchx's <role>-<replica> form
+    assert [(r.name, r.num_replicas) for r in roles_of_tasks(spec)] == [("train", 2), ("eval", 1)]
+    assert roles_of_tasks({}) == []
+
+
+def test_max_retries_says_what_volcano_does_instead_of_torchxs_stale_warning(capsys):
+    import warnings
+
+    job_app = app(max_retries=3)
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        job = kube_job(job_app)
+    assert not [w for w in caught if "Volcano" in str(w.message)]  # torchx's, about v1.3
+    assert job["spec"]["maxRetry"] == 3  # Volcano: at most 3 runs, so 2 restarts
+    assert capsys.readouterr().err.splitlines() == [
+        "note: role train: --max_retries 3 on Volcano runs the job at most 3 time(s) in all, "
+        "i.e. 2 restart(s) after a failed or evicted pod (Volcano's maxRetry counts the first "
+        "run); each restart resumes from the run directory's last checkpoint"
+    ]
+    kube_job(app(max_retries=0))
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_local_cwd_names_the_run_directory_with_the_app_id_filled_in():
+    default = app(run_dir=launch.DEFAULT_RUN_DIR)
+    assert where_lines(default, "recjobs-ranking-x1") == [
+        "recjobs: run directory runs/recjobs-ranking-x1, its log runs/recjobs-ranking-x1/train.log",
+        "recjobs: from another terminal: recjobs status runs/recjobs-ranking-x1; recjobs log "
+        "runs/recjobs-ranking-x1 -f (torchx status and log do not see local_cwd jobs)",
+    ]

@@ -105,6 +105,22 @@ def sent_config(command: str) -> dict[str, Any]:
     return json.loads(words[words.index("--config-json") + 1])
 
 
+def test_submit_names_the_task_config_and_overrides_it_trains():
+    """The repository's .torchxconfig supplies --config; the dry run says so on stderr."""
+    torchx = str(BIN / "torchx")
+    readme = [torchx, "run", "-s", "local_cwd", "--dryrun", "components/train.py:train"]
+    done = run(*readme, "--", "--optimizer", "SGD", "--set=training.max_epochs=1")
+    assert (
+        "recjobs: task retrieval, config config/quickstart.yaml (from .torchxconfig), "
+        "2 overrides: --optimizer SGD --set training.max_epochs=1"
+    ) in done.stderr.splitlines()
+    done = run(*readme, "--task", "ranking", "--config", "config/quickstart.yaml")
+    assert (
+        "recjobs: task ranking, config config/quickstart.yaml, no overrides"
+        in done.stderr.splitlines()
+    )
+
+
 # --------------------------------------------------------------------------- kubernetes
 
 

@@ -82,6 +82,11 @@ def test_local_cwd_ddp_job_trains_on_exactly_the_resolved_config(tmp_path):
     # only rank 0 logs at INFO.
     assert "on cpu x2" in done.stderr
     assert "[rank 1]" not in done.stderr and "[rank 0]" in done.stderr
+    # Where to look from another terminal (torchx status/log do not see local_cwd jobs).
+    assert f"recjobs: run directory {run_dir}, its log {run_dir}/train.log\n" in done.stderr
+    status = run(sys.executable, "-m", "recjobs", "status", str(run_dir), timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"{run_dir}: finished\n  done at step "), status.stdout
 
     printed = resolve_cli(
         "retrieval",

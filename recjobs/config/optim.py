@@ -20,7 +20,7 @@ import torch
 from torch.optim import lr_scheduler
 
 from recjobs.config.coerce import brief, coerce, describe, did_you_mean, key_text
-from recjobs.config.schema import INT32_MAX, Range
+from recjobs.config.schema import INT32_MAX, INTERVALS, Range
 from recjobs.errors import ConfigError
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -38,7 +38,6 @@ SCHEDULERS: dict[str, type] = {
     and not name.startswith("_")
     and obj is not lr_scheduler.LRScheduler
 }
-INTERVALS = ("epoch", "step")
 # Schedulers whose whole point is a per-iteration curve; `interval: epoch` would silently
 # stretch it over max_epochs steps, so it is an error and the default interval is `step`.
 PER_STEP_ONLY = ("OneCycleLR", "CyclicLR")

@@ -20,7 +20,6 @@ from typing import Any
 
 import yaml
 
-from recjobs.config import optim
 from recjobs.config.coerce import (
     MAX_SHOWN,
     brief,
@@ -32,6 +31,7 @@ from recjobs.config.coerce import (
 from recjobs.config.schema import (
     ARCHS,
     IGNORED_KEYS,
+    INTERVALS,
     LOSSES,
     MAX_EVAL_K,
     MAX_LAYERS,
@@ -368,7 +368,7 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--scheduler-interval",
-        choices=optim.INTERVALS,
+        choices=INTERVALS,
         help="step the scheduler per epoch or per step",
     )
     g.add_argument(
@@ -379,7 +379,11 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
         help="enable mixed precision (fp16 when no value is given)",
     )
     g.add_argument(
-        "--no-mixed-precision", dest="mixed_precision", action="store_const", const=False
+        "--no-mixed-precision",
+        dest="mixed_precision",
+        action="store_const",
+        const=False,
+        help="turn mixed precision off (training.mixed_precision: off)",
     )
     g.add_argument(
         "--set",
@@ -683,6 +687,10 @@ def validation_metrics(task: str, training: TrainingConfig) -> list[str]:
 
 
 def _validate_section(task: str, section: TaskConfig, raw_section: dict[str, Any]) -> TaskConfig:
+    # torch (seconds to import) only where a config is resolved: `recjobs status` and
+    # `recjobs log` build the same command line without it.
+    from recjobs.config import optim
+
     tr, model, cols = section.training, section.model, section.columns
     p = task
     for other in TASKS:

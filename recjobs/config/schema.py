@@ -21,6 +21,7 @@ Task = Literal["retrieval", "ranking"]
 
 INT32_MAX = 2**31 - 1  # counts and sizes: far beyond any real run, far below any overflow
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding (np.random.seed) takes 32 bits
+INTERVALS = ("epoch", "step")  # when an LR scheduler steps (`interval`, --scheduler-interval)
 MAX_LAYERS = 32  # entries of hidden_dims / scorer_hidden_dims
 MAX_EVAL_K = 10  # entries of eval_k
 MAX_WIDTH = 65536  # embedding_dim and each hidden layer

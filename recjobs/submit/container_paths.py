@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import posixpath
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 # The image components run unless told otherwise; on Kubernetes the nodes may not have it.
 DEFAULT_IMAGE = "recjobs:latest"
 # Role.metadata key: {"writes": {FLAG: PATH}, "reads": {FLAG: PATH}}.
 METADATA_KEY = "recjobs/paths"
+# Role.metadata key: the resource flags (--cpu, --memMB) the user left at their defaults.
+DEFAULTED_KEY = "recjobs/defaulted"
 OPT_IN = "ephemeral_outputs"
 OPT_IN_HELP = (
     "allow --run_dir/--out outside every --mounts destination: the output is lost when the "
@@ -44,12 +46,19 @@ EXAMPLE_DATA_MOUNT = {
 DEFAULT_CPU, DEFAULT_MEM_MB = 2, 4096
 
 
-def record(metadata: dict[str, Any], writes: Mapping[str, str], reads: Mapping[str, str]) -> None:
-    """Note in a role's metadata the paths (by the flag or key that set them) the job uses."""
+def record(
+    metadata: dict[str, Any],
+    writes: Mapping[str, str],
+    reads: Mapping[str, str],
+    defaulted: Sequence[str] = (),
+) -> None:
+    """Note in a role's metadata the paths (by the flag or key that set them) the job uses,
+    and which resource flags were left at their defaults (the GPU warning names them)."""
     metadata[METADATA_KEY] = {
         "writes": {k: v for k, v in writes.items() if v},
         "reads": {k: v for k, v in reads.items() if v},
     }
+    metadata[DEFAULTED_KEY] = list(defaulted)
 
 
 def check_at_submit(app: Any, scheduler: str, options: Mapping[str, Any]) -> None:
@@ -116,9 +125,10 @@ def check(app: Any, scheduler: str, ephemeral_outputs: bool) -> list[str]:
         resource = role.resource
         if resource.gpu > 0 and resource.cpu <= DEFAULT_CPU and resource.memMB <= DEFAULT_MEM_MB:
             warnings.append(
-                f"{resource.gpu} GPU(s) per node with {resource.cpu} CPUs and {resource.memMB} MB "
-                "(the defaults): too little to keep GPUs busy; ask for more with --cpu and "
-                "--memMB (e.g. 8 CPUs and 32000 MB per GPU) or a named resource with -h"
+                f"{resource.gpu} GPU(s) per node with {resource.cpu} CPUs and {resource.memMB} MB"
+                f"{_which_defaulted(role.metadata.get(DEFAULTED_KEY, []))}: too little to keep "
+                "GPUs busy; ask for more with --cpu and --memMB (e.g. 8 CPUs and 32000 MB per "
+                "GPU) or a named resource with -h"
             )
         if scheduler == "kubernetes" and role.image == DEFAULT_IMAGE:
             warnings.append(
@@ -126,6 +136,16 @@ def check(app: Any, scheduler: str, ephemeral_outputs: bool) -> list[str]:
                 "it; push the image to a registry they reach and pass --image REGISTRY/NAME:TAG"
             )
     return warnings
+
+
+def _which_defaulted(flags: Sequence[str]) -> str:
+    """ " (the defaults)" only for values the user did not choose (explicit small values are
+    still too little, but calling them defaults would be wrong)."""
+    if set(flags) >= {"--cpu", "--memMB"}:
+        return " (the defaults)"
+    if flags:
+        return f" ({flags[0]} left at its default)"
+    return ""
 
 
 def _is_url(path: str) -> bool:

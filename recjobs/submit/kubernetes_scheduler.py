@@ -17,7 +17,11 @@ edits the pod templates:
   `env.valueFrom.secretKeyRef` into the Secret named by `wandb_secret` (key = variable name),
   so the key is never in the job spec;
 - `torchx status` of a PENDING job says why it waits (`describe`): the latest warnings about
-  its pod group and pods, e.g. Volcano's "overused nvidia.com/gpu".
+  its pod group and pods, e.g. Volcano's "overused nvidia.com/gpu";
+- `torchx log HANDLE` (every replica) works for a finished job too (`describe`): torchx reads
+  the roles and replicas from the Volcano Job's `status.taskStatusCount`, which Volcano
+  (v1.14's job controller, `killPods`) leaves empty once the job has finished and its pods are
+  kept, so torchx found no replica to read; the roles then come from the Job's `spec.tasks`.
 
 The colon syntax is forced by torchx's `-cfg` parser, which splits on `=`, `,` and `;`.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+import warnings
 from collections.abc import Mapping
 from typing import Any, Dict, List  # noqa: UP035 - see the runopts below
 
@@ -36,7 +41,7 @@ from torchx.schedulers.kubernetes_scheduler import (
     KubernetesOpts,
     KubernetesScheduler,
 )
-from torchx.specs import AppDef, AppState, runopts
+from torchx.specs import AppDef, AppState, Role, runopts
 
 from recjobs.errors import UserError
 from recjobs.submit import container_paths, secret_env
@@ -155,7 +160,14 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
             raise _user_error(exc) from None
         container_paths.check_at_submit(app, "kubernetes", options)
 
-        info = super()._submit_dryrun(app, cfg)
+        with warnings.catch_warnings():
+            # torchx warns "As of 1.4.0 Volcano does NOT support retries correctly" (Volcano
+            # issue 1651: the last retry's failed pods were deleted with their logs), fixed in
+            # Volcano v1.4.0; what a user needs instead is what --max_retries N means there.
+            warnings.filterwarnings("ignore", message=r"(?s).*does NOT support retries")
+            info = super()._submit_dryrun(app, cfg)
+        for line in retry_notes(app):
+            print(line, file=sys.stderr)
         secret = str(options.get("wandb_secret") or DEFAULT_WANDB_SECRET)
         for task in info.request.resource["spec"]["tasks"]:  # type: ignore[index]
             pod = task["template"]
@@ -166,14 +178,37 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
         return info
 
     def describe(self, app_id: str) -> DescribeAppResponse | None:
-        """torchx's status, plus why a PENDING job waits (`torchx status` prints it as Msg)."""
+        """torchx's status, plus why a PENDING job waits (`torchx status` prints it as Msg),
+        and the roles of a finished job (which `torchx log HANDLE` reads its replicas from)."""
         response = super().describe(app_id)
-        if response is not None and response.state == AppState.PENDING:
-            namespace, name = app_id.split(":")
+        if response is None:
+            return None
+        namespace, name = app_id.split(":")
+        if response.state == AppState.PENDING:
             reasons = pending_reasons(self._events(namespace), name)
             if reasons:
                 response.msg = "; ".join(reasons)
+        if not response.roles and response.state != AppState.UNKNOWN:
+            # Only replica *states* come with taskStatusCount; the replicas themselves are the
+            # Job's tasks, which never change. roles_statuses stays empty: Volcano no longer
+            # says how each pod ended, and guessing would be worse than saying nothing.
+            response.roles = roles_of_tasks(self._job_spec(namespace, name))
         return response
+
+    def _job_spec(self, namespace: str, name: str) -> dict[str, Any]:
+        from kubernetes.client.rest import ApiException
+
+        try:
+            job = self._custom_objects_api().get_namespaced_custom_object(
+                group="batch.volcano.sh",
+                version="v1alpha1",
+                namespace=namespace,
+                plural="jobs",
+                name=name,
+            )
+        except ApiException:  # e.g. deleted in between: torchx's answer stands
+            return {}
+        return job.get("spec") or {}
 
     def _events(self, namespace: str) -> list[Any]:
         from kubernetes.client import CoreV1Api
@@ -183,6 +218,41 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
             return CoreV1Api(self._api_client()).list_namespaced_event(namespace).items
         except ApiException:  # the job's status is still worth printing without its reasons
             return []
+
+
+def retry_notes(app: AppDef) -> list[str]:
+    """What `--max_retries N` does on Volcano, one line per role that asks for retries.
+
+    torchx sets the Volcano Job's maxRetry to N (the smallest over the roles) with RestartJob
+    on PodFailed and PodEvicted. Volcano's maxRetry counts runs, not restarts: a failure
+    increments retryCount, and the job fails once retryCount reaches maxRetry.
+    """
+    notes = []
+    for role in app.roles:
+        if role.max_retries > 0:
+            restarts = role.max_retries - 1
+            notes.append(
+                f"note: role {role.name}: --max_retries {role.max_retries} on Volcano runs the "
+                f"job at most {role.max_retries} time(s) in all, i.e. {restarts} restart(s) "
+                "after a failed or evicted pod (Volcano's maxRetry counts the first run); "
+                "each restart resumes from the run directory's last checkpoint"
+            )
+    return notes
+
+
+def roles_of_tasks(spec: Mapping[str, Any]) -> list[Role]:
+    """The roles (name, number of replicas) of a Volcano Job that torchx built.
+
+    torchx makes one Volcano task per replica, named `<role>-<replica id>`, and reads them back
+    the same way in `describe` when Volcano still counts them; so does this.
+    """
+    roles: dict[str, Role] = {}
+    for task in spec.get("tasks") or []:
+        role, _, replica = str(task.get("name", "")).rpartition("-")
+        if not role or not replica.isdigit():
+            continue  # not a task torchx made
+        roles.setdefault(role, Role(name=role, image="", num_replicas=0)).num_replicas += 1
+    return list(roles.values())
 
 
 def pending_reasons(events: list[Any], job: str, most: int = 2) -> list[str]:

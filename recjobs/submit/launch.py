@@ -25,6 +25,7 @@ import dataclasses
 import json
 import re
 import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,6 +40,7 @@ from recjobs.submit import container_paths, secret_env
 ROLE_NAME = "train"
 RECOMMEND_ROLE = "recommend"
 DEFAULT_IMAGE = container_paths.DEFAULT_IMAGE
+DEFAULT_CPU, DEFAULT_MEM_MB = container_paths.DEFAULT_CPU, container_paths.DEFAULT_MEM_MB
 # One directory per job: a retry of the same job (same app id) finds its checkpoints again,
 # while a new submission never resumes somebody else's run by accident.
 DEFAULT_RUN_DIR = f"runs/{macros.app_id}"
@@ -111,6 +113,82 @@ def with_wandb(overrides: Overrides, project: str | None) -> Overrides:
         raise UserError("--wandb_project", "must not be empty")
     sets = [*overrides.sets, "training.use_wandb=true", f"training.wandb_project={project}"]
     return dataclasses.replace(overrides, sets=sets)
+
+
+# The shortest spelling argparse accepts for the component flags that submit-time messages
+# depend on: TorchX's component parser takes any unambiguous prefix (`--conf`, `--mem`), and
+# these are unambiguous among both components' flags (`--co` could be --config or --cpu, `--m`
+# --memMB, --mounts or --max_retries).
+_SHORTEST = {"--config": "--con", "--cpu": "--cp", "--memMB": "--me"}
+
+
+def named_on_command_line(command_line: Sequence[str], flag: str) -> bool | None:
+    """Whether `torchx run`'s command line names the component argument `flag`; None when it
+    is not `torchx run`.
+
+    TorchX hands the component .torchxconfig's `[component:...]` values and the signature's
+    defaults as if they were arguments, so only the command line tells what the user typed.
+    The overrides after `--` are not the component's.
+    """
+    if not command_line or "torchx" not in command_line[0].rsplit("/", 1)[-1]:
+        return None
+    words = list(command_line[1:])
+    words = words[: words.index("--")] if "--" in words else words
+    shortest = _SHORTEST.get(flag, flag)
+    for word in words:
+        name = word.split("=", 1)[0]
+        if len(name) >= len(shortest) and flag.startswith(name):
+            return True
+    return False
+
+
+def config_given(command_line: Sequence[str]) -> bool | None:
+    """Whether `torchx run`'s command line names `--config`; None when it is not `torchx run`."""
+    return named_on_command_line(command_line, "--config")
+
+
+def defaulted_resources(
+    cpu: int,
+    memMB: int,  # noqa: N803
+    h: str | None,
+    command_line: Sequence[str],
+) -> list[str]:
+    """The flags of --cpu and --memMB that were left at the components' defaults.
+
+    Not named on `torchx run`'s command line and equal to the signature's default (a value
+    from .torchxconfig is the user's choice); outside `torchx run`, equal to the default. A
+    named resource (-h) replaces both.
+    """
+    if h:
+        return []
+    values = {"--cpu": (cpu, DEFAULT_CPU), "--memMB": (memMB, DEFAULT_MEM_MB)}
+    return [
+        flag
+        for flag, (value, default) in values.items()
+        if value == default and not named_on_command_line(command_line, flag)
+    ]
+
+
+def submission_line(
+    task: str, config: str | None, overrides: Overrides, command_line: Sequence[str] = ()
+) -> str:
+    """One line saying what a training job trains: its task, config file and overrides.
+
+    Printed at submit (dry runs too) because the repository's .torchxconfig silently supplies
+    `--config config/quickstart.yaml`.
+    """
+    if config is None:
+        source = "the built-in defaults (no --config)"
+    else:
+        given = config_given(command_line)
+        source = config + (" (from .torchxconfig)" if given is False else "")
+    argv = overrides.to_argv()
+    count = sum(1 for word in argv if word.startswith("--"))
+    if count == 0:
+        changes = "no overrides"
+    else:
+        changes = f"{count} override{'s' if count > 1 else ''}: {shlex.join(argv)}"
+    return f"recjobs: task {task}, config {source}, {changes}"
 
 
 def config_json(cfg: ResolvedConfig) -> str:
@@ -255,10 +333,14 @@ def train_app(
     run_dir: str | None,
     wandb_project: str | None,
     wandb_mode: str | None,
+    command_line: Sequence[str] = (),
 ) -> specs.AppDef:
     """The AppDef of one training job; every argument is the component's (see its docstring).
 
-    Raises UserError for anything wrong, before a job exists.
+    `command_line` is `torchx run`'s argv; with it the job's one-line summary on stderr says
+    whether the config came from .torchxconfig, and the container schedulers' warnings whether
+    --cpu and --memMB were left at their defaults. Raises UserError for anything wrong, before a
+    job exists.
     """
     if task not in TASKS:
         raise UserError("--task", f"expected one of {', '.join(TASKS)}, got {task!r}")
@@ -277,7 +359,9 @@ def train_app(
     job_env = _env(env, wandb_mode)
     role_mounts = _mounts(mounts)
 
-    cfg = resolve(task, config, with_wandb(parse_overrides(overrides), wandb_project))
+    effective = with_wandb(parse_overrides(overrides), wandb_project)
+    cfg = resolve(task, config, effective)
+    print(submission_line(task, config, effective, command_line), file=sys.stderr)
 
     role = specs.Role(
         name=ROLE_NAME,
@@ -299,6 +383,7 @@ def train_app(
         role.metadata,
         writes={"--run_dir": run_dir},
         reads={f"dataset.paths.{table}": path for table, path in data.items()},
+        defaulted=defaulted_resources(cpu, memMB, h, command_line),
     )
     return specs.AppDef(name=f"recjobs-{task}", roles=[role])
 
@@ -321,8 +406,11 @@ def recommend_app(
     env: dict[str, str] | None,
     mounts: list[str] | None,
     max_retries: int,
+    command_line: Sequence[str] = (),
 ) -> specs.AppDef:
     """The AppDef of one batch-inference job; every argument is the `recommend` component's.
+
+    `command_line` is `torchx run`'s argv (see `train_app`).
 
     The job is torchrun (same rendezvous, image, mounts and resources as training) running
     `recjobs recommend MODEL_DIR --k K --out OUT --parts FORMAT` in every process: process
@@ -370,5 +458,6 @@ def recommend_app(
         role.metadata,
         writes={"--out": out},
         reads={"--model_dir": model_dir, "--users": users or "", "--candidates": candidates or ""},
+        defaulted=defaulted_resources(cpu, memMB, h, command_line),
     )
     return specs.AppDef(name="recjobs-recommend", roles=[role])

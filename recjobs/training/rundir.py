@@ -22,7 +22,9 @@ from typing import Any
 import yaml
 
 from recjobs.errors import CheckpointError, RunDirError
-from recjobs.training.checkpoint import atomic_write_bytes, previous
+
+# recjobs.training.checkpoint (torch, seconds to import) is imported where it is used:
+# `recjobs status` and `recjobs log` read run directories with this module and no torch.
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,19 @@ class RunDir:
     def model(self) -> Path:
         return self.path / "model"
 
+    @property
+    def lock_file(self) -> Path:
+        """Flock-ed by the trainer while it runs (`lock`); holds its pid."""
+        return self.path / ".lock"
+
     def prepare(self) -> None:
         """Create the run dir (and its parents) and check this user can write in it.
 
         Raises:
             RunDirError: it is a file or under one, cannot be created, or is not writable.
         """
+        from recjobs.training.checkpoint import previous
+
         where = str(self.path)
         if "\0" in where:
             raise RunDirError(where, "a path cannot hold a NUL character")
@@ -107,6 +116,8 @@ class RunDir:
 
     def check_start(self, resume: bool) -> bool:
         """Whether this run resumes. A fresh run never overwrites another run's checkpoints."""
+        from recjobs.training.checkpoint import previous
+
         if self.last.exists() or previous(self.last).exists():
             if not resume:
                 raise CheckpointError(
@@ -127,10 +138,10 @@ class RunDir:
         interleaving writes. The kernel drops the lock when the process dies, even by SIGKILL."""
         self.prepare()
         try:
-            f = open(self.path / ".lock", "a+")  # noqa: SIM115 - closed by the with below
+            f = open(self.lock_file, "a+")  # noqa: SIM115 - closed by the with below
         except OSError as exc:
             raise RunDirError(
-                str(self.path / ".lock"), f"cannot open the lock file: {exc.strerror or exc}"
+                str(self.lock_file), f"cannot open the lock file: {exc.strerror or exc}"
             ) from None
         with f:
             try:
@@ -153,5 +164,7 @@ class RunDir:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
     def write_config(self, resolved: dict[str, Any]) -> None:
+        from recjobs.training.checkpoint import atomic_write_bytes
+
         text = yaml.safe_dump(resolved, sort_keys=False)
         atomic_write_bytes(self.config, text.encode())

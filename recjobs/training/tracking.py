@@ -119,14 +119,33 @@ class _RunLogHandler(logging.FileHandler):
         log.warning("%s cannot be written; its log lines go to stderr only", self.baseFilename)
 
 
+class RunLog:
+    """Lines RUN_DIR/train.log must hold whatever the log level: `recjobs status` reads how a
+    run started and how it ended from them (recjobs.training.run_status)."""
+
+    def __init__(self, handler: logging.Handler):
+        self._handler = handler
+
+    def to_file(self, logger: logging.Logger, level: int, message: str) -> None:
+        """One line for train.log alone (the run's last word: the command line prints its own
+        line on stderr)."""
+        self._handler.handle(logger.makeRecord(logger.name, level, __file__, 0, message, (), None))
+
+    def always(self, logger: logging.Logger, level: int, message: str) -> None:
+        """Log `message` as usual; where the level filters it out, still write it to train.log."""
+        if logger.isEnabledFor(level):
+            logger.log(level, "%s", message)
+        else:
+            self.to_file(logger, level, message)
+
+
 @contextlib.contextmanager
-def run_log(path: Path) -> Iterator[Callable[[int, str], None]]:
+def run_log(path: Path) -> Iterator[RunLog]:
     """Copy recjobs' log lines to `path` (RUN_DIR/train.log) while the block runs.
 
     TorchX's local_cwd log directory is deleted when the job ends and container logs go with
     the container; this copy stays with the run. Levels are as configured (RECJOBS_LOG_LEVEL).
-    The block gets a function that writes one line to train.log only: the run's last word (its
-    `error:` line), which the CLI prints to stderr itself once the block has ended.
+    The block gets a `RunLog` for the lines the file must hold at any level.
     """
     handler = _RunLogHandler(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
@@ -137,7 +156,7 @@ def run_log(path: Path) -> Iterator[Callable[[int, str], None]]:
 
     package.addHandler(handler)
     try:
-        yield last_word
+        yield RunLog(handler)
     finally:
         package.removeHandler(handler)
         handler.close()

@@ -51,6 +51,7 @@ from recjobs.errors import (
     UserError,
 )
 from recjobs.models import build_model
+from recjobs.training import run_status
 from recjobs.training.checkpoint import (
     load_checkpoint,
     load_latest_good,
@@ -63,7 +64,7 @@ from recjobs.training.precision import precision_policy
 from recjobs.training.rundir import RunDir
 from recjobs.training.summary import RunEnd, summarise, summary_lines, write_summary
 from recjobs.training.tasks import make_task
-from recjobs.training.tracking import Tracker, read_records, run_log, wandb_wanted
+from recjobs.training.tracking import RunLog, Tracker, read_records, run_log, wandb_wanted
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,10 @@ class Preempted(Exception):
     SIGINT (Ctrl-C), as a shell reports a process the signal ended.
     """
 
-    def __init__(self, message: str, exit_code: int = EXIT_PREEMPTED):
+    def __init__(self, message: str, exit_code: int = EXIT_PREEMPTED, finished: bool = False):
         super().__init__(message)
         self.exit_code = exit_code
+        self.finished = finished  # it came after the export: the run is complete
 
 
 @dataclass(frozen=True)
@@ -259,26 +261,20 @@ def train(
         resume = resume or resume_or_start
         if not ddp.is_main:
             return TrainingRun(cfg, rundir, resume, ddp, stop).run()
-        with rundir.lock(), run_log(rundir.log) as last_word:
+        with rundir.lock(), run_log(rundir.log) as written:
             try:
-                return TrainingRun(cfg, rundir, resume, ddp, stop).run()
-            except UserError as exc:
-                last_word(logging.ERROR, exc.line())
-                raise
-            except Preempted as exc:
-                last_word(logging.WARNING, str(exc))
+                return TrainingRun(cfg, rundir, resume, ddp, stop, written).run()
+            except BaseException as exc:
+                # The run's last line in train.log says how it ended (`recjobs status` reads
+                # it); stderr gets the same from the command line, so the file only.
+                written.to_file(log, *_last_word(exc, rundir))
                 raise
     except OSError as exc:
         if not _is_file_error(exc):  # e.g. a DDP peer's connection: not the user's doing
             traceback.clear_frames(exc.__traceback__)
             raise
-        # What the writers do not name themselves (a directory in the way of model/).
         traceback.clear_frames(exc.__traceback__)
-        raise RunDirError(
-            str(exc.filename or rundir.path),
-            f"I/O error: {exc.strerror or exc}",
-            "files written before it are whole; fix the cause and resume with --resume",
-        ) from None
+        raise _file_error(exc, rundir) from None
     except BaseException as exc:
         # The traceback holds the run's frames and so the DDP model. Freed only after
         # destroy_process_group, its Reducer would free the gloo group with the GIL held while a
@@ -290,6 +286,36 @@ def train(
         stop.restore()
         if ddp.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _file_error(exc: OSError, rundir: RunDir) -> RunDirError:
+    """What the writers do not name themselves (a directory in the way of model/)."""
+    return RunDirError(
+        str(exc.filename or rundir.path),
+        f"I/O error: {exc.strerror or exc}",
+        "files written before it are whole; fix the cause and resume with --resume",
+    )
+
+
+def _last_word(exc: BaseException, rundir: RunDir) -> tuple[int, str]:
+    """(log level, train.log's last line) for a run that ends by `exc`."""
+    if isinstance(exc, Preempted):
+        if exc.finished:
+            state = run_status.FINISHED
+        elif exc.exit_code == 128 + signal.SIGINT:
+            state = run_status.INTERRUPTED
+        else:
+            state = run_status.PREEMPTED
+        return logging.WARNING, run_status.last_word(state, exc.exit_code, str(exc))
+    if isinstance(exc, OSError) and _is_file_error(exc):
+        exc = _file_error(exc, rundir)
+    if isinstance(exc, UserError):
+        return logging.ERROR, run_status.last_word(run_status.FAILED, exc.exit_code, exc.line())
+    first = (str(exc).strip().splitlines() or [""])[0][:300]
+    why = f"crashed: {type(exc).__name__}" + (f": {first}" if first else "")
+    return logging.ERROR, run_status.last_word(
+        run_status.FAILED, 1, f"{why} (the traceback is on the process's stderr)"
+    )
 
 
 def _is_file_error(exc: OSError) -> bool:
@@ -331,9 +357,16 @@ class TrainingRun:
     """
 
     def __init__(
-        self, cfg: ResolvedConfig, rundir: RunDir, resume: bool, ddp: Distributed, stop: StopSignal
+        self,
+        cfg: ResolvedConfig,
+        rundir: RunDir,
+        resume: bool,
+        ddp: Distributed,
+        stop: StopSignal,
+        written: RunLog | None = None,  # rank 0's train.log
     ) -> None:
         self.cfg, self.rundir, self.ddp, self.stop = cfg, rundir, ddp, stop
+        self.written = written
         training = cfg.training
         resuming = rundir.check_start(resume)  # read-only, on every rank: all ranks fail alike
         checkpoint = load_latest_good(rundir.last, CHECKPOINT_FIELDS) if resuming else None
@@ -476,21 +509,23 @@ class TrainingRun:
         log.info("resumed from %s at epoch %d, step %d", self.rundir.last, epoch, step)
         return metrics_lines
 
+    def say_always(self, message: str) -> None:
+        """An INFO line train.log holds at any log level: how the run started and ended."""
+        if self.written is not None:
+            self.written.always(log, logging.INFO, message)
+        else:
+            log.info("%s", message)
+
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> dict[str, float]:
         """Train to the end (max_epochs, max_steps or early stopping), then export."""
         training, progress = self.cfg.training, self.progress
         if self.ddp.is_main:
-            log.info(
-                "training %s (%s) on %s x%d: %d examples, %d steps/epoch, %d steps",
-                self.cfg.task,
-                self.cfg.model.model_arch,
-                self.device,
-                self.ddp.world_size,
-                self.task.num_examples,
-                self.per_epoch,
-                self.total_steps,
+            self.say_always(
+                f"training {self.cfg.task} ({self.cfg.model.model_arch}) on {self.device} "
+                f"x{self.ddp.world_size}: {self.task.num_examples} examples, "
+                f"{self.per_epoch} steps/epoch, {self.total_steps} steps"
             )
             log.info(
                 "sparse embedding updates: %s (%s)", "on" if self.sparse else "off", self.sparse_why
@@ -757,6 +792,7 @@ class TrainingRun:
                 f"{self.stop.name} after the last step: training and the export finished, the "
                 f"model is complete in {self.rundir.model}",
                 self.stop.exit_code,
+                finished=True,
             )
         return metrics
 
@@ -783,7 +819,7 @@ class TrainingRun:
         summary = summarise(end, records)
         write_summary(self.rundir.summary, summary)
         for line in summary_lines(summary, self.rundir.summary):
-            log.info("%s", line)
+            self.say_always(line)
 
     def elapsed_s(self) -> float:
         """Wall time of the run so far, earlier attempts (up to their checkpoint) included."""

@@ -1,0 +1,66 @@
+"""TorchX's local_cwd scheduler, saying at submit where the run directory and its log are.
+
+TorchX 0.7.0 keeps a local_cwd job's state inside the `torchx run` process: from another
+terminal `torchx log local_cwd://...` waits forever, `torchx status` says the app does not
+exist while it runs and `torchx list -s local_cwd` ends in a traceback. The run directory has
+what they would show (`recjobs status RUN_DIR`, `recjobs log RUN_DIR -f`), so this scheduler,
+registered under the same name `local_cwd` (see pyproject.toml), prints its path once the job
+has started, with `${app_id}` filled in. Everything else is TorchX's own.
+"""
+
+from __future__ import annotations
+
+import string
+import sys
+from typing import Any
+
+from torchx.schedulers.api import AppDryRunInfo
+from torchx.schedulers.local_scheduler import (
+    CWDImageProvider,
+    LocalScheduler,
+    PopenRequest,
+)
+from torchx.specs import AppDef
+
+from recjobs.submit import container_paths
+
+
+def where_lines(app: AppDef, app_id: str) -> list[str]:
+    """Where a started job's run directory (or recommend output) is, and how to watch it."""
+    lines = []
+    for role in app.roles:
+        writes = role.metadata.get(container_paths.METADATA_KEY, {}).get("writes", {})
+        run_dir = writes.get("--run_dir")
+        if run_dir:
+            where = string.Template(run_dir).safe_substitute(app_id=app_id)
+            lines.append(f"recjobs: run directory {where}, its log {where}/train.log")
+            lines.append(
+                f"recjobs: from another terminal: recjobs status {where}; recjobs log {where} "
+                "-f (torchx status and log do not see local_cwd jobs)"
+            )
+        out = writes.get("--out")
+        if out:
+            where = string.Template(out).safe_substitute(app_id=app_id)
+            lines.append(f"recjobs: the recommendations go to {where}")
+    return lines
+
+
+class RecjobsLocalCwdScheduler(LocalScheduler):
+    """LocalScheduler (current working directory as the image) that names the run directory."""
+
+    def schedule(self, dryrun_info: AppDryRunInfo[PopenRequest]) -> str:
+        app_id = super().schedule(dryrun_info)
+        if dryrun_info._app is not None:  # built by submit_dryrun, as `torchx run` does
+            for line in where_lines(dryrun_info._app, app_id):
+                print(line, file=sys.stderr)
+        return app_id
+
+
+def create_scheduler(session_name: str, **kwargs: Any) -> RecjobsLocalCwdScheduler:
+    """The `torchx.schedulers` entry point: TorchX's local_cwd factory, this class."""
+    return RecjobsLocalCwdScheduler(
+        session_name=session_name,
+        image_provider_class=CWDImageProvider,
+        cache_size=kwargs.get("cache_size", 100),
+        extra_paths=kwargs.get("extra_paths"),
+    )
