@@ -105,6 +105,8 @@ class RunDir:
         Raises:
             CheckpointError: the directory does not exist or holds no checkpoint.
         """
+        from recjobs.training.checkpoint import previous
+
         hint = (
             "drop --resume to start a new run, or pass --resume-or-start to resume when there "
             "is a checkpoint and start a new run when there is none"
