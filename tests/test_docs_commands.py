@@ -411,12 +411,18 @@ def run_block(block: Block, run: list[Command], ws: Workspace) -> list[CommandRe
 # ---------------------------------------------------------------------------- what a run must show
 
 
-def after_make_run(result: CommandResult, ws: Workspace) -> None:
+def record_make_run_dir(result: CommandResult, ws: Workspace) -> None:
+    """`make run` prints its app handle; its run directory is runs/<app id> (for PLACEHOLDERS)."""
     handle = re.search(r"^local_cwd://torchx/(recjobs-retrieval-\w+)$", result.stdout, re.M)
-    assert handle, f"`make run` printed no local_cwd app handle:\n{result.stdout[-2000:]}"
-    run_dir = f"runs/{handle.group(1)}"
-    assert (ws.root / run_dir / "model").is_dir(), f"`make run` wrote no {run_dir}/model"
-    ws.make_run_dir = run_dir
+    if handle and (ws.root / "runs" / handle.group(1) / "model").is_dir():
+        ws.make_run_dir = f"runs/{handle.group(1)}"
+
+
+def after_make_run(result: CommandResult, ws: Workspace) -> None:
+    assert ws.make_run_dir, (
+        f"`make run` printed no local_cwd://torchx/<app id> whose runs/<app id>/model exists:\n"
+        f"{result.stdout[-2000:]}"
+    )
 
 
 def after_recommend_all(result: CommandResult, ws: Workspace) -> None:
@@ -482,8 +488,8 @@ def check_results(block: Block, results: list[CommandResult], ws: Workspace) -> 
             )
         if command.key in EXPECT:
             EXPECT[command.key](result, ws)
-    ran = [r.command for r in results]
-    assert len(ran) == len(plan(block, ws.root).run), f"{block.id}: stopped after `{ran[-1].key}`"
+    planned = len(plan(block, ws.root).run)
+    assert len(results) == planned, f"{block.id}: {len(results)} of {planned} commands ran"
 
 
 # ---------------------------------------------------------------------------- the workspace
@@ -515,9 +521,7 @@ def shrink_quickstart(path: Path) -> None:
             section = section[name]
         assert key in section, f"config/quickstart.yaml has no {dotted} to shrink"
         section[key] = value
-    stat = path.stat()
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 @pytest.fixture(scope="module")
@@ -566,8 +570,8 @@ def run_through(block: Block, ws: Workspace) -> list[CommandResult]:
         results = run_block(earlier, steps.run, ws) if steps.run else []
         ws.done[earlier.id] = results
         for result in results:  # what later blocks use (make run's run directory)
-            if result.returncode == 0 and result.command.key == "make run":
-                after_make_run(result, ws)
+            if result.command.key == "make run":
+                record_make_run_dir(result, ws)
     return ws.done[block.id]
 
 
