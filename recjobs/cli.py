@@ -28,7 +28,7 @@ from recjobs.config.resolver import (
     resolve_dict,
 )
 from recjobs.config.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
-from recjobs.errors import ConfigError, UserError
+from recjobs.errors import ConfigError, UserError, cannot_write
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -47,12 +47,21 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(self.prog, message, "see --help")
 
 
+def _path(text: str) -> str:
+    """A path argument: '' would mean the working directory (or a default) without saying so."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; name a file or directory")
+    return text
+
+
 def _task_args(parser: argparse.ArgumentParser) -> None:
     # Optional for argparse only: `resolve --mixed-precision retrieval` would hand the task to
     # the option before it (nargs ? or +); `_place_task` takes it back, or reports it missing.
     parser.add_argument("task", nargs="?", choices=TASKS, help="which model to train")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--config", metavar="FILE", help="YAML config; default: built-in defaults")
+    source.add_argument(
+        "--config", type=_path, metavar="FILE", help="YAML config; default: built-in defaults"
+    )
     source.add_argument(
         "--config-json",
         metavar="JSON",
@@ -74,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _task_args(p)
     p.add_argument(
         "--run-dir",
+        type=_path,
         metavar="DIR",
         help="where config, metrics, checkpoints and model go (default: training.artifact_dir)",
     )
@@ -99,13 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
         "failed, stopped or not started; progress, best validation, model",
     )
     p.add_argument(
-        "run_dir", metavar="RUN_DIR", help="the run directory (--run-dir, runs/<app id>)"
+        "run_dir",
+        type=_path,
+        metavar="RUN_DIR",
+        help="the run directory (--run-dir, runs/<app id>)",
     )
     p.set_defaults(run=_status)
 
     p = sub.add_parser("log", help="print a run's train.log; -f follows it until the run ends")
     p.add_argument(
-        "run_dir", metavar="RUN_DIR", help="the run directory (--run-dir, runs/<app id>)"
+        "run_dir",
+        type=_path,
+        metavar="RUN_DIR",
+        help="the run directory (--run-dir, runs/<app id>)",
     )
     p.add_argument(
         "-f",
@@ -125,17 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         required=True,
+        type=_path,
         metavar="FILE",
         help="output file, .parquet or .csv: user_id, item_id, score, rank; with --parts a "
         "directory",
     )
     p.add_argument(
         "--users",
+        type=_path,
         metavar="FILE",
         help="Parquet/CSV with a user_id column; default: every user of the model's users table",
     )
     p.add_argument(
         "--candidates",
+        type=_path,
         metavar="FILE",
         help="Parquet/CSV of user_id,item_id pairs to rank (needed by ranking models), e.g. "
         "a retrieval model's recommend output",
@@ -156,10 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="scores of given user,item pairs")
     _model_dir_arg(p)
     p.add_argument(
-        "--pairs", required=True, metavar="FILE", help="Parquet/CSV with user_id, item_id"
+        "--pairs",
+        required=True,
+        type=_path,
+        metavar="FILE",
+        help="Parquet/CSV with user_id, item_id",
     )
     p.add_argument(
-        "--out", required=True, metavar="FILE", help="output file: user_id, item_id, score"
+        "--out",
+        required=True,
+        type=_path,
+        metavar="FILE",
+        help="output file: user_id, item_id, score",
     )
     p.set_defaults(run=_score)
 
@@ -169,12 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "run_dirs",
         nargs="+",
+        type=_path,
         metavar="RUN_DIR",
         help="run directories (their metrics.jsonl), drawn over each other under their names",
     )
     p.add_argument(
         "-o",
         "--out",
+        type=_path,
         metavar="FILE",
         help="the image; its extension picks the format: .png, .svg or .pdf (default: "
         "curves.png in the first RUN_DIR, replaced by a new plot; never a file of the working "
@@ -195,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         required=True,
+        type=_path,
         metavar="DIR",
         help="folder for the four Parquet tables and config.yaml (created if missing)",
     )
@@ -217,12 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--src",
         required=True,
+        type=_path,
         metavar="DIR",
         help="folder holding u.data/u.user/u.item or ratings.dat/users.dat/movies.dat",
     )
     p.add_argument(
         "--out",
         required=True,
+        type=_path,
         metavar="DIR",
         help="folder for the four Parquet tables and config.yaml (created if missing)",
     )
@@ -271,7 +303,9 @@ def _place_task(args: argparse.Namespace) -> None:
 
 
 def _model_dir_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir", metavar="DIR", help="a run directory or its model/")
+    parser.add_argument(
+        "model_dir", type=_path, metavar="DIR", help="a run directory or its model/"
+    )
     parser.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -396,9 +430,7 @@ def _output_errors(out: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise UserError(
-            str(exc.filename or out), f"cannot write: {exc.strerror or exc}", "check --out"
-        ) from None
+        raise UserError(str(exc.filename or out), cannot_write(exc, out), "check --out") from None
 
 
 def _movielens(args: argparse.Namespace) -> int:
@@ -461,7 +493,15 @@ def _score(args: argparse.Namespace) -> int:
 
     recommend.check_output_path(args.out)
     rec = _load_recommender(args)
-    table = rec.score(_pairs_file(rec, args.pairs, "--pairs"))
+    pairs = _pairs_file(rec, args.pairs, "--pairs")
+    table = rec.score(pairs)
+    if pairs.num_rows and not table.num_rows:
+        # As `recommend --users`: an empty output file would pass for a result.
+        raise UserError(
+            args.pairs,
+            "none of its pairs has a user and an item in the model's tables",
+            "ids are matched as they are: 7 and '7' differ",
+        )
     recommend.write_output(table, args.out)
     log.info("%d scores in %s", table.num_rows, args.out)
     print(args.out)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class UserError(Exception):
     """A mistake in what the user gave us (config, command line, data, checkpoint)."""
@@ -45,3 +48,16 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite. No checkpoint is written from the diverged state."""
 
     exit_code = 3
+
+
+def cannot_write(exc: OSError, path: str | os.PathLike[str]) -> str:
+    """The problem of an OSError from writing `path`, saying what to fix.
+
+    mkdir and open say only "File exists" or "Not a directory" when a parent of the path is a
+    file; this names that file.
+    """
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        for parent in reversed(Path(path).parents):
+            if parent.exists() and not parent.is_dir():
+                return f"cannot write: {parent} is a file, not a directory"
+    return f"cannot write: {exc.strerror or exc}"

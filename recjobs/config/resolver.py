@@ -124,9 +124,12 @@ def _construct_float(loader: _Loader, node: yaml.ScalarNode) -> float:
 
 
 def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict:
-    loader.flatten_mapping(node)
+    # Duplicates among the mapping's own keys only: a key after a merge (`<<: *defaults`
+    # then `lr: 0.05`) overrides the merged one, as YAML's merge key specifies.
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         if not isinstance(key_node, yaml.ScalarNode):
             kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
             raise yaml.constructor.ConstructorError(
@@ -141,6 +144,7 @@ def _mapping_without_duplicates(loader: _Loader, node: yaml.MappingNode) -> dict
                 key_node.start_mark,
             )
         seen[key] = key_node.start_mark.line
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=True)
 
 
@@ -434,6 +438,13 @@ def _apply_set(raw: dict[str, Any], task: str, item: str) -> None:
             where,
             f"names the whole {'.'.join(parts)} section; set its keys one by one",
             "e.g. training.batch_size=2048 or shared.seed=7",
+        )
+    if tuple(parts) == (task, "training", "early_stopping") and isinstance(value, dict):
+        # early_stopping is a section too; only its true/false shorthand is one value.
+        raise ConfigError(
+            where,
+            "names the whole training.early_stopping section; set its keys one by one",
+            "e.g. training.early_stopping.metric=loss, or training.early_stopping=true",
         )
     node = raw
     for i, part in enumerate(parts[:-1]):
@@ -740,6 +751,13 @@ def _validate_section(task: str, section: TaskConfig, raw_section: dict[str, Any
     for key in ("user_id", "item_id", "interaction_user_col", "interaction_item_col"):
         _check(bool(getattr(cols, key)), f"{p}.columns.{key}", "must be a non-empty column name")
     _check_file_name(tr.checkpoint, f"{p}.training.checkpoint", "model.pt")
+    # '' would quietly mean the default, artifacts/<task>: a run written where nobody looks.
+    _check(
+        tr.artifact_dir is None or tr.artifact_dir.strip() != "",
+        f"{p}.training.artifact_dir",
+        f"must not be empty, got {show(tr.artifact_dir)}",
+        f"a directory such as runs/{task}, or null for artifacts/{task}",
+    )
 
     metrics = validation_metrics(task, tr)
     es = tr.early_stopping

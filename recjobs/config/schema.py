@@ -152,7 +152,9 @@ class ColumnsConfig:
     interaction_user_col: str = option("user_id", doc="user id column of the interaction tables")
     interaction_item_col: str = option("item_id", doc="item id column of the interaction tables")
     interaction_time_col: str | None = option(
-        "timestamp", doc="timestamp column of the interaction tables (read, not required)"
+        "timestamp",
+        doc="timestamp column of the interaction tables; optional and not read (nothing trains "
+        "on time: the split is the two files)",
     )
     label_col: str | None = option(
         None, doc="label column (ratings); needed by ranking's mse loss, ignored by bce"

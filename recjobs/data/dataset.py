@@ -82,6 +82,14 @@ def load_task_data(cfg: ResolvedConfig, encoders: Encoders | None = None) -> Tas
 
     user_ids = _catalogue_ids(users, cols.user_id, sources["users"], "user")
     item_ids = _catalogue_ids(items, cols.item_id, sources["items"], "item")
+    for role, ids, entity in (("users", user_ids, "user"), ("items", item_ids, "item")):
+        # Else every interaction is dropped as unknown and the error blames the interactions.
+        if len(ids) == 0:
+            raise DataError(
+                sources[role],
+                f"the {role} table has no rows",
+                f"it needs a row for every {entity} of the interactions (dataset.paths.{role})",
+            )
     user_cats = {
         c: _key_column(users, c, f"{sources['users']}: column '{c}'") for c in cols.user_cat_cols
     }
@@ -162,7 +170,9 @@ def _load_tables(cfg: ResolvedConfig) -> tuple[dict[str, pa.Table], dict[str, st
     """The four tables reduced to the configured columns, and a name for each in messages."""
     cols = cfg.columns
     interaction_cols = [cols.interaction_user_col, cols.interaction_item_col]
-    interaction_cols += [c for c in (cols.interaction_time_col, cols.label_col) if c]
+    # interaction_time_col is not read: nothing trains on the time (the split is the two
+    # files), and the docs call the column optional; a table without it must load.
+    interaction_cols += [cols.label_col] if cols.label_col else []
     wanted = {
         "users": [cols.user_id, *cols.user_cat_cols],
         "items": [cols.item_id, *cols.item_cat_cols],
@@ -247,7 +257,13 @@ def _key_column(table: pa.Table, col: str, where: str) -> pa.Array:
     return arr
 
 
-def _check_kind(vocab: Vocabulary, arr: pa.Array, where: str, vocab_source: str) -> None:
+def _check_kind(
+    vocab: Vocabulary,
+    arr: pa.Array,
+    where: str,
+    vocab_source: str,
+    source_type: pa.DataType | None = None,
+) -> None:
     """DataError when ids are ints here but strings in the catalogue (or the reverse).
 
     Never coerced: "007" and 7 are different ids, and silently matching or not matching them
@@ -256,6 +272,16 @@ def _check_kind(vocab: Vocabulary, arr: pa.Array, where: str, vocab_source: str)
     have, want = key_kind(arr), vocab.kind
     if {have, want} == {"int", "str"}:
         names = {"int": "integers", "str": "strings"}
+        if source_type is not None and pa.types.is_floating(source_type):
+            # as_key_array keeps non-whole numbers as their text; "strings" would mislead.
+            example = next((v for v in arr.to_pylist()[:1000] if v is not None), None)
+            raise DataError(
+                where,
+                f"values are numbers with a fraction (e.g. {example}) but {names[want]} in "
+                f"{vocab_source}",
+                hint="ids are whole numbers or text: fix those values, or store the column as "
+                "integers",
+            )
         raise DataError(
             where,
             f"values are {names[have]} but {names[want]} in {vocab_source}",
@@ -326,7 +352,7 @@ def _interactions(
             raise DataError(
                 where, f"{arr.null_count} null ids", hint="every interaction needs a user and item"
             )
-        _check_kind(vocab, arr, where, sources[role])
+        _check_kind(vocab, arr, where, sources[role], table.column(col).type)
         encoded.append(vocab.encode(arr))
     users, items = encoded
     labels = _labels(table, cols.label_col, source) if cols.label_col else None

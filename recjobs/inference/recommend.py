@@ -40,7 +40,7 @@ from recjobs.atomic import atomic_file
 from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, Vocabulary, read_table
 from recjobs.data.tables import as_key_array, column_names, key_kind, table_format
-from recjobs.errors import CheckpointError, UserError
+from recjobs.errors import CheckpointError, UserError, cannot_write
 from recjobs.models import build_model
 from recjobs.training.export import CATALOGUE, ITEM_EMBEDDINGS, load_config
 from recjobs.training.metrics import csr_chunk
@@ -540,7 +540,7 @@ def write_output(table: pa.Table, path: str) -> None:
                 else:
                     pacsv.write_csv(table, tmp, write_options=options)
     except OSError as exc:
-        raise UserError(path, f"cannot write: {exc.strerror or exc}", "check --out") from None
+        raise UserError(path, cannot_write(exc, path), "check --out") from None
 
 
 def shard(n: int, rank: int, world_size: int) -> slice:
@@ -560,7 +560,9 @@ def part_path(out_dir: str, rank: int, world_size: int, fmt: str) -> str:
             p for p in os.listdir(out_dir) if (m := PART.match(p)) and int(m[2]) != world_size
         ]
     except OSError as exc:
-        raise UserError(out_dir, f"cannot write: {exc.strerror or exc}", "check --out") from None
+        raise UserError(
+            out_dir, cannot_write(exc, os.path.join(out_dir, "part")), "check --out"
+        ) from None
     if others:
         raise UserError(
             out_dir,

@@ -284,6 +284,7 @@ def _mounts(
 ) -> list[specs.BindMount | specs.VolumeMount | specs.DeviceMount]:
     if not mounts:
         return []
+    _check_mount_keys(mounts)
     try:
         return specs.parse_mounts(mounts)
     except (KeyError, ValueError) as exc:
@@ -291,6 +292,38 @@ def _mounts(
         raise UserError(
             "--mounts", problem, "e.g. type=volume,src=recjobs-runs,dst=/runs"
         ) from None
+
+
+# What each mount type needs (TorchX's parse_mounts reports a missing one as KeyError('dst')).
+_MOUNT_NEEDS = {"bind": ("src", "dst"), "volume": ("src", "dst"), "device": ("src",)}
+_MOUNT_KEY_NAMES = {"source": "src", "destination": "dst", "target": "dst"}
+
+
+def _check_mount_keys(mounts: list[str]) -> None:
+    """Each mount's missing or empty src/dst, named with an example of the whole mount."""
+    groups: list[dict[str, str]] = []
+    for opt in mounts:
+        key, _, value = opt.partition("=")
+        if key == "type":
+            groups.append({"type": value})
+        elif groups:
+            groups[-1][_MOUNT_KEY_NAMES.get(key, key)] = value
+    for group in groups:
+        kind = group["type"]
+        missing = [k for k in _MOUNT_NEEDS.get(kind, ()) if not group.get(k)]
+        if missing:
+            given = ",".join(f"{k}={v}" for k, v in group.items())
+            raise UserError(
+                "--mounts",
+                f"{given}: no {missing[0]}= (a {kind} mount needs "
+                + " and ".join(f"{k}=" for k in _MOUNT_NEEDS[kind])
+                + ")",
+                {
+                    "bind": "e.g. type=bind,src=/data,dst=/data",
+                    "volume": "e.g. type=volume,src=recjobs-runs,dst=/runs",
+                    "device": "e.g. type=device,src=/dev/fuse",
+                }[kind],
+            )
 
 
 def _env(env: dict[str, str] | None, wandb_mode: str | None) -> dict[str, str]:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from recjobs.atomic import new_file_mode
-from recjobs.errors import CheckpointError, RunDirError
+from recjobs.errors import CheckpointError, RunDirError, cannot_write
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def _write_error(path: Path, exc: OSError) -> RunDirError:
     full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     return RunDirError(
         str(path),
-        f"cannot write: {exc.strerror or exc}",
+        cannot_write(exc, path),
         "nothing was replaced: the previous file, if any, is whole"
         + ("; free some space and resume with --resume" if full else ""),
     )

@@ -26,9 +26,10 @@ import torch
 import yaml
 from torch import nn
 
-from recjobs.config.resolver import drop_ignored_keys, resolve_dict
-from recjobs.config.schema import ResolvedConfig
+from recjobs.config.resolver import drop_ignored_keys, load_file, resolve_dict
+from recjobs.config.schema import TASKS, ResolvedConfig
 from recjobs.data import Encoders, TaskData
+from recjobs.errors import ConfigError
 from recjobs.models import build_model
 from recjobs.training import metrics
 from recjobs.training.checkpoint import atomic_write_bytes
@@ -107,9 +108,21 @@ def catalogue(data: TaskData) -> dict[str, torch.Tensor]:
 
 def load_config(model_dir: Path) -> ResolvedConfig:
     """The resolved config an export (or a run directory) was written with."""
-    raw = yaml.safe_load((model_dir / "config.yaml").read_text())
-    task = "retrieval" if "retrieval" in raw else "ranking"
-    return resolve_dict(drop_ignored_keys(raw), task)
+    path = model_dir / "config.yaml"
+    fix = "export the model again, or use another run"
+    # load_file: empty, invalid YAML or not a mapping is one error naming the file.
+    raw = load_file(path)
+    tasks = [task for task in TASKS if task in raw]
+    if len(tasks) != 1:
+        found = ", ".join(map(str, raw)) or "nothing"
+        raise ConfigError(
+            str(path), f"expected exactly one of {' or '.join(TASKS)}: (found {found})", fix
+        )
+    try:
+        return resolve_dict(drop_ignored_keys(raw), tasks[0])
+    except ConfigError as exc:
+        # The key alone ("retrieval.model.embedding_dim") reads like the user's own config.
+        raise ConfigError(f"{path}: {exc.where}", exc.problem, exc.hint or fix) from None
 
 
 def load_model(model_dir: str | Path) -> tuple[nn.Module, ResolvedConfig, Encoders]:

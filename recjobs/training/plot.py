@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from recjobs.atomic import atomic_file
-from recjobs.errors import UserError
+from recjobs.errors import UserError, cannot_write
 from recjobs.training.tracking import read_records
 
 FORMATS = (".png", ".svg", ".pdf")
@@ -59,6 +59,29 @@ def panels(runs: dict[str, dict[str, tuple[list[int], list[float]]]]) -> dict[st
     return {title: shown for title, shown in out.items() if shown}
 
 
+def _nothing_to_draw(run_dirs: list[str], records: list[list[dict[str, Any]]]) -> UserError:
+    """Why no curve can be drawn: no records at all, or records whose numbers are NaN/inf."""
+    where = run_dirs[0] if len(run_dirs) == 1 else ", ".join(run_dirs)
+    n_records = sum(len(found) for found in records)
+    if not n_records:
+        return UserError(where, "metrics.jsonl holds no records yet", "plot after a step")
+    bad = sorted(
+        {
+            key
+            for found in records
+            for record in found
+            for key, value in record.items()
+            if isinstance(value, float) and not math.isfinite(value)
+        }
+    )
+    what = f"every value of {', '.join(bad)} is NaN or infinite" if bad else "no numbers"
+    return UserError(
+        where,
+        f"metrics.jsonl holds {n_records} records but nothing to draw: {what}",
+        "the run diverged; see its train.log" if bad else "plot after a step",
+    )
+
+
 def plot_runs(run_dirs: list[str], out: str) -> dict[str, list[str]]:
     """Draw the runs' curves into `out`; returns panel title -> the labels of its lines.
 
@@ -70,10 +93,11 @@ def plot_runs(run_dirs: list[str], out: str) -> dict[str, list[str]]:
         raise UserError(out, "unsupported image format", "use " + ", ".join(FORMATS))
     paths = [Path(d) for d in run_dirs]
     names = run_names(paths)
-    runs = {name: curves(read_records(path)) for name, path in zip(names, paths)}
+    records = {name: read_records(path) for name, path in zip(names, paths)}
+    runs = {name: curves(found) for name, found in records.items()}
     shown = panels(runs)
     if not shown:
-        raise UserError(run_dirs[0], "metrics.jsonl holds no records yet", "plot after a step")
+        raise _nothing_to_draw(run_dirs, list(records.values()))
     try:
         import matplotlib
 
@@ -125,4 +149,4 @@ def _save(figure: Any, out: str) -> None:
         with atomic_file(out, suffix=os.path.splitext(out)[1]) as tmp:
             figure.savefig(tmp, dpi=100)
     except OSError as exc:
-        raise UserError(out, f"cannot write: {exc.strerror or exc}", "check -o") from None
+        raise UserError(out, cannot_write(exc, out), "check -o") from None

@@ -80,6 +80,8 @@ class RunDir:
                 raise RunDirError(where, "is a file, not a directory", "use another --run-dir")
             self.path.mkdir(parents=True, exist_ok=True)
             in_the_way = [p for p in (self.last, previous(self.last), self.best) if p.is_dir()]
+            # Found now, not when the first checkpoint or the export is written.
+            not_dirs = [p for p in (self.last.parent, self.model) if p.exists() and not p.is_dir()]
         except (FileExistsError, NotADirectoryError):
             raise RunDirError(
                 where, "a parent of it is a file, not a directory", "use another --run-dir"
@@ -93,6 +95,12 @@ class RunDir:
                 where,
                 f"not writable by this user (uid {os.getuid()})",
                 "make it writable for this user, or use another --run-dir",
+            )
+        if not_dirs:
+            raise RunDirError(
+                str(not_dirs[0]),
+                f"is a file, not a directory: the run writes its {not_dirs[0].name} there",
+                "remove or rename that file, or use another --run-dir",
             )
         if in_the_way:
             raise RunDirError(

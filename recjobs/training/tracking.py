@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from recjobs.errors import RunDirError, UserError
+from recjobs.errors import RunDirError, UserError, cannot_write
 from recjobs.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def _append(path: Path, line: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     except OSError as exc:
-        raise RunDirError(str(path), f"cannot write: {exc.strerror or exc}") from None
+        raise RunDirError(str(path), cannot_write(exc, path)) from None
     try:
         start = os.lseek(fd, 0, os.SEEK_END)
         view = memoryview(line)

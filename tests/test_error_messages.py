@@ -1,0 +1,304 @@
+"""Errors that say what to fix, and inputs that used to pass silently wrong (issue 17).
+
+Each case: the exact one line on stderr, exit code 2, and where something could have been
+written, that nothing was. Real files, a real tiny ranking run, the real CLI in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from recjobs.cli import main
+from recjobs.config.resolver import Overrides, resolve
+from recjobs.training import trainer
+
+from runs import QUICKSTART, ROOT, TINY
+
+
+def error(capsys, *argv: str) -> str:
+    """The one stderr line of a command that must exit 2."""
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert out == "" and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def resolved(capsys, *argv: str) -> dict:
+    assert main(["resolve", "retrieval", *argv]) == 0
+    return json.loads(capsys.readouterr().out)["retrieval"]
+
+
+@pytest.fixture(scope="module")
+def ranking_run(tmp_path_factory) -> Path:
+    """A finished tiny ranking run on the built-in synthetic data (ids are integers)."""
+    run = tmp_path_factory.mktemp("errors") / "ranking"
+    config = resolve("ranking", QUICKSTART, Overrides(sets=[*TINY, "training.max_epochs=1"]))
+    trainer.train(config, run)
+    return run
+
+
+@pytest.fixture
+def data(tmp_path, capsys) -> Path:
+    """`recjobs data synth`: four small Parquet tables and their config.yaml."""
+    out = tmp_path / "data"
+    sizes = ["--users", "300", "--items", "80", "--interactions", "4000"]
+    assert main(["data", "synth", "--out", str(out), *sizes]) == 0
+    capsys.readouterr()
+    return out
+
+
+def train_error(capsys, data: Path, run: Path, *sets: str) -> str:
+    sets_argv = [a for s in [*TINY, "training.max_epochs=1", *sets] for a in ("--set", s)]
+    config = str(data / "config.yaml")
+    return error(
+        capsys, "train", "retrieval", "--config", config, "--run-dir", str(run), *sets_argv
+    )
+
+
+# --------------------------------------------------------------------------- silently wrong
+
+
+def test_set_never_replaces_the_early_stopping_section(capsys):
+    assert error(
+        capsys, "resolve", "retrieval", "--set", "training.early_stopping={metric: loss}"
+    ) == (
+        "error: --set training.early_stopping: names the whole training.early_stopping section; "
+        "set its keys one by one (e.g. training.early_stopping.metric=loss, or "
+        "training.early_stopping=true)"
+    )
+    file_es = {"enabled": True, "patience": 2, "min_delta": 0.01}
+    es = resolved(
+        capsys,
+        "--config-json",
+        json.dumps({"retrieval": {"training": {"early_stopping": file_es}}}),
+        "--set",
+        "training.early_stopping.metric=loss",
+    )["training"]["early_stopping"]
+    assert (es["enabled"], es["patience"], es["min_delta"], es["metric"]) == (True, 2, 0.01, "loss")
+    # The one-value shorthand stays: true is {enabled: true}.
+    shorthand = resolved(capsys, "--set", "training.early_stopping=true")["training"]
+    assert shorthand["early_stopping"]["enabled"] is True
+
+
+def test_empty_paths_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert error(capsys, "resolve", "retrieval", "--set", "training.artifact_dir=") == (
+        "error: retrieval.training.artifact_dir: must not be empty, got string '' (a directory "
+        "such as runs/retrieval, or null for artifacts/retrieval)"
+    )
+    assert error(capsys, "train", "retrieval", "--run-dir", "") == (
+        "error: recjobs train: argument --run-dir: an empty path; name a file or directory "
+        "(see --help)"
+    )
+    assert error(capsys, "recommend", "", "--out", "recs.csv") == (
+        "error: recjobs recommend: argument DIR: an empty path; name a file or directory "
+        "(see --help)"
+    )
+    assert error(capsys, "status", " ") == (
+        "error: recjobs status: argument RUN_DIR: an empty path; name a file or directory "
+        "(see --help)"
+    )
+    assert list(tmp_path.iterdir()) == []  # no artifacts/ made
+
+
+def test_score_where_no_pair_is_known_is_exit_2_and_writes_nothing(ranking_run, tmp_path, capsys):
+    pq.write_table(pa.table({"user_id": [10**9], "item_id": [10**9]}), tmp_path / "pairs.parquet")
+    out = tmp_path / "scores.csv"
+    assert error(
+        capsys,
+        "score",
+        str(ranking_run),
+        "--pairs",
+        str(tmp_path / "pairs.parquet"),
+        "--out",
+        str(out),
+    ) == (
+        f"error: {tmp_path / 'pairs.parquet'}: none of its pairs has a user and an item in the "
+        "model's tables (ids are matched as they are: 7 and '7' differ)"
+    )
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- model/config.yaml
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("", "config file is empty (expected a mapping with a retrieval: or ranking: section)"),
+        (
+            "ranking: [1, 2\n",
+            "invalid YAML: line 2, column 1: expected ',' or ']', but got '<stream end>'",
+        ),
+        ("- a\n", "expected a mapping at the top level, got list ['a']"),
+        (
+            "shared: {seed: 1}\n",
+            "expected exactly one of retrieval or ranking: (found shared) (export the model "
+            "again, or use another run)",
+        ),
+    ],
+)
+def test_a_damaged_model_config_is_one_line_naming_it(ranking_run, tmp_path, capsys, text, problem):
+    model = tmp_path / "model"
+    shutil.copytree(ranking_run / "model", model)
+    (model / "config.yaml").write_text(text)
+    line = error(capsys, "score", str(model), "--pairs", "p.csv", "--out", str(tmp_path / "s.csv"))
+    assert line == f"error: {model / 'config.yaml'}: {problem}"
+
+
+def test_a_config_error_inside_the_model_config_names_that_file(ranking_run, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(ranking_run / "model", model)
+    config = yaml.safe_load((model / "config.yaml").read_text())
+    config["ranking"]["model"]["embedding_dim"] = 0
+    (model / "config.yaml").write_text(yaml.safe_dump(config))
+    line = error(capsys, "score", str(model), "--pairs", "p.csv", "--out", str(tmp_path / "s.csv"))
+    assert line.startswith(f"error: {model / 'config.yaml'}: ranking.model.embedding_dim: ")
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_an_empty_users_table_is_named(data, tmp_path, capsys):
+    users = pq.read_table(data / "users.parquet")
+    pq.write_table(users.slice(0, 0), data / "users.parquet")
+    assert train_error(capsys, data, tmp_path / "run") == (
+        f"error: {data / 'users.parquet'}: the users table has no rows (it needs a row for every "
+        "user of the interactions (dataset.paths.users))"
+    )
+
+
+def test_float_ids_are_not_called_strings(data, tmp_path, capsys):
+    path = data / "interactions_train.parquet"
+    table = pq.read_table(path)
+    ids = pa.array([i + 0.5 for i in table.column("user_id").to_pylist()], pa.float64())
+    pq.write_table(table.set_column(0, "user_id", ids), path)
+    line = train_error(capsys, data, tmp_path / "run")
+    assert line.startswith(
+        f"error: {path}: column 'user_id': values are numbers with a fraction (e.g. "
+    )
+    assert line.endswith(
+        f") but integers in {data / 'users.parquet'} (ids are whole numbers or text: fix those "
+        "values, or store the column as integers)"
+    )
+
+
+def test_the_timestamp_column_is_optional(data, tmp_path, capsys):
+    for split in ("interactions_train", "interactions_val"):
+        path = data / f"{split}.parquet"
+        pq.write_table(pq.read_table(path).drop_columns(["timestamp"]), path)
+    run = tmp_path / "run"
+    sets = [a for s in [*TINY, "training.max_epochs=1"] for a in ("--set", s)]
+    config = str(data / "config.yaml")
+    assert main(["train", "retrieval", "--config", config, "--run-dir", str(run), *sets]) == 0
+    assert (run / "model" / "config.yaml").is_file()
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def test_a_parent_that_is_a_file_is_named(ranking_run, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "d"
+    assert error(capsys, "data", "synth", "--out", str(out)) == (
+        f"error: {out}: cannot write: {tmp_path / 'file'} is a file, not a directory (check --out)"
+    )
+    pq.write_table(pa.table({"user_id": [10003], "item_id": [50007]}), tmp_path / "pairs.parquet")
+    out = tmp_path / "file" / "scores.csv"
+    assert error(
+        capsys,
+        "score",
+        str(ranking_run),
+        "--pairs",
+        str(tmp_path / "pairs.parquet"),
+        "--out",
+        str(out),
+    ) == (
+        f"error: {out}: cannot write: {tmp_path / 'file'} is a file, not a directory (check --out)"
+    )
+    assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize("name", ["checkpoints", "model"])
+def test_a_file_where_the_run_writes_a_directory_is_found_at_start(tmp_path, capsys, name):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / name).write_text("mine")
+    sets = [a for s in [*TINY, "training.max_epochs=1"] for a in ("--set", s)]
+    assert error(capsys, "train", "retrieval", "--run-dir", str(run), *sets) == (
+        f"error: {run / name}: is a file, not a directory: the run writes its {name} there "
+        "(remove or rename that file, or use another --run-dir)"
+    )
+    assert sorted(p.name for p in run.iterdir()) == [name]  # refused before any epoch
+    assert (run / name).read_text() == "mine"
+
+
+# --------------------------------------------------------------------------- config and submit
+
+
+def test_a_key_after_a_yaml_merge_overrides_it(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "ranking:\n  training: &t {lr: 0.1, batch_size: 64}\n"
+        "retrieval:\n  training:\n    <<: *t\n    lr: 0.05\n"
+    )
+    training = resolved(capsys, "--config", str(path))["training"]
+    assert (training["lr"], training["batch_size"]) == (0.05, 64)
+    # A key given twice by the mapping itself is still a duplicate.
+    path.write_text("retrieval:\n  training:\n    <<: {lr: 0.1}\n    lr: 0.05\n    lr: 0.2\n")
+    assert error(capsys, "resolve", "retrieval", "--config", str(path)) == (
+        f"error: {path}: invalid YAML: line 5, column 5: duplicate key 'lr' (also on line 4)"
+    )
+
+
+@pytest.mark.parametrize(
+    "mounts, line",
+    [
+        (
+            "type=volume,src=x",
+            "error: --mounts: type=volume,src=x: no dst= (a volume mount needs src= and dst=) "
+            "(e.g. type=volume,src=recjobs-runs,dst=/runs)",
+        ),
+        (
+            "type=bind,dst=/data",
+            "error: --mounts: type=bind,dst=/data: no src= (a bind mount needs src= and dst=) "
+            "(e.g. type=bind,src=/data,dst=/data)",
+        ),
+        (
+            "type=volume,source=x,target=",
+            "error: --mounts: type=volume,src=x,dst=: no dst= (a volume mount needs src= and "
+            "dst=) (e.g. type=volume,src=recjobs-runs,dst=/runs)",
+        ),
+    ],
+)
+def test_a_mount_without_src_or_dst_says_which(capsys, mounts, line):
+    from torchx.specs.builders import materialize_appdef
+    from torchx.specs.finder import get_component
+
+    train_fn = get_component(f"{ROOT / 'components' / 'train.py'}:train").fn
+    with pytest.raises(SystemExit) as exc:
+        materialize_appdef(train_fn, ["--task", "retrieval", "--mounts", mounts])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+
+
+def test_plot_of_nan_losses_says_what_it_found(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    records = [{"step": s, "epoch": 0, "train/loss": float("nan")} for s in (1, 2, 3)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert error(capsys, "plot", str(run)) == (
+        f"error: {run}: metrics.jsonl holds 3 records but nothing to draw: every value of "
+        "train/loss is NaN or infinite (the run diverged; see its train.log)"
+    )
+    assert not (run / "curves.png").exists()
