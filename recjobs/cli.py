@@ -29,6 +29,7 @@ from recjobs.config.resolver import (
 )
 from recjobs.config.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
 from recjobs.errors import ConfigError, UserError
+from recjobs.file_kind import require_regular
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -311,6 +312,7 @@ def _run_dir_config(args: argparse.Namespace) -> dict | None:
         return None
     run_dir = Path(args.run_dir or resolve(args.task).training.artifact_dir)
     path = run_dir / "config.yaml"
+    require_regular(path, ConfigError)  # a FIFO is not "no config.yaml": it would be skipped
     if not path.is_file():
         return None
     raw = load_file(path)
