@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("recjobs.cli")
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+# recommend --k: as the TorchX component's (recjobs.submit.launch.MAX_K); docs/reliability.md
+MAX_K = 100_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -420,8 +422,8 @@ def _movielens(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     from recjobs.inference import recommend
 
-    if args.k < 1:  # a k beyond the catalogue gives every item
-        raise UserError("--k", f"must be at least 1, got {args.k}")
+    if not 1 <= args.k <= MAX_K:  # a k beyond the catalogue gives every item
+        raise UserError("--k", f"must be between 1 and {MAX_K}, got {args.k}")
     rank, world_size = _torchrun_rank()
     if args.parts:
         out = recommend.part_path(args.out, rank, world_size, args.parts)
