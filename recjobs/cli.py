@@ -29,6 +29,7 @@ from recjobs.config.resolver import (
 )
 from recjobs.config.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
 from recjobs.errors import ConfigError, UserError
+from recjobs.file_kind import require_regular
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("recjobs.cli")
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+# recommend --k: as the TorchX component's (recjobs.submit.launch.MAX_K); docs/reliability.md
+MAX_K = 100_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -285,11 +288,12 @@ def _load_recommender(args: argparse.Namespace) -> Recommender:
     import torch
 
     from recjobs.inference.recommend import Recommender
+    from recjobs.training.torchrun_env import torchrun_place
 
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
         raise UserError("--device", "cuda was requested but no CUDA device is visible")
-    device = f"cuda:{_env_int('LOCAL_RANK', 0)}" if args.device != "cpu" and cuda else "cpu"
+    device = f"cuda:{torchrun_place().local_rank}" if args.device != "cpu" and cuda else "cpu"
     return Recommender.load(args.model_dir, device=device)
 
 
@@ -311,6 +315,7 @@ def _run_dir_config(args: argparse.Namespace) -> dict | None:
         return None
     run_dir = Path(args.run_dir or resolve(args.task).training.artifact_dir)
     path = run_dir / "config.yaml"
+    require_regular(path, ConfigError)  # a FIFO is not "no config.yaml": it would be skipped
     if not path.is_file():
         return None
     raw = load_file(path)
@@ -358,7 +363,7 @@ def _log(args: argparse.Namespace) -> int:
             return 0
         return run_status.follow_log(args.run_dir, sys.stdout.buffer)
     except BrokenPipeError:  # `recjobs log DIR | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _quiet_stdout()
         return 0
     except KeyboardInterrupt:
         print(
@@ -417,8 +422,8 @@ def _movielens(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     from recjobs.inference import recommend
 
-    if args.k < 1:  # a k beyond the catalogue gives every item
-        raise UserError("--k", f"must be at least 1, got {args.k}")
+    if not 1 <= args.k <= MAX_K:  # a k beyond the catalogue gives every item
+        raise UserError("--k", f"must be between 1 and {MAX_K}, got {args.k}")
     rank, world_size = _torchrun_rank()
     if args.parts:
         out = recommend.part_path(args.out, rank, world_size, args.parts)
@@ -485,20 +490,12 @@ def _pairs_file(rec: Recommender, path: str, flag: str) -> pa.Table:
     return pa.table(found)
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name) or default)
-    except ValueError:
-        problem = f"must be an integer, got {os.environ[name]!r}"
-        raise UserError(name, problem, "torchrun sets it") from None
-
-
 def _torchrun_rank() -> tuple[int, int]:
     """(RANK, WORLD_SIZE) as torchrun sets them; (0, 1) outside torchrun."""
-    rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
-    if not 0 <= rank < world_size:
-        raise UserError("RANK", f"must be in [0, {world_size}), got {rank}")
-    return rank, world_size
+    from recjobs.training.torchrun_env import torchrun_place
+
+    place = torchrun_place()
+    return place.rank, place.world_size
 
 
 def _this_process_share(
@@ -535,17 +532,47 @@ def _config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _set_up_logging() -> None:
+    """stderr at RECJOBS_LOG_LEVEL (default INFO); lines of a torchrun process name its RANK."""
+    level = os.environ.get("RECJOBS_LOG_LEVEL", "").strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        shown = os.environ["RECJOBS_LOG_LEVEL"][:40]
+        raise UserError(
+            "RECJOBS_LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}, got {shown!r}"
+        )
+    rank = os.environ.get("RANK", "").strip()
+    if rank:  # a number, or the format would be the variable's text ('%' included)
+        from recjobs.training.torchrun_env import torchrun_place
+
+        rank = str(torchrun_place().rank)
     logging.basicConfig(
-        level=os.environ.get("RECJOBS_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        if os.environ.get("RANK") is None
-        else f"%(asctime)s %(levelname)s [rank {os.environ['RANK']}] %(name)s: %(message)s",
+        level=level,
+        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
+        if rank
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (`recjobs resolve | head`): like a Unix tool, stop
+    writing, with no traceback at exit from flushing what is left."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     try:
+        _set_up_logging()
         args = build_parser().parse_args(argv)
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
     except UserError as exc:
         # backslashreplace: a message quoting odd input (lone surrogates) must still print.
         print(exc.line().encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)

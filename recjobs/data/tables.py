@@ -24,6 +24,7 @@ import yaml
 
 from recjobs.atomic import atomic_file
 from recjobs.errors import CheckpointError, DataError
+from recjobs.file_kind import require_regular, require_regular_tree
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 CSV_EXTENSIONS = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
@@ -121,6 +122,8 @@ def _check_exists(path: str, fs: Any, fs_path: str, role: str, hint: str | None)
         raise DataError(path, f"cannot access the {role} table: {_first_line(exc)}") from exc
     if not exists:
         raise DataError(path, "file not found", hint=hint or f"check dataset.paths.{role}")
+    if fs is None:
+        require_regular_tree(path, DataError)
 
 
 def read_table(
@@ -565,6 +568,8 @@ class Encoders:
         its model directory, not part of the user's input data.
         """
         fs, fs_path = _filesystem(path)
+        if fs is None:
+            require_regular(path, CheckpointError)
         try:
             if fs is None:
                 with open(path, encoding="utf-8") as f:

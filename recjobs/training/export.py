@@ -29,6 +29,8 @@ from torch import nn
 from recjobs.config.resolver import drop_ignored_keys, resolve_dict
 from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, TaskData
+from recjobs.errors import CheckpointError
+from recjobs.file_kind import require_regular
 from recjobs.models import build_model
 from recjobs.training import metrics
 from recjobs.training.checkpoint import atomic_write_bytes
@@ -107,6 +109,7 @@ def catalogue(data: TaskData) -> dict[str, torch.Tensor]:
 
 def load_config(model_dir: Path) -> ResolvedConfig:
     """The resolved config an export (or a run directory) was written with."""
+    require_regular(model_dir / "config.yaml", CheckpointError)
     raw = yaml.safe_load((model_dir / "config.yaml").read_text())
     task = "retrieval" if "retrieval" in raw else "ranking"
     return resolve_dict(drop_ignored_keys(raw), task)

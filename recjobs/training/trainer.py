@@ -18,7 +18,6 @@ import contextlib
 import errno
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -64,6 +63,7 @@ from recjobs.training.precision import precision_policy
 from recjobs.training.rundir import RunDir
 from recjobs.training.summary import RunEnd, summarise, summary_lines, write_summary
 from recjobs.training.tasks import make_task
+from recjobs.training.torchrun_env import require_rendezvous, torchrun_place
 from recjobs.training.tracking import RunLog, Tracker, read_records, run_log, wandb_wanted
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,12 @@ class Distributed:
 
 
 def init_distributed(device_setting: str) -> Distributed:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    place = torchrun_place()
+    world_size, local_rank = place.world_size, place.local_rank
     if world_size <= 1:
         return Distributed()
+    require_rendezvous()
     use_cuda = device_setting != "cpu" and torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
