@@ -76,14 +76,25 @@ def test_registry_garbage_collection_on_an_empty_root(tmp_path):
 
 
 @pytest.mark.k8s
-def test_registry_garbage_collection_runs_on_a_root_with_repositories(tmp_path):
-    """The guard skips only the empty root: with a repositories folder the real collection runs
-    (and an empty one is fine for it)."""
+def test_registry_garbage_collection_after_a_first_push_cut_off_before_its_layers(tmp_path):
+    """A push writes under repositories/ before its first layer reaches blobs/; cut off there,
+    the root has no blobs/, which `registry garbage-collect` refuses: nothing to collect."""
     root = tmp_path / "registry"
-    (root / "docker" / "registry" / "v2" / "repositories").mkdir(parents=True)
+    (root / "docker" / "registry" / "v2" / "repositories" / "ml" / "recjobs").mkdir(parents=True)
+    done = _collect_garbage(tmp_path, root)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "registry.log").exists()  # skipped, not run
+
+
+@pytest.mark.k8s
+def test_registry_garbage_collection_runs_on_a_root_with_repositories_and_blobs(tmp_path):
+    """The guard skips only those roots: with both folders the real collection runs."""
+    root = tmp_path / "registry"
+    for folder in ("repositories", "blobs"):
+        (root / "docker" / "registry" / "v2" / folder).mkdir(parents=True)
     done = _collect_garbage(tmp_path, root)
     assert done.returncode == 0, done.stderr + (tmp_path / "registry.log").read_text()
-    assert (tmp_path / "registry.log").exists()  # the binary ran and logged
+    assert "0 blobs marked" in (tmp_path / "registry.log").read_text()  # the binary ran
 
 
 # --------------------------------------------------------------------------- dockerd
