@@ -213,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"{meaning} (default: %(default)s)",
         )
+    _force_arg(p)
     p.set_defaults(run=_synth)
     p = data.add_parser(
         "movielens", help="convert MovieLens ml-100k / ml-1m files you have into the layout"
@@ -242,8 +243,44 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="share of the ratings for validation (default 0.2 for user-time, 0.1 for global-time)",
     )
+    _force_arg(p)
     p.set_defaults(run=_movielens)
     return parser
+
+
+def _force_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the data set (or config.yaml) already in --out; a run or a model there "
+        "is never replaced",
+    )
+
+
+def _check_dataset_out(out: str, force: bool) -> None:
+    """A data set is written only where it replaces no run or model, and replaces another data
+    set (or a config.yaml) only when asked to with --force."""
+    from recjobs.holdings import DATASET_FILES, found, other_kind
+
+    other = other_kind(Path(out), "data set")
+    if other:
+        raise UserError(out, f"holds {other}, not a data set", "use another --out")
+    held = found(Path(out), ("config.yaml", *DATASET_FILES))
+    if held and not force:
+        raise UserError(
+            out,
+            f"already holds a data set ({', '.join(held)})",
+            "pass --force to replace it, or use another --out",
+        )
+
+
+def _check_table_out(out: str) -> None:
+    """recommend/score --out never replaces a data set's own table (same extensions)."""
+    from recjobs.holdings import DATASET_FILES, found
+
+    target = Path(out)
+    if target.name in DATASET_FILES and found(target.parent, DATASET_FILES):
+        raise UserError(out, "is a table of the data set in its folder", "use another --out")
 
 
 def _task_required_in_usage(parser: argparse.ArgumentParser) -> None:
@@ -389,6 +426,7 @@ def _synth(args: argparse.Namespace) -> int:
         valid = field.metadata["range"]
         if getattr(args, name) not in valid:
             raise UserError(f"--{name}", valid.problem(getattr(args, name)))
+    _check_dataset_out(args.out, args.force)
     with _output_errors(args.out):
         path = write_dataset(args.out, args.users, args.items, args.interactions, args.seed)
     print(path)
@@ -411,6 +449,7 @@ def _movielens(args: argparse.Namespace) -> int:
 
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise UserError("--val-fraction", f"must be between 0 and 1, got {args.val_fraction}")
+    _check_dataset_out(args.out, args.force)
     with _output_errors(args.out):
         path = convert_movielens(
             args.src, args.out, split=args.split, val_fraction=args.val_fraction
@@ -430,6 +469,7 @@ def _recommend(args: argparse.Namespace) -> int:
     else:
         recommend.check_output_path(args.out)
         out = args.out
+    _check_table_out(out)
     rec = _load_recommender(args)
     encoders, columns = rec.encoders, rec.cfg.columns
     users = candidates = None
@@ -465,6 +505,7 @@ def _score(args: argparse.Namespace) -> int:
     from recjobs.inference import recommend
 
     recommend.check_output_path(args.out)
+    _check_table_out(args.out)
     rec = _load_recommender(args)
     table = rec.score(_pairs_file(rec, args.pairs, "--pairs"))
     recommend.write_output(table, args.out)
