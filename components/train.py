@@ -13,7 +13,7 @@ The config is resolved here, at submit time; see `recjobs.submit.launch` for wha
 """
 
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from torchx import specs
 
@@ -33,7 +33,7 @@ def train(
     memMB: int = launch.DEFAULT_MEM_MB,
     h: Optional[str] = None,
     image: str = launch.DEFAULT_IMAGE,
-    env: Optional[Dict[str, str]] = None,
+    env: Optional[str] = None,
     mounts: Optional[List[str]] = None,
     max_retries: int = 0,
     run_dir: str = launch.DEFAULT_RUN_DIR,
@@ -111,7 +111,7 @@ def recommend(
     out: str = launch.DEFAULT_RUN_DIR,
     users: Optional[str] = None,
     candidates: Optional[str] = None,
-    include_seen: bool = False,
+    include_seen: str = "false",
     output_format: str = "parquet",
     j: str = "1x1",
     gpu: int = 0,
@@ -119,7 +119,7 @@ def recommend(
     memMB: int = launch.DEFAULT_MEM_MB,
     h: Optional[str] = None,
     image: str = launch.DEFAULT_IMAGE,
-    env: Optional[Dict[str, str]] = None,
+    env: Optional[str] = None,
     mounts: Optional[List[str]] = None,
     max_retries: int = 0,
 ) -> specs.AppDef:
@@ -141,7 +141,8 @@ def recommend(
             every user of the model's users table
         candidates: Parquet/CSV of user_id,item_id pairs to rank, as the job sees it (needed
             by ranking models, e.g. a retrieval job's parts)
-        include_seen: also recommend the users' training items (--include_seen True)
+        include_seen: also recommend the users' training items: true or false (also
+            yes/no, 1/0, on/off)
         output_format: parquet or csv
         j: [MIN:]NODESxPROCS, e.g. 1x2 (one node, 2 processes) or 2x8
         gpu: GPUs per node (each process scores on its own GPU when there are some)

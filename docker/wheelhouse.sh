@@ -25,8 +25,16 @@ tag=$("$PYTHON" -c 'import sys, sysconfig; print(f"py{sys.version_info[0]}{sys.v
 key=$(printf '%s\n' "$TORCH_SPEC" "$PIP_ARGS" | sha256sum | cut -c1-8)
 wheels=$cache/wheels/$tag-$key
 mkdir -p "$wheels"
+# pip reuses any file in its --wheel-dir by name, unchecked: a wheel cut short (a full disk, a
+# killed run) would poison the wheelhouse for every later run. So pip writes into a folder of its
+# own, which holds links to the wheels already complete, and only once it has succeeded do its
+# new wheels join the wheelhouse (a rename each: whole or absent).
+partial=$(mktemp -d "$cache/wheels/.partial.XXXXXX")
 requirements=$(mktemp)
-trap 'rm -f "$requirements"' EXIT
+trap 'rm -f "$requirements"; rm -rf "$partial"' EXIT
+for whl in "$wheels"/*.whl; do
+  if [ -e "$whl" ]; then ln "$whl" "$partial/"; fi
+done
 # Python 3.10 has no tomllib; pip vendors the same parser.
 "$PYTHON" - "$root/pyproject.toml" >"$requirements" <<'EOF'
 import sys
@@ -41,5 +49,8 @@ with open(sys.argv[1], "rb") as f:
 print(*pyproject["project"]["dependencies"], *pyproject["build-system"]["requires"], sep="\n")
 EOF
 # shellcheck disable=SC2086
-"$PYTHON" -m pip wheel --quiet --wheel-dir "$wheels" $PIP_ARGS "$TORCH_SPEC" -r "$requirements" >&2
+"$PYTHON" -m pip wheel --quiet --wheel-dir "$partial" $PIP_ARGS "$TORCH_SPEC" -r "$requirements" >&2
+for whl in "$partial"/*.whl; do
+  if [ ! -e "$wheels/${whl##*/}" ]; then mv "$whl" "$wheels/"; fi
+done
 echo "$wheels"

@@ -29,6 +29,7 @@ from recjobs.config.resolver import (
 )
 from recjobs.config.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
 from recjobs.errors import ConfigError, UserError, cannot_write
+from recjobs.file_kind import require_regular
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("recjobs.cli")
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
+# recommend --k: as the TorchX component's (recjobs.submit.launch.MAX_K); docs/reliability.md
+MAX_K = 100_000
 
 
 class _Parser(argparse.ArgumentParser):
@@ -240,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"{meaning} (default: %(default)s)",
         )
+    _force_arg(p)
     p.set_defaults(run=_synth)
     p = data.add_parser(
         "movielens", help="convert MovieLens ml-100k / ml-1m files you have into the layout"
@@ -271,8 +275,44 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="share of the ratings for validation (default 0.2 for user-time, 0.1 for global-time)",
     )
+    _force_arg(p)
     p.set_defaults(run=_movielens)
     return parser
+
+
+def _force_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the data set (or config.yaml) already in --out; a run or a model there "
+        "is never replaced",
+    )
+
+
+def _check_dataset_out(out: str, force: bool) -> None:
+    """A data set is written only where it replaces no run or model, and replaces another data
+    set (or a config.yaml) only when asked to with --force."""
+    from recjobs.holdings import DATASET_FILES, found, other_kind
+
+    other = other_kind(Path(out), "data set")
+    if other:
+        raise UserError(out, f"holds {other}, not a data set", "use another --out")
+    held = found(Path(out), ("config.yaml", *DATASET_FILES))
+    if held and not force:
+        raise UserError(
+            out,
+            f"already holds a data set ({', '.join(held)})",
+            "pass --force to replace it, or use another --out",
+        )
+
+
+def _check_table_out(out: str) -> None:
+    """recommend/score --out never replaces a data set's own table (same extensions)."""
+    from recjobs.holdings import DATASET_FILES, found
+
+    target = Path(out)
+    if target.name in DATASET_FILES and found(target.parent, DATASET_FILES):
+        raise UserError(out, "is a table of the data set in its folder", "use another --out")
 
 
 def _task_required_in_usage(parser: argparse.ArgumentParser) -> None:
@@ -319,11 +359,12 @@ def _load_recommender(args: argparse.Namespace) -> Recommender:
     import torch
 
     from recjobs.inference.recommend import Recommender
+    from recjobs.training.torchrun_env import torchrun_place
 
     cuda = torch.cuda.is_available()
     if args.device == "cuda" and not cuda:
         raise UserError("--device", "cuda was requested but no CUDA device is visible")
-    device = f"cuda:{_env_int('LOCAL_RANK', 0)}" if args.device != "cpu" and cuda else "cpu"
+    device = f"cuda:{torchrun_place().local_rank}" if args.device != "cpu" and cuda else "cpu"
     return Recommender.load(args.model_dir, device=device)
 
 
@@ -345,6 +386,7 @@ def _run_dir_config(args: argparse.Namespace) -> dict | None:
         return None
     run_dir = Path(args.run_dir or resolve(args.task).training.artifact_dir)
     path = run_dir / "config.yaml"
+    require_regular(path, ConfigError)  # a FIFO is not "no config.yaml": it would be skipped
     if not path.is_file():
         return None
     raw = load_file(path)
@@ -392,7 +434,7 @@ def _log(args: argparse.Namespace) -> int:
             return 0
         return run_status.follow_log(args.run_dir, sys.stdout.buffer)
     except BrokenPipeError:  # `recjobs log DIR | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _quiet_stdout()
         return 0
     except KeyboardInterrupt:
         print(
@@ -418,6 +460,7 @@ def _synth(args: argparse.Namespace) -> int:
         valid = field.metadata["range"]
         if getattr(args, name) not in valid:
             raise UserError(f"--{name}", valid.problem(getattr(args, name)))
+    _check_dataset_out(args.out, args.force)
     with _output_errors(args.out):
         path = write_dataset(args.out, args.users, args.items, args.interactions, args.seed)
     print(path)
@@ -438,6 +481,7 @@ def _movielens(args: argparse.Namespace) -> int:
 
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise UserError("--val-fraction", f"must be between 0 and 1, got {args.val_fraction}")
+    _check_dataset_out(args.out, args.force)
     with _output_errors(args.out):
         path = convert_movielens(
             args.src, args.out, split=args.split, val_fraction=args.val_fraction
@@ -449,14 +493,15 @@ def _movielens(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     from recjobs.inference import recommend
 
-    if args.k < 1:  # a k beyond the catalogue gives every item
-        raise UserError("--k", f"must be at least 1, got {args.k}")
+    if not 1 <= args.k <= MAX_K:  # a k beyond the catalogue gives every item
+        raise UserError("--k", f"must be between 1 and {MAX_K}, got {args.k}")
     rank, world_size = _torchrun_rank()
     if args.parts:
         out = recommend.part_path(args.out, rank, world_size, args.parts)
     else:
         recommend.check_output_path(args.out)
         out = args.out
+    _check_table_out(out)
     rec = _load_recommender(args)
     encoders, columns = rec.encoders, rec.cfg.columns
     users = candidates = None
@@ -492,6 +537,7 @@ def _score(args: argparse.Namespace) -> int:
     from recjobs.inference import recommend
 
     recommend.check_output_path(args.out)
+    _check_table_out(args.out)
     rec = _load_recommender(args)
     pairs = _pairs_file(rec, args.pairs, "--pairs")
     table = rec.score(pairs)
@@ -525,20 +571,12 @@ def _pairs_file(rec: Recommender, path: str, flag: str) -> pa.Table:
     return pa.table(found)
 
 
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name) or default)
-    except ValueError:
-        problem = f"must be an integer, got {os.environ[name]!r}"
-        raise UserError(name, problem, "torchrun sets it") from None
-
-
 def _torchrun_rank() -> tuple[int, int]:
     """(RANK, WORLD_SIZE) as torchrun sets them; (0, 1) outside torchrun."""
-    rank, world_size = _env_int("RANK", 0), _env_int("WORLD_SIZE", 1)
-    if not 0 <= rank < world_size:
-        raise UserError("RANK", f"must be in [0, {world_size}), got {rank}")
-    return rank, world_size
+    from recjobs.training.torchrun_env import torchrun_place
+
+    place = torchrun_place()
+    return place.rank, place.world_size
 
 
 def _this_process_share(
@@ -575,17 +613,47 @@ def _config_reference(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _set_up_logging() -> None:
+    """stderr at RECJOBS_LOG_LEVEL (default INFO); lines of a torchrun process name its RANK."""
+    level = os.environ.get("RECJOBS_LOG_LEVEL", "").strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        shown = os.environ["RECJOBS_LOG_LEVEL"][:40]
+        raise UserError(
+            "RECJOBS_LOG_LEVEL", f"must be one of {', '.join(LOG_LEVELS)}, got {shown!r}"
+        )
+    rank = os.environ.get("RANK", "").strip()
+    if rank:  # a number, or the format would be the variable's text ('%' included)
+        from recjobs.training.torchrun_env import torchrun_place
+
+        rank = str(torchrun_place().rank)
     logging.basicConfig(
-        level=os.environ.get("RECJOBS_LOG_LEVEL", "INFO"),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        if os.environ.get("RANK") is None
-        else f"%(asctime)s %(levelname)s [rank {os.environ['RANK']}] %(name)s: %(message)s",
+        level=level,
+        format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
+        if rank
+        else "%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def _quiet_stdout() -> None:
+    """The reader of stdout went away (`recjobs resolve | head`): like a Unix tool, stop
+    writing, with no traceback at exit from flushing what is left."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     try:
+        _set_up_logging()
         args = build_parser().parse_args(argv)
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return code
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
     except UserError as exc:
         # backslashreplace: a message quoting odd input (lone surrogates) must still print.
         print(exc.line().encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)

@@ -76,14 +76,25 @@ def test_registry_garbage_collection_on_an_empty_root(tmp_path):
 
 
 @pytest.mark.k8s
-def test_registry_garbage_collection_runs_on_a_root_with_repositories(tmp_path):
-    """The guard skips only the empty root: with a repositories folder the real collection runs
-    (and an empty one is fine for it)."""
+def test_registry_garbage_collection_after_a_first_push_cut_off_before_its_layers(tmp_path):
+    """A push writes under repositories/ before its first layer reaches blobs/; cut off there,
+    the root has no blobs/, which `registry garbage-collect` refuses: nothing to collect."""
     root = tmp_path / "registry"
-    (root / "docker" / "registry" / "v2" / "repositories").mkdir(parents=True)
+    (root / "docker" / "registry" / "v2" / "repositories" / "ml" / "recjobs").mkdir(parents=True)
+    done = _collect_garbage(tmp_path, root)
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "registry.log").exists()  # skipped, not run
+
+
+@pytest.mark.k8s
+def test_registry_garbage_collection_runs_on_a_root_with_repositories_and_blobs(tmp_path):
+    """The guard skips only those roots: with both folders the real collection runs."""
+    root = tmp_path / "registry"
+    for folder in ("repositories", "blobs"):
+        (root / "docker" / "registry" / "v2" / folder).mkdir(parents=True)
     done = _collect_garbage(tmp_path, root)
     assert done.returncode == 0, done.stderr + (tmp_path / "registry.log").read_text()
-    assert (tmp_path / "registry.log").exists()  # the binary ran and logged
+    assert "0 blobs marked" in (tmp_path / "registry.log").read_text()  # the binary ran
 
 
 # --------------------------------------------------------------------------- dockerd
@@ -271,3 +282,39 @@ def test_wheelhouse_into_an_empty_cache(tmp_path):
         timeout=300,
     )
     assert install.returncode == 0, install.stderr[-2000:]
+
+
+def test_a_wheelhouse_run_cut_off_by_a_full_disk_leaves_no_partial_wheel(tmp_path):
+    """pip reuses a file in its wheel folder by name, unchecked: a wheel cut short by a full disk
+    must never reach the wheelhouse, or every later run installs a broken torch. Here the cache
+    is a 64 MiB tmpfs, far too small for torch."""
+    sources = [d for d in sorted((CACHE / "wheels").glob("py311-*")) if any(d.glob("torch-*.whl"))]
+    if not sources:
+        missing(f"COLD-PATH TEST NOT RUN: no wheelhouse in {CACHE}/wheels (make setup makes one)")
+    if os.geteuid() != 0:
+        missing("COLD-PATH TEST NOT RUN: mounting a small tmpfs needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)
+    try:
+        done = subprocess.run(
+            [str(ROOT / "docker" / "wheelhouse.sh")],
+            env={
+                **os.environ,
+                "PYTHON": sys.executable,
+                "RECJOBS_CACHE_DIR": str(small),
+                "PIP_ARGS": f"--no-index --find-links {sources[-1]}",
+            },
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode != 0 and "No space left on device" in done.stderr, done.stderr
+        (wheels,) = (small / "wheels").glob("py311-*")
+        complete = {w.name: w.stat().st_size for w in sources[-1].glob("*.whl")}
+        assert {w.name: w.stat().st_size for w in wheels.glob("*.whl")} == {
+            w.name: complete[w.name] for w in wheels.glob("*.whl")
+        }
+        assert not list((small / "wheels").glob(".partial.*"))  # the failed run's folder is gone
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

@@ -281,8 +281,9 @@ def test_local_docker_recommend_job_writes_every_users_top_k_once_as_the_python_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recjobs import Recommender, trainer
+    from recjobs import Recommender
     from recjobs.config.resolver import Overrides, resolve
+    from recjobs.training import trainer
 
     runs = runs_dir(tmp_path)
     config = resolve("retrieval", ROOT / "config" / "quickstart.yaml", Overrides(sets=TINY))

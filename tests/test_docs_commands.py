@@ -117,7 +117,7 @@ COMMENT = re.compile(r"^\s*<!--\s*(.*?)\s*-->\s*$")
 TRANSCRIPT = "$ "
 SHELL_LANGUAGES = {"", "bash", "sh", "shell", "console"}
 PYTHON_LANGUAGES = {"python", "py", "pycon"}
-DATA_LANGUAGES = {"yaml", "yml", "json", "toml"}  # configs and outputs shown, not commands
+DATA_LANGUAGES = {"yaml", "yml", "json", "toml", "text"}  # configs and outputs shown, not commands
 
 
 @dataclass(frozen=True)

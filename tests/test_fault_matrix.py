@@ -481,9 +481,10 @@ def test_a_non_finite_validation_metric_stops_like_a_diverged_loss(tmp_path, cap
     assert main(argv(run_dir)) == 3
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (
-        f"error: validation: val/auc is not finite at step 8 (nan) (no checkpoint was written "
-        f"from this state; {run_dir}/checkpoints/last.pt holds the last good one. Lower the "
-        "learning rate or set grad_clip_norm)"
+        "error: validation: val/auc is not finite at step 8 (nan) (no checkpoint was written "
+        "from this state, and none before it: nothing to resume; start again "
+        "(--resume-or-start starts over in this --run-dir). Lower the learning rate or set "
+        "grad_clip_norm)"
     )
     assert not (run_dir / "model").exists() and not (run_dir / "checkpoints" / "last.pt").exists()
 

@@ -485,8 +485,9 @@ def test_a_two_pod_recommend_job_writes_every_users_top_k_once_on_the_pvc(cluste
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from recjobs import Recommender, trainer
+    from recjobs import Recommender
     from recjobs.config.resolver import Overrides, resolve
+    from recjobs.training import trainer
 
     # The model: trained here, straight onto the volume (the pods only read it).
     sets = [s.removeprefix("--set=") for s in TINY]

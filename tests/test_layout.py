@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1] / "recjobs"
 
 # Which phases each phase may import (besides itself and the shared top-level modules).
-SHARED = {"recjobs", "recjobs.errors", "recjobs.atomic"}
+SHARED = {"recjobs", "recjobs.errors", "recjobs.atomic", "recjobs.file_kind", "recjobs.holdings"}
 ALLOWED = {
     "config": set(),
     "data": {"config"},
@@ -106,4 +106,12 @@ def test_each_phase_is_a_package_with_a_docstring():
         init = ROOT / phase / "__init__.py"
         assert ast.get_docstring(ast.parse(init.read_text())), f"{init} says nothing"
     top_level = sorted(p.stem for p in ROOT.glob("*.py"))
-    assert top_level == ["__init__", "__main__", "atomic", "cli", "errors"], top_level
+    assert top_level == [
+        "__init__",
+        "__main__",
+        "atomic",
+        "cli",
+        "errors",
+        "file_kind",
+        "holdings",
+    ], top_level

@@ -216,7 +216,8 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys):
         "model's are strings (ids are matched as they are: 7 and '7' differ)"
     )
     assert (
-        error("recommend", run, "--out", out, "--k", "0") == "error: --k: must be at least 1, got 0"
+        error("recommend", run, "--out", out, "--k", "0")
+        == "error: --k: must be between 1 and 100000, got 0"
     )
     (tmp_path / "unfinished").mkdir()
     (tmp_path / "unfinished" / "metrics.jsonl").write_text("")

@@ -299,8 +299,9 @@ EOF
 collect_registry_garbage() { # CONFIG ROOT: drop earlier builds' manifests and layers
   # Manifests no tag points to any more (earlier builds) and their layers go first; the
   # registry must not serve while it collects. On a new machine the root holds no repository
-  # yet, and `registry garbage-collect` refuses such a root ("Path not found"): nothing to do.
-  [ -d "$2/docker/registry/v2/repositories" ] || return 0
+  # yet, and after a first push cut off before its first layer landed it holds repositories but
+  # no blobs; `registry garbage-collect` refuses both ("Path not found"): nothing to collect.
+  [ -d "$2/docker/registry/v2/repositories" ] && [ -d "$2/docker/registry/v2/blobs" ] || return 0
   "$bin/registry" garbage-collect --delete-untagged "$1" >>"$logs/registry.log" 2>&1 \
     || fail "$logs/registry.log" "the registry's garbage collection failed"
 }

@@ -46,6 +46,7 @@ from recjobs.config.schema import (
     TrainingConfig,
 )
 from recjobs.errors import ConfigError
+from recjobs.file_kind import require_regular
 
 log = logging.getLogger(__name__)
 
@@ -263,6 +264,7 @@ def parse_value(text: str, where: str = "--set") -> Any:
 
 def load_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    require_regular(path, ConfigError)
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)  # bounded: --config /dev/zero must not hang

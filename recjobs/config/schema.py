@@ -108,10 +108,12 @@ class DataPaths:
 class SynthSize:
     """Size of the built-in synthetic data set used when `dataset.paths` is null."""
 
-    users: int = ranged(2000, 1, INT32_MAX, doc="synthetic users")
-    items: int = ranged(500, 1, INT32_MAX, doc="synthetic items")
+    # Generated in memory (some 50 bytes per interaction, 100 per user or item): the bounds
+    # keep a typo from asking for terabytes (docs/reliability.md, "Bounds and blocking paths").
+    users: int = ranged(2000, 1, 100_000_000, doc="synthetic users")
+    items: int = ranged(500, 1, 100_000_000, doc="synthetic items")
     interactions: int = ranged(
-        60000, 1, INT32_MAX, doc="synthetic interactions (train and validation together)"
+        60000, 1, 1_000_000_000, doc="synthetic interactions (train and validation together)"
     )
 
 

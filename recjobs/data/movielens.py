@@ -30,6 +30,7 @@ import pyarrow.csv as pacsv
 
 from recjobs.data.tables import write_dataset_dir
 from recjobs.errors import DataError
+from recjobs.file_kind import require_regular
 
 ML100K_FILES = ("u.data", "u.user", "u.item")
 ML1M_FILES = ("ratings.dat", "users.dat", "movies.dat")
@@ -59,6 +60,8 @@ def _find(src_dir: str) -> tuple[str, str]:
     candidates = [src_dir, os.path.join(src_dir, "ml-100k"), os.path.join(src_dir, "ml-1m")]
     for directory in candidates:
         for variant, files in (("ml-100k", ML100K_FILES), ("ml-1m", ML1M_FILES)):
+            for name in files:  # isfile() would call a FIFO "not found"
+                require_regular(os.path.join(directory, name), DataError)
             if os.path.isfile(os.path.join(directory, files[0])):
                 for name in files[1:]:
                     if not os.path.isfile(os.path.join(directory, name)):
@@ -84,6 +87,7 @@ def _read(
     types: dict[str, pa.DataType] | None = None,
 ) -> pa.Table:
     """A headerless delimited MovieLens file; '::' (ml-1m) becomes a one-character delimiter."""
+    require_regular(path, DataError)
     with open(path, "rb") as f:
         data = f.read()
     if latin1:

@@ -7,6 +7,8 @@ a misspelt column, an unreadable file) become `DataError`s naming the file and c
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -24,6 +26,7 @@ import yaml
 
 from recjobs.atomic import atomic_file
 from recjobs.errors import CheckpointError, DataError
+from recjobs.file_kind import require_regular, require_regular_tree
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 CSV_EXTENSIONS = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
@@ -121,6 +124,8 @@ def _check_exists(path: str, fs: Any, fs_path: str, role: str, hint: str | None)
         raise DataError(path, f"cannot access the {role} table: {_first_line(exc)}") from exc
     if not exists:
         raise DataError(path, "file not found", hint=hint or f"check dataset.paths.{role}")
+    if fs is None:
+        require_regular_tree(path, DataError)
 
 
 def read_table(
@@ -228,8 +233,6 @@ def write_dataset_dir(
     os.makedirs(out_dir, exist_ok=True)
     roles = ("users", "items", "interactions_train", "interactions_val")
     paths = {role: os.path.join(out_dir, f"{role}.parquet") for role in roles}
-    for role in roles:
-        write_table(tables[role], paths[role])
 
     def columns(label_col: str | None) -> dict[str, Any]:
         return {
@@ -283,7 +286,17 @@ def write_dataset_dir(
         },
     }
     config_path = os.path.join(out_dir, "config.yaml")
-    _write_text(yaml.safe_dump(config, sort_keys=False), config_path)
+    # All five files are written beside their targets first and replace them only when all are
+    # written: a failure (disk full, a directory in the way) leaves a data set --force was
+    # replacing whole, never half old and half new.
+    for target in (*paths.values(), config_path):
+        if os.path.isdir(target):  # found now, not after some files were replaced
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
+    with contextlib.ExitStack() as files:
+        for role in roles:
+            pq.write_table(tables[role], files.enter_context(atomic_file(paths[role], ".parquet")))
+        with open(files.enter_context(atomic_file(config_path)), "w", encoding="utf-8") as f:
+            f.write(yaml.safe_dump(config, sort_keys=False))
     return config_path
 
 
@@ -565,6 +578,8 @@ class Encoders:
         its model directory, not part of the user's input data.
         """
         fs, fs_path = _filesystem(path)
+        if fs is None:
+            require_regular(path, CheckpointError)
         try:
             if fs is None:
                 with open(path, encoding="utf-8") as f:

@@ -41,6 +41,7 @@ from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, Vocabulary, read_table
 from recjobs.data.tables import as_key_array, column_names, key_kind, table_format
 from recjobs.errors import CheckpointError, UserError, cannot_write
+from recjobs.file_kind import require_regular
 from recjobs.models import build_model
 from recjobs.training.export import CATALOGUE, ITEM_EMBEDDINGS, load_config
 from recjobs.training.metrics import csr_chunk
@@ -416,6 +417,8 @@ def find_model_dir(path: Path) -> Path:
         )
     else:
         model_dir = path
+    for name in ("config.yaml", CATALOGUE):  # is_file() would call a FIFO "not found"
+        require_regular(model_dir / name, CheckpointError)
     if not (model_dir / "config.yaml").is_file():
         raise CheckpointError(
             str(path),
@@ -432,6 +435,7 @@ def find_model_dir(path: Path) -> Path:
 
 
 def _torch_load(path: Path) -> Any:
+    require_regular(path, CheckpointError)
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -88,6 +88,13 @@ def check(app: Any, scheduler: str, ephemeral_outputs: bool) -> list[str]:
     for role in app.roles:
         if not role.image.strip():
             raise UserError("--image", "must not be empty", "e.g. --image recjobs:latest")
+        if len(role.image) > 4096 or any(c.isspace() or ord(c) < 32 for c in role.image):
+            # the scheduler would put it into the job spec and fail to pull it, after submit
+            raise UserError(
+                "--image",
+                f"{role.image[:80]!r} is not an image name (it holds a space or control character)",
+                "e.g. recjobs:latest or registry.example.com/recjobs:1.0",
+            )
         volumes = [m for m in role.mounts if isinstance(m, (BindMount, VolumeMount))]
         mounts = [_normal(m.dst_path) for m in volumes]
         writable = [_normal(m.dst_path) for m in volumes if not m.read_only]

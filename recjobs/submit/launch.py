@@ -28,11 +28,12 @@ import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from torchx import specs
 from torchx.specs import macros
 
-from recjobs.config.resolver import Overrides, add_override_arguments, resolve
+from recjobs.config.resolver import Overrides, add_override_arguments, load_file, resolve
 from recjobs.config.schema import TASKS, ResolvedConfig
 from recjobs.errors import ConfigError, UserError
 from recjobs.submit import container_paths, secret_env
@@ -50,6 +51,21 @@ OUTPUT_FORMATS = ("parquet", "csv")
 # Under these modes W&B needs no key, so the job does not ask for the secret.
 _WANDB_KEYLESS = ("offline", "disabled")
 
+# Upper bounds of the components' sizes and counts (docs/reliability.md, "Bounds and blocking
+# paths"): far beyond any real job, and low enough that a typo (-j 100000x100000) is refused at
+# once instead of building a job spec of ten billion processes. MAX_PROCESSES is the largest
+# WORLD_SIZE a job's processes accept (recjobs.training.torchrun_env.MAX_WORLD_SIZE).
+MAX_NODES = 1024
+MAX_PROCS_PER_NODE = 256
+MAX_PROCESSES = 4096
+MAX_RETRIES = 100
+MAX_CPU = 1024
+MAX_GPU = 64
+MAX_MEM_MB = 16 * 1024 * 1024  # 16 TiB
+MAX_K = 100_000  # `recjobs recommend --k` has the same bound (recjobs.cli.MAX_K)
+MAX_TEXT = 4096  # an environment variable's name or value
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
 
 @dataclass(frozen=True)
 class Nodes:
@@ -66,7 +82,8 @@ class Nodes:
         return f"{self.min_nodes}:{self.max_nodes}"
 
 
-_NODES = re.compile(r"^(?:(\d+):)?(\d+)x(\d+)$")
+# At most 9 digits each: int() of a long digit string is slow (and past 4300 digits an error).
+_NODES = re.compile(r"^(?:(\d{1,9}):)?(\d{1,9})x(\d{1,9})$")
 
 
 def parse_nodes(j: str) -> Nodes:
@@ -82,7 +99,70 @@ def parse_nodes(j: str) -> Nodes:
         raise UserError("-j", f"nodes and processes must be at least 1, got {j!r}")
     if min_nodes > max_nodes:
         raise UserError("-j", f"minimum nodes {min_nodes} exceed maximum nodes {max_nodes}")
+    if max_nodes > MAX_NODES or per_node > MAX_PROCS_PER_NODE:
+        raise UserError(
+            "-j",
+            f"at most {MAX_NODES} nodes of at most {MAX_PROCS_PER_NODE} processes, got {j!r}",
+            "see docs/reliability.md for the bounds",
+        )
+    if max_nodes * per_node > MAX_PROCESSES:
+        raise UserError(
+            "-j",
+            f"{max_nodes} x {per_node} = {max_nodes * per_node} processes, more than the "
+            f"{MAX_PROCESSES} a job may have",
+            "see docs/reliability.md for the bounds",
+        )
     return Nodes(min_nodes, max_nodes, per_node)
+
+
+def check_count(flag: str, value: int, low: int, high: int) -> int:
+    """`value` of component argument `flag`, within [low, high]; else one error line."""
+    if not low <= value <= high:
+        raise UserError(flag, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def parse_flag(value: str | bool, flag: str) -> bool:
+    """A component's yes/no argument. TorchX itself reads a `bool` parameter as true only
+    when it is spelled `true`: `--include_seen yes` would quietly mean no. So the component
+    takes the text and this reads the usual spellings, refusing the rest."""
+    if isinstance(value, bool):
+        return value
+    word = value.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise UserError(
+        flag,
+        f"expected true or false, got {value[:40]!r}",
+        f"also accepted: {', '.join(_TRUE[1:])} / {', '.join(_FALSE[1:])}",
+    )
+
+
+def parse_env(text: str | dict[str, str] | None) -> dict[str, str] | None:
+    """`--env FOO=1,BAR=2` as TorchX reads it, but a word without `=` is one error line
+    (TorchX's own reading raises a ValueError traceback), and so are names that are not
+    environment variable names."""
+    if text is None or isinstance(text, dict):
+        env = text
+    else:
+        from torchx.util.types import to_dict
+
+        try:
+            env = to_dict(text)
+        except ValueError:
+            raise UserError(
+                "--env",
+                f"expected NAME=VALUE[,NAME=VALUE...], got {text[:80]!r}",
+                "e.g. FOO=1,BAR=2",
+            ) from None
+    for name, value in (env or {}).items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or len(name) > MAX_TEXT:
+            raise UserError("--env", f"{name[:80]!r} is not an environment variable name")
+        if len(value) > MAX_TEXT or "\0" in value:
+            raise UserError(
+                "--env", f"the value of {name} is longer than {MAX_TEXT} characters or holds a NUL"
+            )
+    return env
 
 
 class _OverrideParser(argparse.ArgumentParser):
@@ -267,15 +347,33 @@ def _local_path(path: str, flag: str, who: str) -> None:
         )
 
 
+def model_task(model_dir: str) -> str | None:
+    """The task of the model in `model_dir` (a run directory or its model/) when this machine
+    can read it, so that a job that could only fail is refused at submit; None when it cannot
+    (the path is one inside the job's container, say): the job itself checks then."""
+    for path in (Path(model_dir) / "model" / "config.yaml", Path(model_dir) / "config.yaml"):
+        try:
+            raw = load_file(path)  # bounded, and refuses a FIFO rather than blocking on it
+        except UserError:
+            continue
+        return next((task for task in TASKS if task in raw), None)
+    return None
+
+
 def _resource(cpu: int, gpu: int, memMB: int, h: str | None) -> specs.Resource:  # noqa: N803
     if h:
         try:
             return specs.resource(h=h)
         except KeyError as exc:
             raise UserError("-h", str(exc.args[0]) if exc.args else f"unknown {h!r}") from None
-    for flag, value, least in (("--cpu", cpu, 1), ("--gpu", gpu, 0), ("--memMB", memMB, 1)):
+    for flag, value, least, most in (
+        ("--cpu", cpu, 1, MAX_CPU),
+        ("--gpu", gpu, 0, MAX_GPU),
+        ("--memMB", memMB, 1, MAX_MEM_MB),
+    ):
         if value < least:
             raise UserError(flag, f"must be at least {least}, got {value}")
+        check_count(flag, value, least, most)
     return specs.Resource(cpu=cpu, gpu=gpu, memMB=memMB)
 
 
@@ -326,8 +424,8 @@ def _check_mount_keys(mounts: list[str]) -> None:
             )
 
 
-def _env(env: dict[str, str] | None, wandb_mode: str | None) -> dict[str, str]:
-    env = dict(env or {})
+def _env(env: dict[str, str] | str | None, wandb_mode: str | None) -> dict[str, str]:
+    env = dict(parse_env(env) or {})
     leaked = secret_env.literal_secrets(env)
     if leaked:
         raise UserError(
@@ -360,7 +458,7 @@ def train_app(
     memMB: int,  # noqa: N803 - TorchX's name for it (-memMB) in every builtin component
     h: str | None,
     image: str,
-    env: dict[str, str] | None,
+    env: dict[str, str] | str | None,
     mounts: list[str] | None,
     max_retries: int,
     run_dir: str | None,
@@ -379,6 +477,7 @@ def train_app(
         raise UserError("--task", f"expected one of {', '.join(TASKS)}, got {task!r}")
     nodes = parse_nodes(j)
     resource = _resource(cpu, gpu, memMB, h)
+    check_count("--max_retries", max_retries, 0, MAX_RETRIES)
     if resource.gpu > 0 and nodes.nproc_per_node > resource.gpu:
         raise UserError(
             "-j",
@@ -428,7 +527,7 @@ def recommend_app(
     out: str | None,
     users: str | None,
     candidates: str | None,
-    include_seen: bool,
+    include_seen: bool | str,
     output_format: str,
     j: str,
     gpu: int,
@@ -436,7 +535,7 @@ def recommend_app(
     memMB: int,  # noqa: N803 - TorchX's name for it
     h: str | None,
     image: str,
-    env: dict[str, str] | None,
+    env: dict[str, str] | str | None,
     mounts: list[str] | None,
     max_retries: int,
     command_line: Sequence[str] = (),
@@ -453,8 +552,8 @@ def recommend_app(
 
     Raises UserError for anything wrong, before a job exists.
     """
-    if k < 1:
-        raise UserError("--k", f"must be at least 1, got {k}")
+    check_count("--k", k, 1, MAX_K)
+    include_seen = parse_flag(include_seen, "--include_seen")
     if output_format not in OUTPUT_FORMATS:
         raise UserError(
             "--output_format", f"expected one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}"
@@ -463,11 +562,17 @@ def recommend_app(
         raise UserError("--model_dir", "must not be empty", "the run directory of a training job")
     nodes = parse_nodes(j)
     resource = _resource(cpu, gpu, memMB, h)
-    if max_retries < 0:
-        raise UserError("--max_retries", f"must be 0 or more, got {max_retries}")
+    check_count("--max_retries", max_retries, 0, MAX_RETRIES)
     out = out or DEFAULT_RUN_DIR
     for flag, path in (("--model_dir", model_dir), ("--out", out)):
         _local_path(path, flag, "recjobs recommend")
+    if not candidates and model_task(model_dir) == "ranking":
+        raise UserError(
+            "--candidates",
+            f"{model_dir} holds a ranking model, which scores given candidates and does not "
+            "search the catalogue",
+            "pass --candidates FILE of user_id,item_id pairs, e.g. a retrieval job's parts",
+        )
     args = ["recommend", model_dir, "--k", str(k), "--out", out, "--parts", output_format]
     for flag, path in (("--users", users), ("--candidates", candidates)):
         if path:

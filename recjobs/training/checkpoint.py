@@ -22,6 +22,7 @@ import torch
 
 from recjobs.atomic import new_file_mode
 from recjobs.errors import CheckpointError, RunDirError, cannot_write
+from recjobs.file_kind import require_regular
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = Fal
 
 def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
     """The state saved at `path`; CheckpointError unless it is whole and has `required` keys."""
+    require_regular(path, CheckpointError)
     try:
         blob = path.read_bytes()
     except FileNotFoundError:

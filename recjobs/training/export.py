@@ -29,7 +29,8 @@ from torch import nn
 from recjobs.config.resolver import drop_ignored_keys, load_file, resolve_dict
 from recjobs.config.schema import TASKS, ResolvedConfig
 from recjobs.data import Encoders, TaskData
-from recjobs.errors import ConfigError
+from recjobs.errors import CheckpointError, ConfigError
+from recjobs.file_kind import require_regular
 from recjobs.models import build_model
 from recjobs.training import metrics
 from recjobs.training.checkpoint import atomic_write_bytes
@@ -109,6 +110,7 @@ def catalogue(data: TaskData) -> dict[str, torch.Tensor]:
 def load_config(model_dir: Path) -> ResolvedConfig:
     """The resolved config an export (or a run directory) was written with."""
     path = model_dir / "config.yaml"
+    require_regular(path, CheckpointError)
     fix = "export the model again, or use another run"
     # load_file: empty, invalid YAML or not a mapping is one error naming the file.
     raw = load_file(path)

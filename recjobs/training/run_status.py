@@ -34,6 +34,7 @@ from typing import Any, BinaryIO, TextIO
 import yaml
 
 from recjobs.errors import RunDirError
+from recjobs.file_kind import require_regular
 from recjobs.training.rundir import RunDir
 
 # The trainer's summary, the last line of a run that exported its model (trainer._run_summary).
@@ -106,6 +107,8 @@ def read_status(run_dir: str | Path) -> RunStatus:
             problem,
             "give a run directory: train's --run-dir, a job's runs/<app id>",
         )
+    for path in (rundir.config, rundir.metrics, rundir.log):
+        require_regular(path, RunDirError)
     config = _read_config(rundir)
     task = next((t for t in ("retrieval", "ranking") if t in config), None)
     training = ((config.get(task) or {}).get("training") or {}) if task else {}

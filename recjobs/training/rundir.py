@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from recjobs.errors import CheckpointError, RunDirError
+from recjobs.holdings import FINISHED_RUN_FILES, RUN_FILES, found, other_kind
 
 # recjobs.training.checkpoint (torch, seconds to import) is imported where it is used:
 # `recjobs status` and `recjobs log` read run directories with this module and no torch.
@@ -121,13 +122,24 @@ class RunDir:
         )
         if not self.path.is_dir():
             raise CheckpointError(str(self.path), "does not exist: nothing to resume", hint)
+        self._check_links()
         if not (self.last.exists() or previous(self.last).exists()):
             raise CheckpointError(str(self.path), "has no checkpoints/last.pt to resume", hint)
 
     def check_start(self, resume: bool) -> bool:
-        """Whether this run resumes. A fresh run never overwrites another run's checkpoints."""
+        """Whether this run resumes (`resume`: --resume or --resume-or-start). Read-only.
+
+        A run starts only where it replaces nothing: not in a data set or a model, not over
+        another run's files (a fresh run), not over a finished run whose checkpoints are gone
+        (--resume-or-start would start it over). --resume-or-start may start again over a
+        first attempt that died before its first checkpoint: that is what a retry is.
+        """
         from recjobs.training.checkpoint import previous
 
+        other = other_kind(self.path, "run")
+        if other:
+            raise RunDirError(str(self.path), f"holds {other}, not a run", "use another --run-dir")
+        self._check_links()
         if self.last.exists() or previous(self.last).exists():
             if not resume:
                 raise CheckpointError(
@@ -136,11 +148,33 @@ class RunDir:
                     "pass --resume to continue it, or use another --run-dir",
                 )
             return True
-        if not resume and self.metrics.exists():
+        held = found(self.path, RUN_FILES)
+        finished = [name for name in held if name in FINISHED_RUN_FILES]
+        if resume and finished:
             raise CheckpointError(
-                str(self.path), "already holds metrics.jsonl", "use another --run-dir"
+                str(self.path),
+                f"holds a finished run ({', '.join(finished)}) whose checkpoints/last.pt is "
+                "gone: there is nothing to resume, and starting over would replace it",
+                "use another --run-dir",
             )
+        if not resume and held:
+            hint = "use another --run-dir"
+            if not finished:
+                hint += ", or pass --resume-or-start to start it over here (it has no checkpoint)"
+            raise CheckpointError(str(self.path), f"already holds a run ({', '.join(held)})", hint)
         return False
+
+    def _check_links(self) -> None:
+        """A checkpoint that is a link to nothing is named, never taken for "no checkpoint"."""
+        from recjobs.training.checkpoint import previous
+
+        for path in (self.last, previous(self.last)):
+            if path.is_symlink() and not path.exists():
+                raise CheckpointError(
+                    str(path),
+                    f"is a symbolic link to {os.readlink(path)}, which does not exist",
+                    "restore what it points to, or remove the link",
+                )
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -178,3 +212,41 @@ class RunDir:
 
         text = yaml.safe_dump(resolved, sort_keys=False)
         atomic_write_bytes(self.config, text.encode())
+
+
+class Rollback:
+    """What one attempt replaced in its run dir, put back if the attempt fails before it has
+    moved the run on (its first checkpoint, or the export).
+
+    A resume rewrites config.yaml and cuts metrics.jsonl back to its checkpoint's records
+    before its first step; a resume that then diverges or fails leaves both as they were, so
+    the run is still the one its checkpoint describes. A checkpoint written by this attempt
+    settles it: from then on the files describe that checkpoint, as after a SIGTERM.
+    """
+
+    def __init__(self, rundir: RunDir) -> None:
+        self.rundir = rundir
+        self.saved: dict[Path, bytes] = {}
+        self.started = False  # this attempt has written to the run dir
+        self.settled = False
+
+    def save(self) -> None:
+        """Keep config.yaml and metrics.jsonl as they are now: this attempt is about to write."""
+        self.started = True
+        for path in (self.rundir.config, self.rundir.metrics):
+            if path.is_file():
+                self.saved[path] = path.read_bytes()
+
+    def settle(self) -> None:
+        self.settled = True
+
+    def undo(self) -> None:
+        """Put back what `save` kept (the attempt failed); a new file it wrote stays: it tells
+        what the failed attempt did (a fresh run's diverging metrics)."""
+        from recjobs.training.checkpoint import atomic_write_bytes
+
+        if self.settled:
+            return
+        for path, payload in self.saved.items():
+            if not path.is_file() or path.read_bytes() != payload:
+                atomic_write_bytes(path, payload)

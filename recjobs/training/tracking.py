@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from recjobs.errors import RunDirError, UserError, cannot_write
+from recjobs.file_kind import require_regular
 from recjobs.training.checkpoint import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class Tracker:
         """Drop records written after the checkpoint we resume from (they will be written again)."""
         if not self.enabled or not self.path.exists():
             return
+        require_regular(self.path, RunDirError)
         kept = self.path.read_text().splitlines(keepends=True)[:lines]
         atomic_write_bytes(self.path, "".join(kept).encode())
         self.lines = len(kept)
@@ -76,6 +78,7 @@ class Tracker:
 def read_records(run_dir: Path) -> list[dict[str, Any]]:
     """The records of RUN_DIR/metrics.jsonl; UserError for a missing or damaged file."""
     path = run_dir / "metrics.jsonl"
+    require_regular(path)
     if not path.is_file():
         raise UserError(
             str(run_dir),
@@ -147,6 +150,7 @@ def run_log(path: Path) -> Iterator[RunLog]:
     the container; this copy stays with the run. Levels are as configured (RECJOBS_LOG_LEVEL).
     The block gets a `RunLog` for the lines the file must hold at any level.
     """
+    require_regular(path, RunDirError)  # appending to a FIFO waits for a reader
     handler = _RunLogHandler(path)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     package = logging.getLogger("recjobs")
@@ -214,6 +218,7 @@ def _append(path: Path, line: bytes) -> None:
 
 
 def _count_lines(path: Path) -> int:
+    require_regular(path, RunDirError)
     if not path.exists():
         return 0
     with path.open() as f:

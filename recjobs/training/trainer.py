@@ -18,7 +18,6 @@ import contextlib
 import errno
 import logging
 import math
-import os
 import signal
 import sys
 import time
@@ -55,15 +54,17 @@ from recjobs.training import run_status
 from recjobs.training.checkpoint import (
     load_checkpoint,
     load_latest_good,
+    previous,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from recjobs.training.export import export_model
 from recjobs.training.precision import precision_policy
-from recjobs.training.rundir import RunDir
+from recjobs.training.rundir import Rollback, RunDir
 from recjobs.training.summary import RunEnd, summarise, summary_lines, write_summary
 from recjobs.training.tasks import make_task
+from recjobs.training.torchrun_env import require_rendezvous, torchrun_place
 from recjobs.training.tracking import RunLog, Tracker, read_records, run_log, wandb_wanted
 
 log = logging.getLogger(__name__)
@@ -113,11 +114,12 @@ class Distributed:
 
 
 def init_distributed(device_setting: str) -> Distributed:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    place = torchrun_place()
+    world_size, local_rank = place.world_size, place.local_rank
     if world_size <= 1:
         return Distributed()
+    require_rendezvous()
     use_cuda = device_setting != "cpu" and torch.cuda.is_available()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if use_cuda:
         torch.cuda.set_device(local_rank)
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
@@ -255,20 +257,46 @@ def train(
     rundir = RunDir(Path(run_dir or tr.artifact_dir))
     stop = StopSignal()
     ddp = init_distributed(tr.device)
+    rollback = Rollback(rundir)
     try:
         if resume and not resume_or_start:
             rundir.require_checkpoint()  # before the lock creates the directory
         resume = resume or resume_or_start
+        # Read-only, on every rank, before anything is written (not even the lock file): a run
+        # dir that holds something this run would replace is refused untouched, and all ranks
+        # fail alike. The barrier keeps every rank's look before rank 0's first write.
+        _check_not_in_use(rundir)  # a run in progress there: say that, not what it holds
+        resuming = rundir.check_start(resume)
+        if ddp.world_size > 1:
+            dist.barrier(group=ddp.stop_group)
         if not ddp.is_main:
-            return TrainingRun(cfg, rundir, resume, ddp, stop).run()
-        with rundir.lock(), run_log(rundir.log) as written:
-            try:
-                return TrainingRun(cfg, rundir, resume, ddp, stop, written).run()
-            except BaseException as exc:
-                # The run's last line in train.log says how it ended (`recjobs status` reads
-                # it); stderr gets the same from the command line, so the file only.
-                written.to_file(log, *_last_word(exc, rundir))
-                raise
+            return TrainingRun(cfg, rundir, resume, ddp, stop, resuming=resuming).run()
+        had_log = rundir.log.exists()
+        try:
+            with rundir.lock(), run_log(rundir.log) as written:
+                try:
+                    run = TrainingRun(cfg, rundir, resume, ddp, stop, written, resuming, rollback)
+                    return run.run()
+                except BaseException as exc:
+                    if not isinstance(exc, Preempted):
+                        _undo(rollback)
+                    # The run's last line in train.log says how it ended (`recjobs status`
+                    # reads it); stderr gets the same from the command line, so the file only.
+                    written.to_file(log, *_last_word(exc, rundir))
+                    raise
+        except BaseException:
+            if (
+                not had_log
+                and not resume_or_start
+                and not rollback.started
+                and rundir.log.is_file()
+            ):
+                # A new run that failed before it wrote anything (a data error, a setting
+                # found late): its train.log alone would make the directory look like a run
+                # and refuse the corrected command. A job (--resume-or-start) keeps it for
+                # `recjobs status`.
+                rundir.log.unlink(missing_ok=True)
+            raise
     except OSError as exc:
         if not _is_file_error(exc):  # e.g. a DDP peer's connection: not the user's doing
             traceback.clear_frames(exc.__traceback__)
@@ -286,6 +314,27 @@ def train(
         stop.restore()
         if ddp.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _check_not_in_use(rundir: RunDir) -> None:
+    """Another trainer holds the run dir's lock (read from the kernel, never taken here)."""
+    holder = run_status.lock_holder(rundir)
+    if holder is not None:
+        raise CheckpointError(
+            str(rundir.path),
+            f"another trainer is using this run dir (pid {holder if holder > 0 else 'unknown'})",
+            "wait for it or use another --run-dir",
+        )
+
+
+def _undo(rollback: Rollback) -> None:
+    """Put back what a failed attempt replaced; a failure to do so is said, never hides why
+    the attempt failed."""
+    try:
+        rollback.undo()
+    except (OSError, UserError) as exc:
+        line = exc.line() if isinstance(exc, UserError) else str(exc)
+        log.warning("could not put back config.yaml/metrics.jsonl as they were: %s", line)
 
 
 def _file_error(exc: OSError, rundir: RunDir) -> RunDirError:
@@ -364,11 +413,13 @@ class TrainingRun:
         ddp: Distributed,
         stop: StopSignal,
         written: RunLog | None = None,  # rank 0's train.log
+        resuming: bool = False,  # `check_start`'s answer: there is a checkpoint to resume
+        rollback: Rollback | None = None,  # what `train` puts back if this attempt fails
     ) -> None:
         self.cfg, self.rundir, self.ddp, self.stop = cfg, rundir, ddp, stop
         self.written = written
+        self.rollback = rollback or Rollback(rundir)
         training = cfg.training
-        resuming = rundir.check_start(resume)  # read-only, on every rank: all ranks fail alike
         checkpoint = load_latest_good(rundir.last, CHECKPOINT_FIELDS) if resuming else None
         if checkpoint is not None:
             with _unusable_checkpoint(rundir):
@@ -430,6 +481,7 @@ class TrainingRun:
         # Everything is set up and restored (a failure so far leaves the run directory as it
         # was); only now is it written to.
         if ddp.is_main:
+            self.rollback.save()
             rundir.path.mkdir(parents=True, exist_ok=True)
             rundir.write_config(cfg.to_dict())
         self.tracker = self._start_tracker(checkpoint)
@@ -728,8 +780,8 @@ class TrainingRun:
             raise TrainingDiverged(
                 "training",
                 f"loss is not finite at step {bad}",
-                f"no checkpoint was written after it; {self.rundir.last} holds the last good "
-                "state. Lower the learning rate or set grad_clip_norm",
+                f"{_last_good(self.rundir, 'after it')}. Lower the learning rate or set "
+                "grad_clip_norm",
             )
 
     def checkpoint(self, path: Path) -> None:
@@ -765,6 +817,7 @@ class TrainingRun:
             },
             keep_previous=path == self.rundir.last,  # a damaged last.pt falls back to .prev
         )
+        self.rollback.settle()  # the run has moved on: its files now describe this checkpoint
 
     def preempted(self, when: str) -> None:
         """SIGTERM or SIGINT: checkpoint, then leave with its exit code."""
@@ -783,6 +836,7 @@ class TrainingRun:
             if self.ddp.is_main:
                 log.info("restored the best weights (%s = %.4g)", self.early.key, self.early.best)
         if self.ddp.is_main:
+            self.rollback.settle()  # the export replaces model/: the run is done
             export_model(self.rundir.model, self.model, self.cfg, self.data)
             self.write_summary()
         self.tracker.finish()
@@ -906,9 +960,21 @@ def _check_finite_metrics(metrics: dict[str, float], step: int, rundir: RunDir) 
         raise TrainingDiverged(
             "validation",
             f"{bad[0]} is not finite at step {step} ({metrics[bad[0]]})",
-            f"no checkpoint was written from this state; {rundir.last} holds the last good "
-            "one. Lower the learning rate or set grad_clip_norm",
+            f"{_last_good(rundir, 'from this state')}. Lower the learning rate or set "
+            "grad_clip_norm",
         )
+
+
+def _last_good(rundir: RunDir, when: str) -> str:
+    """Where the last good state is, as far as the files say: never a checkpoint that is not
+    there. A resume that fails before its first checkpoint has put its files back."""
+    for path in (rundir.last, previous(rundir.last)):
+        if path.is_file():
+            return f"no checkpoint was written {when}; {path} holds the last good state"
+    return (
+        f"no checkpoint was written {when}, and none before it: nothing to resume; start again "
+        "(--resume-or-start starts over in this --run-dir)"
+    )
 
 
 def _build_optimizers(

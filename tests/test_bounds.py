@@ -1,0 +1,133 @@
+"""Bounds and argument forms of the TorchX components and the CLI (docs/reliability.md, "Bounds
+and blocking paths"): sizes past their documented limit, yes/no spellings TorchX would read as
+no, `--env` words without `=`, image names with spaces, a ranking model without candidates.
+Each is one `error:` line and exit 2 at submit (dry runs too), before any job exists.
+
+Arguments go through TorchX's own parser (`materialize_appdef`), as `torchx run` passes them;
+one case runs the real `torchx run --dryrun -s kubernetes` as a subprocess.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from torchx.specs.builders import materialize_appdef
+from torchx.specs.finder import get_component
+
+from recjobs import cli
+from recjobs.cli import main
+from recjobs.errors import UserError
+from recjobs.submit import container_paths, launch
+from recjobs.training import torchrun_env
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPONENT = ROOT / "components" / "train.py"
+QUICKSTART = str(ROOT / "config" / "quickstart.yaml")
+
+
+def _refusal(component: str, args: list[str], capsys) -> str:
+    fn = get_component(f"{COMPONENT}:{component}").fn
+    with pytest.raises(SystemExit) as exc:
+        materialize_appdef(fn, args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+TRAIN = ["--task", "retrieval", "--config", QUICKSTART]
+REC = ["--model_dir", "/runs/r"]
+
+REFUSED = [
+    ("train", [*TRAIN, "-j", "100000x100000"], "error: -j: at most 1024 nodes of at most 256 processes, got '100000x100000' (see docs/reliability.md for the bounds)"),
+    ("train", [*TRAIN, "-j", "2:1025x1"], "error: -j: at most 1024 nodes"),
+    ("train", [*TRAIN, "-j", "1x257"], "error: -j: at most 1024 nodes of at most 256 processes, got '1x257'"),
+    ("train", [*TRAIN, "-j", "64x128"], "error: -j: 64 x 128 = 8192 processes, more than the 4096 a job may have"),
+    ("train", [*TRAIN, "-j", "1x" + "9" * 5000], "error: -j: expected [MIN:]NODESxPROCS"),
+    ("train", [*TRAIN, "--max_retries", "1000000"], "error: --max_retries: must be between 0 and 100, got 1000000"),
+    ("train", [*TRAIN, "--max_retries", "-1"], "error: --max_retries: must be between 0 and 100, got -1"),
+    ("train", [*TRAIN, "--cpu", "100000"], "error: --cpu: must be between 1 and 1024, got 100000"),
+    ("train", [*TRAIN, "--gpu", "1000"], "error: --gpu: must be between 0 and 64, got 1000"),
+    ("train", [*TRAIN, "--memMB", str(2**40)], "error: --memMB: must be between 1 and 16777216"),
+    ("train", [*TRAIN, "--env", "FOO"], "error: --env: expected NAME=VALUE[,NAME=VALUE...], got 'FOO' (e.g. FOO=1,BAR=2)"),
+    ("train", [*TRAIN, "--env", "A B=1"], "error: --env: 'A B' is not an environment variable name"),
+    ("recommend", [*REC, "--env", "FOO"], "error: --env: expected NAME=VALUE"),
+    ("recommend", [*REC, "--k", "1000000"], "error: --k: must be between 1 and 100000, got 1000000"),
+    ("recommend", [*REC, "-j", "100000x100000"], "error: -j: at most 1024 nodes"),
+    ("recommend", [*REC, "--max_retries", "101"], "error: --max_retries: must be between 0 and 100"),
+    ("recommend", [*REC, "--include_seen", "maybe"], "error: --include_seen: expected true or false, got 'maybe' (also accepted: yes, 1, on / no, 0, off)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("component", "args", "line"), REFUSED, ids=lambda v: str(v)[-30:])
+def test_sizes_past_their_bound_and_malformed_arguments_are_one_line(capsys, component, args, line):
+    assert _refusal(component, args, capsys).startswith(line)
+
+
+@pytest.mark.parametrize(
+    ("spelling", "included"),
+    [("true", True), ("True", True), ("yes", True), ("1", True), ("ON", True),
+     ("false", False), ("no", False), ("0", False), ("off", False)],
+)  # fmt: skip
+def test_include_seen_takes_the_usual_spellings(spelling, included):
+    fn = get_component(f"{COMPONENT}:recommend").fn
+    app = materialize_appdef(fn, [*REC, "--include_seen", spelling])
+    words = shlex.split(app.roles[0].args[1])
+    assert ("--include-seen" in words) is included
+
+
+def test_env_with_values_still_reaches_the_job():
+    fn = get_component(f"{COMPONENT}:train").fn
+    app = materialize_appdef(fn, [*TRAIN, "--env", "FOO=1,BAR=x y"])
+    assert {k: app.roles[0].env[k] for k in ("FOO", "BAR")} == {"FOO": "1", "BAR": "x y"}
+
+
+def test_an_image_name_with_a_space_is_refused_for_container_schedulers():
+    fn = get_component(f"{COMPONENT}:train").fn
+    app = materialize_appdef(fn, [*TRAIN, "--image", "recjobs latest"])
+    with pytest.raises(UserError) as caught:
+        container_paths.check(app, "kubernetes", ephemeral_outputs=False)
+    assert caught.value.line().startswith(
+        "error: --image: 'recjobs latest' is not an image name (it holds a space"
+    )
+
+
+def test_a_ranking_model_without_candidates_is_refused_at_submit(tmp_path, capsys):
+    model = tmp_path / "run" / "model"
+    model.mkdir(parents=True)
+    (model / "config.yaml").write_text("ranking:\n  training: {}\n")
+    line = _refusal("recommend", ["--model_dir", str(tmp_path / "run")], capsys)
+    assert line.startswith(
+        f"error: --candidates: {tmp_path / 'run'} holds a ranking model, which scores given "
+        "candidates"
+    )
+    fn = get_component(f"{COMPONENT}:recommend").fn
+    given = [str(tmp_path / "run"), "--candidates", "/runs/pairs.parquet"]
+    assert materialize_appdef(fn, ["--model_dir", *given])  # with candidates it is a job
+    (model / "config.yaml").write_text("retrieval:\n  training: {}\n")
+    assert materialize_appdef(fn, ["--model_dir", str(tmp_path / "run")])
+    # Unreadable here (a path inside the container): the job checks, submit does not guess.
+    assert launch.model_task("/runs/nowhere") is None
+
+
+def test_a_huge_j_on_kubernetes_is_answered_at_once():
+    torchx = Path(sys.executable).parent / "torchx"
+    done = subprocess.run(
+        [str(torchx), "run", "--dryrun", "-s", "kubernetes", "components/train.py:train",
+         "--task", "retrieval", "-j", "100000x100000"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "error: -j: at most 1024 nodes" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_cli_and_the_components_share_their_bounds(capsys):
+    assert cli.MAX_K == launch.MAX_K
+    assert torchrun_env.MAX_WORLD_SIZE == launch.MAX_PROCESSES
+    assert main(["recommend", "nowhere", "--out", "x.csv", "--k", "100001"]) == 2
+    assert capsys.readouterr().err == "error: --k: must be between 1 and 100000, got 100001\n"
