@@ -229,13 +229,15 @@ def test_a_parent_that_is_a_file_is_named(ranking_run, tmp_path, capsys):
     assert (tmp_path / "file").read_text() == "x"
 
 
-@pytest.mark.parametrize("name", ["checkpoints", "model"])
-def test_a_file_where_the_run_writes_a_directory_is_found_at_start(tmp_path, capsys, name):
-    run = tmp_path / "run"
+def test_a_checkpoints_file_is_found_at_start(tmp_path, capsys):
+    """A fresh run refuses the directory as holding a run; --resume-or-start (what a job runs)
+    starts over there and finds the file when it prepares the run directory, before an epoch."""
+    run, name = tmp_path / "run", "checkpoints"
     run.mkdir()
     (run / name).write_text("mine")
     sets = [a for s in [*TINY, "training.max_epochs=1"] for a in ("--set", s)]
-    assert error(capsys, "train", "retrieval", "--run-dir", str(run), *sets) == (
+    argv = ["train", "retrieval", "--run-dir", str(run), "--resume-or-start", *sets]
+    assert error(capsys, *argv) == (
         f"error: {run / name}: is a file, not a directory: the run writes its {name} there "
         "(remove or rename that file, or use another --run-dir)"
     )
