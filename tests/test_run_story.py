@@ -111,7 +111,9 @@ def test_model_holds_the_best_weights_even_without_early_stopping(tmp_path):
     config = cfg(
         "ranking",
         "training.max_epochs=2",
-        "training.early_stopping={enabled: false, metric: logloss, mode: max}",
+        "training.early_stopping.enabled=false",
+        "training.early_stopping.metric=logloss",
+        "training.early_stopping.mode=max",
     )
     returned = trainer.train(config, tmp_path)
     losses = [r["val/logloss"] for r in records(tmp_path) if "val/loss" in r]

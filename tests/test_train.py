@@ -345,7 +345,10 @@ def test_early_stopping_stops_and_restores_the_best(tmp_path):
     config = cfg(
         "ranking",
         "training.max_epochs=8",
-        "training.early_stopping={enabled: true, metric: logloss, mode: max, patience: 2}",
+        "training.early_stopping.enabled=true",
+        "training.early_stopping.metric=logloss",
+        "training.early_stopping.mode=max",
+        "training.early_stopping.patience=2",
     )
     trainer.train(config, tmp_path)
     losses = [r["val/logloss"] for r in val_records(tmp_path)]
