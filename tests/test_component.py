@@ -412,3 +412,19 @@ def test_recommend_component_is_linted_documented_and_runs_recjobs_recommend(cap
             "error: --model_dir: 's3://bucket/run': URLs are not supported by recjobs recommend"
         )
     )
+
+
+@pytest.mark.parametrize("flag", ["--run_dir", "--out"])
+def test_an_empty_path_is_refused_not_the_default(train_fn, flag, capsys):
+    fn = train_fn if flag == "--run_dir" else get_component("components/train.py:recommend").fn
+    extra = ["--task", "retrieval"] if flag == "--run_dir" else ["--model_dir", "/runs/r"]
+    with pytest.raises(SystemExit) as exc:
+        materialize_appdef(fn, [*extra, flag, " "])
+    assert exc.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"error: {flag}: an empty path (name a directory, or leave {flag} out for runs/<app id>)"
+        )
+    )

@@ -337,7 +337,12 @@ def _torchrun(nodes: Nodes, recjobs_args: list[str], rdzv_port: int = RDZV_PORT)
 
 def _local_path(path: str, flag: str, who: str) -> None:
     """The jobs read and write run directories with local file operations (atomic renames,
-    fsync, torch.load); a URL would silently become a local folder named "s3:"."""
+    fsync, torch.load); a URL would silently become a local folder named "s3:". An empty path
+    would silently mean the default or the working directory."""
+    if not path.strip():
+        raise UserError(
+            flag, "an empty path", f"name a directory, or leave {flag} out for runs/<app id>"
+        )
     if "://" in path:
         raise UserError(
             flag,
@@ -486,7 +491,7 @@ def train_app(
         )
     if max_retries < 0:
         raise UserError("--max_retries", f"must be 0 or more, got {max_retries}")
-    run_dir = run_dir or DEFAULT_RUN_DIR
+    run_dir = DEFAULT_RUN_DIR if run_dir is None else run_dir
     _local_path(run_dir, "--run_dir", "the trainer")
     job_env = _env(env, wandb_mode)
     role_mounts = _mounts(mounts)
@@ -563,7 +568,7 @@ def recommend_app(
     nodes = parse_nodes(j)
     resource = _resource(cpu, gpu, memMB, h)
     check_count("--max_retries", max_retries, 0, MAX_RETRIES)
-    out = out or DEFAULT_RUN_DIR
+    out = DEFAULT_RUN_DIR if out is None else out
     for flag, path in (("--model_dir", model_dir), ("--out", out)):
         _local_path(path, flag, "recjobs recommend")
     if not candidates and model_task(model_dir) == "ranking":
