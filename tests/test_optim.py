@@ -338,4 +338,13 @@ def test_a_one_cycle_run_resumed_with_more_epochs_is_refused_before_it_trains(tm
         "error: training.scheduler: OneCycleLR fails at scheduler step 29 of this run's 42"
     ), err
     assert "resume with the first run's max_epochs/max_steps, or start a new run" in err
-    assert _snapshot(run_dir) == before  # nothing of the finished run was touched
+    # Nothing of the finished run was touched; train.log only grows, by the attempt's last word
+    # (what `recjobs status` reads).
+    after = _snapshot(run_dir)
+    log = str(run_dir / "train.log")
+    assert {k: v for k, v in after.items() if k != log} == {
+        k: v for k, v in before.items() if k != log
+    }
+    assert after[log].startswith(before[log])
+    grown = after[log][len(before[log]) :].decode().splitlines()
+    assert grown[-1].endswith(f"run ended: failed (exit 2): {err}")
