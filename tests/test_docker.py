@@ -244,7 +244,7 @@ def test_local_docker_ddp_job_trains_in_the_container_and_writes_the_mounted_run
     app = app_id(done.stdout)
     assert "Job finished: SUCCEEDED" in done.stderr
     # One DDP job of two processes in one container, not two runs.
-    assert "on cpu x2" in done.stderr  # one DDP job of two processes (only rank 0 logs at INFO)
+    assert "on cpu x2" in done.stderr and "rank 1 of 2 joined on cpu" in done.stderr
 
     (container,) = docker.containers(f"label={APP_ID_LABEL}={app}")
     state = docker.inspect(container)

@@ -223,7 +223,12 @@ def scheduler(words: list[str]) -> str | None:
 
 def make_recipe(words: list[str], cwd: Path) -> str:
     """What `make TARGET` would run (`make -n`), to judge it by its commands."""
-    done = subprocess.run(["make", "-n", *words[1:]], cwd=cwd, capture_output=True, text=True)
+    # Without the make that may be running this suite (`make test`): a nested make prints
+    # "Entering directory" lines and inherits its flags.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    done = subprocess.run(
+        ["make", "-n", *words[1:]], cwd=cwd, capture_output=True, text=True, env=env
+    )
     return done.stdout + done.stderr
 
 

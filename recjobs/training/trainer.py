@@ -583,6 +583,9 @@ class TrainingRun:
                 "sparse embedding updates: %s (%s)", "on" if self.sparse else "off", self.sparse_why
             )
             log.info("mixed precision: %s", self.precision.describe())
+        else:
+            # One line per other rank, so that a multi-pod log shows every rank joined.
+            log.info("rank %d of %d joined on %s", self.ddp.rank, self.ddp.world_size, self.device)
         self.bar = _progress(self.total_steps, progress.step, self.ddp.is_main)
         self.model.train()
         if _signalled_before_start(self.stop, self.ddp):  # e.g. Ctrl-C while the data loaded
