@@ -7,6 +7,7 @@ imported, then acted on: one `error:` line and 128 + the signal's number. After 
 commands see Python's usual SIGINT (and `train` installs its own handler, which checkpoints).
 """
 
+import os
 import signal
 import sys
 
@@ -17,6 +18,7 @@ def run() -> int:
     held: list[int] = []
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda number, frame: held.append(number))
+    _open_standard_streams()
     from recjobs.cli import main
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -26,6 +28,19 @@ def run() -> int:
         print(f"error: interrupted ({name}) before training started", file=sys.stderr)
         return 128 + held[0]
     return main()
+
+
+def _open_standard_streams() -> None:
+    """A command started with stdin, stdout or stderr closed (`recjobs status DIR >&-`) gets
+    /dev/null there: Python leaves sys.stdout None (the first print is a traceback), and the
+    free descriptor would go to the next file opened, e.g. a run's train.log."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        if getattr(sys, name) is None:
+            null = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: fd itself
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            setattr(sys, name, open(fd, mode, closefd=False))  # noqa: SIM115 - for the process
 
 
 if __name__ == "__main__":

@@ -148,3 +148,17 @@ def test_a_reader_that_went_away_ends_the_command_quietly(tmp_path, argv):
     assert done.returncode == 0, done.stderr
     if argv[0] == "data":  # the work itself was done; only the printed path was lost
         assert (Path(tmp_path) / "data" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize("closed", [">&-", "2>&-", "<&- >&- 2>&-"])
+def test_a_command_with_closed_standard_streams_runs_without_a_traceback(tmp_path, closed):
+    recjobs = Path(sys.executable).parent / "recjobs"
+    script = f'"{recjobs}" resolve retrieval {closed}; echo "rc=$?" >&3'
+    done = subprocess.run(
+        ["bash", "-c", f"exec 3>&1; {{ {script}; }} 2>{tmp_path / 'err'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip().splitlines()[-1] == "rc=0", done.stdout[-500:]
+    assert "Traceback" not in (tmp_path / "err").read_text()
