@@ -229,11 +229,8 @@ def _ends(pid: int, seconds: float = 30) -> bool:
 # --------------------------------------------------------------------------- wheelhouse
 
 
-def test_wheelhouse_into_an_empty_cache(tmp_path):
-    """docker/wheelhouse.sh on a new machine: the cache folder does not exist. Offline here:
-    pip takes the wheels the venv was installed from (--no-index --find-links), so this checks
-    the script's cold path (folders, the requirements read from pyproject.toml, pip wheel) and
-    that the result is complete, not PyPI."""
+def _source_wheelhouse() -> Path:
+    """The wheelhouse `make setup` installed this venv from (torch and the build backend)."""
     sources = [
         d
         for d in sorted((CACHE / "wheels").glob("py311-*"))
@@ -241,19 +238,32 @@ def test_wheelhouse_into_an_empty_cache(tmp_path):
     ]
     if not sources:
         missing(f"COLD-PATH TEST NOT RUN: no wheelhouse in {CACHE}/wheels (make setup makes one)")
-    cache = tmp_path / "empty-cache"
-    done = subprocess.run(
+    return sources[-1]
+
+
+def _wheelhouse_offline(cache: Path, source: Path) -> subprocess.CompletedProcess[str]:
+    """docker/wheelhouse.sh into `cache`, with pip offline on the wheels in `source`."""
+    return subprocess.run(
         [str(ROOT / "docker" / "wheelhouse.sh")],
         env={
             **os.environ,
             "PYTHON": sys.executable,
             "RECJOBS_CACHE_DIR": str(cache),
-            "PIP_ARGS": f"--no-index --find-links {sources[-1]}",
+            "PIP_ARGS": f"--no-index --find-links {source}",
         },
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+def test_wheelhouse_into_an_empty_cache(tmp_path):
+    """docker/wheelhouse.sh on a new machine: the cache folder does not exist. Offline here:
+    pip takes the wheels the venv was installed from (--no-index --find-links), so this checks
+    the script's cold path (folders, the requirements read from pyproject.toml, pip wheel) and
+    that the result is complete, not PyPI."""
+    cache = tmp_path / "empty-cache"
+    done = _wheelhouse_offline(cache, _source_wheelhouse())
     assert done.returncode == 0, done.stderr[-3000:]
     wheels = Path(done.stdout.strip())
     assert wheels.parent == cache / "wheels" and wheels.is_dir()
@@ -288,30 +298,17 @@ def test_a_wheelhouse_run_cut_off_by_a_full_disk_leaves_no_partial_wheel(tmp_pat
     """pip reuses a file in its wheel folder by name, unchecked: a wheel cut short by a full disk
     must never reach the wheelhouse, or every later run installs a broken torch. Here the cache
     is a 64 MiB tmpfs, far too small for torch."""
-    sources = [d for d in sorted((CACHE / "wheels").glob("py311-*")) if any(d.glob("torch-*.whl"))]
-    if not sources:
-        missing(f"COLD-PATH TEST NOT RUN: no wheelhouse in {CACHE}/wheels (make setup makes one)")
+    source = _source_wheelhouse()
     if os.geteuid() != 0:
         missing("COLD-PATH TEST NOT RUN: mounting a small tmpfs needs root")
     small = tmp_path / "small"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], check=True)
     try:
-        done = subprocess.run(
-            [str(ROOT / "docker" / "wheelhouse.sh")],
-            env={
-                **os.environ,
-                "PYTHON": sys.executable,
-                "RECJOBS_CACHE_DIR": str(small),
-                "PIP_ARGS": f"--no-index --find-links {sources[-1]}",
-            },
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        done = _wheelhouse_offline(small, source)
         assert done.returncode != 0 and "No space left on device" in done.stderr, done.stderr
         (wheels,) = (small / "wheels").glob("py311-*")
-        complete = {w.name: w.stat().st_size for w in sources[-1].glob("*.whl")}
+        complete = {w.name: w.stat().st_size for w in source.glob("*.whl")}
         assert {w.name: w.stat().st_size for w in wheels.glob("*.whl")} == {
             w.name: complete[w.name] for w in wheels.glob("*.whl")
         }
