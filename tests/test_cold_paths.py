@@ -15,6 +15,7 @@ seconds runs here, for real:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -263,6 +264,13 @@ def test_wheelhouse_into_an_empty_cache(tmp_path):
     the script's cold path (folders, the requirements read from pyproject.toml, pip wheel) and
     that the result is complete, not PyPI."""
     cache = tmp_path / "empty-cache"
+    try:
+        _check_wheelhouse_into_an_empty_cache(cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)  # a second copy of torch: 3 GB of a CI disk
+
+
+def _check_wheelhouse_into_an_empty_cache(cache: Path) -> None:
     done = _wheelhouse_offline(cache, _source_wheelhouse())
     assert done.returncode == 0, done.stderr[-3000:]
     wheels = Path(done.stdout.strip())
