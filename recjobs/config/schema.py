@@ -265,8 +265,21 @@ class TrainingConfig:
         doc="subtract log(item popularity) from in-batch logits (Yi et al. 2019); without it "
         "popular items are pushed down",
     )
-    negatives_per_pos: int = ranged(
-        4, 1, 1000, doc="bce: uniformly sampled negative items per positive"
+    negatives_per_pos: int = ranged(4, 1, 1000, doc="bce: sampled negative items per positive")
+    # Ranking only: how training negatives are drawn. Validation negatives are always uniform
+    # and never an item the user has in training or validation (comparable across configs).
+    negatives_distribution: Literal["uniform", "popularity"] = option(
+        "uniform",
+        doc="bce: training negatives drawn uniformly from the catalogue, or by popularity: "
+        "(training interactions + 1) ** negatives_alpha",
+    )
+    negatives_alpha: float = ranged(
+        0.75, 0, 2, doc="bce, popularity: exponent of the popularity (0 is uniform)"
+    )
+    negatives_exclude_seen: bool = option(
+        False,
+        doc="bce: redraw a training negative that the user has among its training "
+        "interactions (validation negatives always avoid the user's known items)",
     )
     eval_k: tuple[int, ...] = ranged(
         (10, 50), 1, INT32_MAX, doc="K of val/recall@K, ndcg@K and hit@K (1 to 10 values)"
@@ -395,7 +408,12 @@ TASK_ONLY_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
         "model": (),
     },
     "ranking": {
-        "training": ("negatives_per_pos",),
+        "training": (
+            "negatives_per_pos",
+            "negatives_distribution",
+            "negatives_alpha",
+            "negatives_exclude_seen",
+        ),
         "model": ("scorer_hidden_dims", "cross_layers"),
     },
 }

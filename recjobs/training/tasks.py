@@ -18,6 +18,7 @@ from recjobs.config.schema import ResolvedConfig
 from recjobs.data import TaskData
 from recjobs.models import in_batch_softmax_loss
 from recjobs.training import metrics
+from recjobs.training.negatives import NegativeSampler
 
 # Validation sets are scored in batches of this many rows (bounded memory, any size).
 EVAL_BATCH = 65536
@@ -137,9 +138,17 @@ class RankingTask:
         # validation negatives are drawn once from a fixed seed: val/auc compares across runs.
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(cfg.shared.seed + 1 + rank)  # each rank its own negatives
-        val_gen = torch.Generator().manual_seed(cfg.shared.seed + 2)
+        seen = (data.train_users, data.train_items) if tr.negatives_exclude_seen else (None, None)
+        self.sampler = NegativeSampler(
+            data.n_items,
+            data.item_counts,
+            tr.negatives_distribution,
+            tr.negatives_alpha,
+            *seen,
+            device=device,
+        )
         if self.loss_func == "bce":
-            self.val = self._with_negatives(data.val_users, data.val_items, val_gen, device)
+            self.val = self._validation_rows(data, device, cfg.shared.seed + 2)
         else:
             if data.val_labels is None or self.train_labels is None:
                 raise ValueError("mse needs labels")  # the config validation makes this unreachable
@@ -149,19 +158,26 @@ class RankingTask:
                 data.val_labels.to(device),
             )
 
-    def _with_negatives(
-        self, users: Tensor, items: Tensor, gen: torch.Generator, device: torch.device
+    def _validation_rows(
+        self, data: TaskData, device: torch.device, seed: int
     ) -> tuple[Tensor, Tensor, Tensor]:
-        k = self.negatives
-        negs = torch.randint(
-            1, self.n_items + 1, (len(users) * k,), generator=gen, device=gen.device
-        ).to(device)
-        all_users = torch.cat([users.to(device), users.to(device).repeat_interleave(k)])
-        all_items = torch.cat([items.to(device), negs])
-        labels = torch.cat(
-            [torch.ones(len(users), device=device), torch.zeros(len(negs), device=device)]
+        """Each validation positive and `negatives_per_pos` uniform items the user has neither in
+        training nor in validation; the same rows in every run with this seed and data, whatever
+        the training sampler. A negative that cannot be found (a user who has nearly every item)
+        is left out."""
+        known = NegativeSampler(
+            data.n_items,
+            data.item_counts,
+            known_users=torch.cat([data.train_users, data.val_users]),
+            known_items=torch.cat([data.train_items, data.val_items]),
         )
-        return all_users, all_items, labels
+        gen = torch.Generator().manual_seed(seed)
+        negs, still_known = known.sample(data.val_users, self.negatives, gen)
+        keep = ~still_known
+        users = torch.cat([data.val_users, data.val_users.repeat_interleave(self.negatives)[keep]])
+        items = torch.cat([data.val_items, negs[keep]])
+        labels = torch.cat([torch.ones(len(data.val_users)), torch.zeros(int(keep.sum()))])
+        return users.to(device), items.to(device), labels.to(device)
 
     @property
     def num_examples(self) -> int:
@@ -170,7 +186,15 @@ class RankingTask:
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
         users, items = self.train_users[idx], self.train_items[idx]
         if self.loss_func == "bce":
-            users, items, labels = self._with_negatives(users, items, self.generator, users.device)
+            negs, _ = self.sampler.sample(users, self.negatives, self.generator)
+            labels = torch.cat(
+                [
+                    torch.ones(len(users), device=users.device),
+                    torch.zeros(len(negs), device=users.device),
+                ]
+            )
+            users = torch.cat([users, users.repeat_interleave(self.negatives)])
+            items = torch.cat([items, negs])
         else:
             labels = self.train_labels[idx]
         return {"users": users, "items": items, "labels": labels}
