@@ -517,12 +517,16 @@ def test_ranking_train_loss_is_the_mean_per_example_short_batch_included(tmp_pat
 # --------------------------------------------------------------------------- resume and SIGTERM
 
 
-@pytest.mark.parametrize("task", ["retrieval", "ranking"])
+@pytest.mark.parametrize(
+    ("task", "extra"),
+    [("retrieval", ()), ("ranking", ()), ("retrieval", ("training.mixed_negatives=64",))],
+)
 @pytest.mark.parametrize("stop_at", [7, 16])  # mid-epoch, and just after an epoch end
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, task, stop_at):
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, task, extra, stop_at):
     sets = [
         "training.max_epochs=3",
         "training.scheduler={name: CosineAnnealingLR, T_max: 40, interval: step}",
+        *extra,
     ]
     config = cfg(task, *sets, "model.dropout=0.3")
     trainer.train(config, tmp_path / "straight")

@@ -265,6 +265,15 @@ class TrainingConfig:
         doc="subtract log(item popularity) from in-batch logits (Yi et al. 2019); without it "
         "popular items are pushed down",
     )
+    # Retrieval only: mixed negative sampling (Yang et al. 2020).
+    mixed_negatives: int = ranged(
+        0,
+        0,
+        1_000_000,
+        doc="retrieval: this many items drawn uniformly from the catalogue at every step join "
+        "the in-batch negatives of every row (each column with its own logQ term); 0: in-batch "
+        "negatives only",
+    )
     negatives_per_pos: int = ranged(4, 1, 1000, doc="bce: sampled negative items per positive")
     # Ranking only: how training negatives are drawn. Validation negatives are always uniform
     # and never an item the user has in training or validation (comparable across configs).
@@ -404,7 +413,13 @@ TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 # Keys that only one task understands; setting them for the other is an error, not a no-op.
 TASK_ONLY_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
     "retrieval": {
-        "training": ("temperature", "logq_correction", "eval_k", "eval_max_users"),
+        "training": (
+            "temperature",
+            "logq_correction",
+            "mixed_negatives",
+            "eval_k",
+            "eval_max_users",
+        ),
         "model": (),
     },
     "ranking": {

@@ -8,6 +8,7 @@ training device from the start, so a batch is a few index gathers: no per-exampl
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -43,6 +44,10 @@ class RetrievalTask:
         counts = data.item_counts.to(device=device, dtype=torch.float32).clamp_min(1.0)
         # log of each item's share of training positives: the in-batch sampling probability.
         self.log_q = (counts / counts.sum()).log() if tr.logq_correction else None
+        # Mixed negatives: M uniform catalogue items per step from a checkpointed generator.
+        self.mixed, self.n_items = tr.mixed_negatives, data.n_items
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(cfg.shared.seed + 3 + rank)
         # Validation users and the CSRs of their positives / training items (masked at scoring).
         users = torch.unique(data.val_users)
         if tr.eval_max_users and len(users) > tr.eval_max_users:
@@ -69,13 +74,38 @@ class RetrievalTask:
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
         return {"users": self.train_users[idx], "items": self.train_items[idx]}
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        user_emb, item_emb = model(
-            self.user_features[batch["users"]], self.item_features[batch["items"]]
+    def loss(self, model: nn.Module, batch: dict[str, Tensor], mixed: bool = True) -> Tensor:
+        items = batch["items"]
+        log_q = self.log_q[items] if self.log_q is not None else None
+        if not (mixed and self.mixed):
+            user_emb, item_emb = model(
+                self.user_features[batch["users"]], self.item_features[items]
+            )
+            return in_batch_softmax_loss(
+                user_emb, item_emb, self.temperature, item_ids=items, log_q=log_q
+            )
+        extra_ids = torch.randint(
+            1, self.n_items + 1, (self.mixed,), generator=self.generator, device=items.device
         )
-        log_q = self.log_q[batch["items"]] if self.log_q is not None else None
+        # One forward for the batch's items and the extra ones (DDP sees a single forward).
+        user_emb, both = model(
+            self.user_features[batch["users"]], self.item_features[torch.cat([items, extra_ids])]
+        )
+        # Expected copies of an item among the candidates: B * its share from the batch, M / N
+        # from the uniform draw.
+        extra_log_q = None
+        if log_q is not None:
+            log_q = log_q + math.log(len(items))
+            extra_log_q = math.log(self.mixed / self.n_items)
         return in_batch_softmax_loss(
-            user_emb, item_emb, self.temperature, item_ids=batch["items"], log_q=log_q
+            user_emb,
+            both[: len(items)],
+            self.temperature,
+            item_ids=items,
+            log_q=log_q,
+            extra_emb=both[len(items) :],
+            extra_ids=extra_ids,
+            extra_log_q=extra_log_q,
         )
 
     @torch.no_grad()
@@ -85,7 +115,7 @@ class RetrievalTask:
         for start in range(0, len(self.val_users), self.batch_size):
             stop = start + self.batch_size
             batch = {"users": self.val_users[start:stop], "items": self.val_items[start:stop]}
-            losses.append(self.loss(model, batch) * len(batch["users"]))
+            losses.append(self.loss(model, batch, mixed=False) * len(batch["users"]))
         out = {"val/loss": float(torch.stack(losses).sum()) / max(len(self.val_users), 1)}
         user_emb = model.user_embeddings(self.user_features[self.eval_users]).float().cpu()
         item_emb = model.item_embeddings(self.item_features).float().cpu()
@@ -113,10 +143,11 @@ class RetrievalTask:
         return {f"val/baseline/{k}": v for k, v in found.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {}  # batches are pure index gathers: nothing random to restore
+        return {"generator": self.generator.get_state()}  # the mixed negatives' draws
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        if "generator" in state:  # checkpoints from before mixed negatives hold none
+            self.generator.set_state(state["generator"])
 
 
 class RankingTask:
