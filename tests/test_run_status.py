@@ -139,6 +139,44 @@ def test_a_failed_run_ends_its_log_with_the_error_and_its_exit_code(tmp_path):
     assert status.why.startswith("error: training: loss is not finite at step ")
 
 
+def test_a_refused_resume_does_not_change_what_status_says(tmp_path, monkeypatch, capsys):
+    """A command refused before it trains (another config than the run's, exit 2) logs its
+    line in train.log but is no ending of the run: a finished run stays finished (it used to
+    read "failed (exit 2)"), a preempted one stays preempted and resumable."""
+    argv = ["train", "retrieval", "--config", str(QUICKSTART), "--run-dir", str(tmp_path)]
+    argv += [*TINY_ARGS, "--set", "training.max_epochs=1"]
+    assert main(argv) == 0
+    before = run_status.read_status(tmp_path)
+    capsys.readouterr()
+    assert main([*argv, "--set", "model.embedding_dim=16", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: checkpoints/last.pt: was trained with a different config")
+
+    status = run_status.read_status(tmp_path)
+    assert (status.state, status.exit_code, status.why) == ("finished", 0, before.why)
+    assert status.last_attempt is not None and status.last_attempt.exit_code == 2
+    assert status.last_attempt.why == err
+    screen = status_screen(tmp_path, capsys)
+    assert screen.splitlines()[0] == f"{tmp_path}: finished"
+    assert f", exit 2, stopped before it changed the run: {err}\n" in screen
+    follower = recjobs("log", str(tmp_path), "-f")  # the run ended finished: 0
+    assert follower.wait(timeout=60) == 0, follower.communicate()
+
+    # A preempted run refused the same way stays preempted, with its hint to continue.
+    preempted = tmp_path / "preempted"
+    StopAfter.n = 3
+    monkeypatch.setattr(trainer, "StopSignal", StopAfter)
+    with pytest.raises(trainer.Preempted):
+        trainer.train(tiny("training.max_epochs=2"), preempted)
+    monkeypatch.undo()
+    with pytest.raises(trainer.CheckpointError):
+        trainer.train(tiny("training.max_epochs=2", "training.lr=0.5"), preempted, resume=True)
+    status = run_status.read_status(preempted)
+    assert (status.state, status.exit_code) == ("preempted", 143)
+    assert status.last_attempt.why.startswith("error: checkpoints/last.pt: was trained with a")
+    assert "continue it: recjobs train retrieval" in run_status.describe(status)
+
+
 @pytest.mark.slow
 def test_running_then_killed_without_a_last_word(tmp_path):
     run_dir = tmp_path / "run"

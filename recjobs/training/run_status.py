@@ -9,7 +9,10 @@ and `torchx list -s local_cwd` fails. The run directory holds all that is needed
   in /proc/locks (Linux, any pid namespace), or as the pid the lock file names still running
   recjobs;
 - finished, preempted, interrupted, failed: the trainer's last line in `train.log`, its summary
-  (`done at step ...`) or its last word (`run ended: STATE (exit N): why`, see `last_word`);
+  (`done at step ...`) or its last word (`run ended: STATE (exit N): why`, see `last_word`).
+  A command that stopped before it changed the run (a refused `--resume`: another config, a
+  data error, a stop signal while the data was generated) leaves `attempt_word` instead, which
+  is shown but does not change the state: the run is what it was;
 - stopped: `train.log` ends without either and nothing holds the lock: the process was killed
   (SIGKILL, out of memory), or it runs on another machine, where this one cannot see its lock;
 - not started: no `train.log` yet.
@@ -42,11 +45,14 @@ DONE = "done at step"
 # The trainer's last word when it stops any other way (trainer.train writes it to train.log).
 ENDED = "run ended:"
 _ENDED = re.compile(r"^run ended: ([a-z]+) \(exit (\d+)\): (.*)$")
+# The last word of a command that stopped before it changed the run (`attempt_word`).
+ATTEMPT = "an attempt ended before it changed the run"
+_ATTEMPT = re.compile(r"^an attempt ended before it changed the run \(exit (\d+)\): (.*)$")
 # The line every (re)start of the trainer logs first (TrainingRun.run): a later ending belongs
 # to this start, an earlier one to a previous run in the same directory.
 _STARTED = re.compile(r"^training (retrieval|ranking) \(")
 # train.log's lines: tracking.LOG_FORMAT, "%(asctime)s %(levelname)s %(name)s: %(message)s".
-_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ [\w.]+: (.*)$")
+_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ [A-Z]+ [\w.]+: (.*)$")
 # Reading the end of train.log is enough to find its last ending or start.
 _TAIL_BYTES = 256 * 1024
 
@@ -61,6 +67,24 @@ def last_word(state: str, exit_code: int, why: str) -> str:
     """The trainer's last line in train.log when it stops other than by finishing normally."""
     one_line = " ".join(why.split())
     return f"{ENDED} {state} (exit {exit_code}): {one_line}"
+
+
+def attempt_word(exit_code: int, why: str) -> str:
+    """train.log's line for a command that stopped before it changed the run: a `--resume`
+    refused (another config, a schedule that cannot follow), a data error, a stop signal while
+    the data loaded. `recjobs status` shows it, and still reports the run as it was."""
+    one_line = " ".join(why.split())
+    return f"{ATTEMPT} (exit {exit_code}): {one_line}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A command that stopped before it changed the run (`attempt_word`), after the run's own
+    last start or ending."""
+
+    at: str  # train.log's time stamp
+    exit_code: int
+    why: str
 
 
 @dataclass(frozen=True)
@@ -85,6 +109,7 @@ class RunStatus:
     best: Best | None = None
     model: Path | None = None
     checkpoint: Path | None = None
+    last_attempt: Attempt | None = None
     age_s: float | None = None  # seconds since train.log or metrics.jsonl last changed
     notes: list[str] = field(default_factory=list)
 
@@ -114,9 +139,13 @@ def read_status(run_dir: str | Path) -> RunStatus:
     training = ((config.get(task) or {}).get("training") or {}) if task else {}
     records = _records(rundir.metrics)
     progress = next((r for r in reversed(records) if "step" in r), {})
+    state, why, exit_code, pid, attempt = _state(rundir)
     return RunStatus(
         rundir.path,
-        *_state(rundir),
+        state,
+        why,
+        exit_code,
+        pid,
         task=task,
         step=progress.get("step"),
         epoch=progress.get("epoch"),
@@ -124,24 +153,26 @@ def read_status(run_dir: str | Path) -> RunStatus:
         best=_best(records, training.get("early_stopping") or {}),
         model=rundir.model if (rundir.model / "config.yaml").exists() else None,
         checkpoint=rundir.last if rundir.last.exists() else None,
+        last_attempt=attempt,
         age_s=_age(rundir.log, rundir.metrics),
     )
 
 
-def _state(rundir: RunDir) -> tuple[str, str, int | None, int | None]:
-    """(state, why, exit code, pid): the lock, then train.log's last ending."""
+def _state(rundir: RunDir) -> tuple[str, str, int | None, int | None, Attempt | None]:
+    """(state, why, exit code, pid, the last attempt that did not change the run): the lock,
+    then train.log's last ending."""
     pid = lock_holder(rundir)
     if pid is not None:
-        return RUNNING, f"pid {pid} holds {rundir.lock_file}", None, pid
+        return RUNNING, f"pid {pid} holds {rundir.lock_file}", None, pid, None
     if not rundir.log.exists():
-        return NOT_STARTED, "no train.log yet", None, None
-    ending, started = _last_ending(rundir.log)
+        return NOT_STARTED, "no train.log yet", None, None, None
+    ending, started, attempt = _last_ending(rundir.log)
     if ending is None:
         if not started:
-            return STOPPED, "train.log has no line from the trainer", None, None
-        return STOPPED, "the run's last start has no ending in train.log", None, None
+            return STOPPED, "train.log has no line from the trainer", None, None, attempt
+        return STOPPED, "the run's last start has no ending in train.log", None, None, attempt
     state, exit_code, why = ending
-    return state, why, exit_code, None
+    return state, why, exit_code, None, attempt
 
 
 def lock_holder(rundir: RunDir) -> int | None:
@@ -225,30 +256,38 @@ def _best(records: list[dict[str, Any]], early_stopping: dict[str, Any]) -> Best
     return Best(key, float(best[key]), int(best.get("step", 0)), baseline)
 
 
-def _last_ending(log: Path) -> tuple[tuple[str, int | None, str] | None, bool]:
-    """The last run's ending in train.log as (state, exit code, why), and whether a start line
-    was seen; the ending is None when the last start has none after it."""
+def _last_ending(
+    log: Path,
+) -> tuple[tuple[str, int | None, str] | None, bool, Attempt | None]:
+    """The last run's ending in train.log as (state, exit code, why), whether a start line was
+    seen, and the last attempt after them that stopped before it changed the run. The ending is
+    None when the last start has none after it."""
     try:
         with open(log, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - _TAIL_BYTES))
             tail = f.read().decode("utf-8", errors="replace")
     except OSError:
-        return None, False
+        return None, False, None
     started = False
+    attempt = None
     for line in reversed(tail.splitlines()):
         match = _LINE.match(line)
         if not match:
             continue  # a traceback or a line cut by the tail's start
-        message = match.group(1)
+        message = match.group(2)
+        refused = _ATTEMPT.match(message)
+        if refused:
+            attempt = attempt or Attempt(match.group(1), int(refused.group(1)), refused.group(2))
+            continue
         ended = _ENDED.match(message)
         if ended:
-            return (ended.group(1), int(ended.group(2)), ended.group(3)), True
+            return (ended.group(1), int(ended.group(2)), ended.group(3)), True, attempt
         if message.startswith(DONE):
-            return (FINISHED, 0, message), True
+            return (FINISHED, 0, message), True, attempt
         if _STARTED.match(message):
             started = True
             break
-    return None, started
+    return None, started, attempt
 
 
 def _age(*paths: Path) -> float | None:
@@ -294,6 +333,12 @@ def describe(status: RunStatus) -> str:
         lines.append(f"  model:       {status.model}")
     if status.checkpoint is not None and status.state != FINISHED:
         lines.append(f"  checkpoint:  {status.checkpoint}")
+    if status.last_attempt is not None:
+        attempt = status.last_attempt
+        lines.append(
+            f"  last attempt: {attempt.at}, exit {attempt.exit_code}, stopped before it changed "
+            f"the run: {attempt.why}"
+        )
     if status.age_s is not None:
         lines.append(f"  last write:  {_ago(status.age_s)} (train.log, metrics.jsonl)")
     lines.extend(f"  {hint}" for hint in _hints(status))
@@ -386,8 +431,8 @@ def follow_log(
             if f is not None:
                 _copy(f, out)
             # Only the state: metrics.jsonl (large in long runs) is not read at every poll.
-            state, why, exit_code, _ = (
-                _state(rundir) if rundir.path.is_dir() else (NOT_STARTED, "", None, None)
+            state, why, exit_code, _, _ = (
+                _state(rundir) if rundir.path.is_dir() else (NOT_STARTED, "", None, None, None)
             )
             if state in ENDED_STATES:
                 if f is None:

@@ -282,7 +282,15 @@ def train(
                         _undo(rollback)
                     # The run's last line in train.log says how it ended (`recjobs status`
                     # reads it); stderr gets the same from the command line, so the file only.
-                    written.to_file(log, *_last_word(exc, rundir))
+                    # An attempt on an existing run that stopped before it wrote anything (a
+                    # refused --resume) did not end that run: its line says so, and status
+                    # still reports the run as it was.
+                    level, state, code, why = _ending(exc, rundir)
+                    if had_log and not rollback.started:
+                        line = run_status.attempt_word(code, why)
+                    else:
+                        line = run_status.last_word(state, code, why)
+                    written.to_file(log, level, line)
                     raise
         except BaseException:
             if (
@@ -346,8 +354,8 @@ def _file_error(exc: OSError, rundir: RunDir) -> RunDirError:
     )
 
 
-def _last_word(exc: BaseException, rundir: RunDir) -> tuple[int, str]:
-    """(log level, train.log's last line) for a run that ends by `exc`."""
+def _ending(exc: BaseException, rundir: RunDir) -> tuple[int, str, int, str]:
+    """(log level, state, exit code, why) of a run, or an attempt, that ends by `exc`."""
     if isinstance(exc, Preempted):
         if exc.finished:
             state = run_status.FINISHED
@@ -355,16 +363,14 @@ def _last_word(exc: BaseException, rundir: RunDir) -> tuple[int, str]:
             state = run_status.INTERRUPTED
         else:
             state = run_status.PREEMPTED
-        return logging.WARNING, run_status.last_word(state, exc.exit_code, str(exc))
+        return logging.WARNING, state, exc.exit_code, str(exc)
     if isinstance(exc, OSError) and _is_file_error(exc):
         exc = _file_error(exc, rundir)
     if isinstance(exc, UserError):
-        return logging.ERROR, run_status.last_word(run_status.FAILED, exc.exit_code, exc.line())
+        return logging.ERROR, run_status.FAILED, exc.exit_code, exc.line()
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     why = f"crashed: {type(exc).__name__}" + (f": {first}" if first else "")
-    return logging.ERROR, run_status.last_word(
-        run_status.FAILED, 1, f"{why} (the traceback is on the process's stderr)"
-    )
+    return logging.ERROR, run_status.FAILED, 1, f"{why} (the traceback is on the process's stderr)"
 
 
 def _is_file_error(exc: OSError) -> bool:
