@@ -177,6 +177,77 @@ def test_a_refused_resume_does_not_change_what_status_says(tmp_path, monkeypatch
     assert "continue it: recjobs train retrieval" in run_status.describe(status)
 
 
+def _cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_status_checks_the_checkpoint_it_points_at_as_resume_would(tmp_path, monkeypatch, capsys):
+    """A damaged last.pt is named, and the hint is what `train --resume` would do with it:
+    continue from last.pt's predecessor; with neither whole, copy best.pt over last.pt (which
+    then resumes for real) or start over; a damaged best.pt stops a resume: move it aside."""
+    StopAfter.n = 20  # into the second of 3 epochs: last.pt, last.prev.pt and best.pt exist
+    monkeypatch.setattr(trainer, "StopSignal", StopAfter)
+    with pytest.raises(trainer.Preempted):
+        trainer.train(tiny("training.max_epochs=3"), tmp_path)
+    monkeypatch.undo()
+    last, prev, best = (
+        tmp_path / "checkpoints" / name for name in ("last.pt", "last.prev.pt", "best.pt")
+    )
+    damaged = (
+        "checksum mismatch (the file is truncated or corrupted: its zip directory is unreadable)"
+    )
+    resume = f"recjobs train retrieval --run-dir {tmp_path} --resume"
+
+    _cut_short(last)
+    status = run_status.read_status(tmp_path)
+    assert (status.state, status.checkpoint, status.damaged) == (
+        "preempted",
+        prev,
+        ((last, damaged),),
+    )
+    screen = status_screen(tmp_path, capsys)
+    assert f"  checkpoint:  {prev}\n  damaged:     {last}: {damaged}\n" in screen
+    assert f"--resume continues from {prev}, the checkpoint before the damaged last.pt" in screen
+    assert f"continue it: {resume}" in screen
+
+    _cut_short(prev)
+    status = run_status.read_status(tmp_path)
+    assert status.checkpoint is None and [p for p, _ in status.damaged] == [last, prev]
+    screen = status_screen(tmp_path, capsys)
+    instead = (
+        "no whole checkpoint to resume from: resume from the best validation's instead (the "
+        f"steps after it train again): cp {best} {last}, then {resume}"
+    )
+    assert f"  {instead}\n" in screen and "continue it" not in screen
+    # `train --resume` refuses it with the same advice (and leaves the status as it was).
+    argv = ["train", "retrieval", "--config", str(QUICKSTART), "--run-dir", str(tmp_path)]
+    argv += [*TINY_ARGS, "--set", "training.max_epochs=3", "--resume"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {prev}: checksum mismatch (the file is truncated or corrupted; {instead})"
+    )
+    assert run_status.read_status(tmp_path).state == "preempted"
+    # The advice works: resumed from best.pt, the run finishes.
+    last.write_bytes(best.read_bytes())
+    good = best.read_bytes()
+    _cut_short(best)
+    status = run_status.read_status(tmp_path)
+    assert status.checkpoint == last and status.damaged[-1][0] == best
+    stops = (
+        f"--resume stops at the damaged {best} (the best weights so far): put back a good "
+        f"copy, or move it aside and run {resume} (the best weights before the resume are "
+        "then lost)"
+    )
+    assert f"  {stops}\n" in status_screen(tmp_path, capsys)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {best}: checksum mismatch (the file is truncated or corrupted; {stops})"
+    )
+    best.write_bytes(good)
+    assert main(argv) == 0
+    assert run_status.read_status(tmp_path).state == "finished"
+
+
 @pytest.mark.slow
 def test_running_then_killed_without_a_last_word(tmp_path):
     run_dir = tmp_path / "run"

@@ -38,6 +38,7 @@ import yaml
 
 from recjobs.errors import RunDirError
 from recjobs.file_kind import require_regular
+from recjobs.training import checkpoint_file
 from recjobs.training.rundir import RunDir
 
 # The trainer's summary, the last line of a run that exported its model (trainer._run_summary).
@@ -59,6 +60,8 @@ _TAIL_BYTES = 256 * 1024
 RUNNING, FINISHED, PREEMPTED, INTERRUPTED = "running", "finished", "preempted", "interrupted"
 FAILED, STOPPED, NOT_STARTED = "failed", "stopped", "not started"
 ENDED_STATES = (FINISHED, PREEMPTED, INTERRUPTED, FAILED, STOPPED)
+# Where status suggests `--resume` (when a checkpoint is whole).
+RESUMABLE = (PREEMPTED, INTERRUPTED, FAILED, STOPPED)
 # What `recjobs log -f` exits with when the run ended without an exit code of its own.
 EXIT_STOPPED = 1
 
@@ -108,7 +111,8 @@ class RunStatus:
     max_epochs: int | None = None
     best: Best | None = None
     model: Path | None = None
-    checkpoint: Path | None = None
+    checkpoint: Path | None = None  # what --resume continues from (checked when it would)
+    damaged: tuple[tuple[Path, str], ...] = ()  # checkpoint files found damaged, with why
     last_attempt: Attempt | None = None
     age_s: float | None = None  # seconds since train.log or metrics.jsonl last changed
     notes: list[str] = field(default_factory=list)
@@ -152,7 +156,7 @@ def read_status(run_dir: str | Path) -> RunStatus:
         max_epochs=training.get("max_epochs"),
         best=_best(records, training.get("early_stopping") or {}),
         model=rundir.model if (rundir.model / "config.yaml").exists() else None,
-        checkpoint=rundir.last if rundir.last.exists() else None,
+        **_checkpoints(rundir, state),
         last_attempt=attempt,
         age_s=_age(rundir.log, rundir.metrics),
     )
@@ -173,6 +177,21 @@ def _state(rundir: RunDir) -> tuple[str, str, int | None, int | None, Attempt | 
         return STOPPED, "the run's last start has no ending in train.log", None, None, attempt
     state, exit_code, why = ending
     return state, why, exit_code, None, attempt
+
+
+def _checkpoints(rundir: RunDir, state: str) -> dict[str, Any]:
+    """The checkpoint `--resume` would continue from, and the damaged ones it would not use.
+
+    Looked into only where status suggests a resume: a running trainer is replacing them, and a
+    finished run needs none. `train --resume` takes last.pt, else last.prev.pt (with a
+    warning), and loads best.pt when there is one: each of them must be whole."""
+    if state not in RESUMABLE:
+        return {"checkpoint": rundir.last if rundir.last.exists() else None}
+    resume_from, damaged = checkpoint_file.resume_point(rundir.last)
+    if resume_from is not None and rundir.best.exists():
+        why = checkpoint_file.problem(rundir.best)
+        damaged += [(rundir.best, why)] if why else []
+    return {"checkpoint": resume_from, "damaged": tuple(damaged)}
 
 
 def lock_holder(rundir: RunDir) -> int | None:
@@ -333,6 +352,7 @@ def describe(status: RunStatus) -> str:
         lines.append(f"  model:       {status.model}")
     if status.checkpoint is not None and status.state != FINISHED:
         lines.append(f"  checkpoint:  {status.checkpoint}")
+    lines.extend(f"  damaged:     {path}: {why}" for path, why in status.damaged)
     if status.last_attempt is not None:
         attempt = status.last_attempt
         lines.append(
@@ -369,15 +389,54 @@ def _hints(status: RunStatus) -> list[str]:
             "(SIGKILL, out of memory) or runs on another machine (there, ask its scheduler: "
             "torchx status, kubectl)"
         )
-    if status.state in (PREEMPTED, INTERRUPTED, FAILED, STOPPED) and status.checkpoint:
-        task = status.task or "TASK"
-        hints.append(
-            f"continue it: recjobs train {task} --run-dir {where} --resume (or submit the "
-            f"job again with --run_dir {where})"
-        )
+    if status.state in RESUMABLE:
+        hints.extend(_resume_hints(status))
     if status.state == NOT_STARTED:
         hints.append(f"wait for it: recjobs log {where} -f")
     return hints
+
+
+def _resume_hints(status: RunStatus) -> list[str]:
+    """How to go on from the checkpoints there are, as `train --resume` would treat them."""
+    where, task = str(status.path), status.task or "TASK"
+    rundir = RunDir(status.path)
+    damaged = dict(status.damaged)
+    if status.checkpoint is None:
+        # None and nothing damaged: it stopped before its first checkpoint.
+        return [instead_of_resume(rundir, task)] if damaged else []
+    hints = []
+    if status.checkpoint != rundir.last:
+        hints.append(
+            f"--resume continues from {status.checkpoint}, the checkpoint before the damaged "
+            f"{rundir.last.name} (with a warning; the steps after it train again)"
+        )
+    if rundir.best in damaged:
+        return [*hints, damaged_best(rundir, task)]
+    resume = f"recjobs train {task} --run-dir {where} --resume"
+    return [*hints, f"continue it: {resume} (or submit the job again with --run_dir {where})"]
+
+
+def instead_of_resume(rundir: RunDir, task: str) -> str:
+    """What to do when neither last.pt nor last.prev.pt is whole (status, `train --resume`)."""
+    resume = f"recjobs train {task} --run-dir {rundir.path} --resume"
+    if rundir.best.exists() and checkpoint_file.problem(rundir.best) is None:
+        return (
+            "no whole checkpoint to resume from: resume from the best validation's instead (the "
+            f"steps after it train again): cp {rundir.best} {rundir.last}, then {resume}"
+        )
+    return (
+        f"no whole checkpoint to resume from: put back a good copy of {rundir.last}, or start "
+        f"over in another run directory (recjobs train {task} --run-dir NEW_DIR)"
+    )
+
+
+def damaged_best(rundir: RunDir, task: str) -> str:
+    """What to do when best.pt, which a resume loads, is damaged (status, `train --resume`)."""
+    return (
+        f"--resume stops at the damaged {rundir.best} (the best weights so far): put back a "
+        f"good copy, or move it aside and run recjobs train {task} --run-dir {rundir.path} "
+        "--resume (the best weights before the resume are then lost)"
+    )
 
 
 # --------------------------------------------------------------------------- the log

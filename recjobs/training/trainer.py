@@ -426,7 +426,10 @@ class TrainingRun:
         self.written = written
         self.rollback = rollback or Rollback(rundir)
         training = cfg.training
-        checkpoint = load_latest_good(rundir.last, CHECKPOINT_FIELDS) if resuming else None
+        checkpoint = None
+        if resuming:
+            with _what_to_do(run_status.instead_of_resume(rundir, cfg.task)):
+                checkpoint = load_latest_good(rundir.last, CHECKPOINT_FIELDS)
         if checkpoint is not None:
             with _unusable_checkpoint(rundir):
                 _check_same_run(checkpoint["config"], cfg)
@@ -554,7 +557,8 @@ class TrainingRun:
         self.progress = Progress(epoch, batch_in_epoch, step)
         self.step_counter.fill_(step)
         if self.rundir.best.exists():
-            self.best_state = load_checkpoint(self.rundir.best)["model"]
+            with _what_to_do(run_status.damaged_best(self.rundir, self.cfg.task)):
+                self.best_state = load_checkpoint(self.rundir.best)["model"]
         if "loss_window" in checkpoint:
             window = checkpoint["loss_window"]
             with _unusable_checkpoint(self.rundir):
@@ -925,6 +929,19 @@ def _restore_states(
         fields = ("epoch", "batch_in_epoch", "step", "metrics_lines")
         epoch, batch_in_epoch, step, lines = (int(checkpoint[f]) for f in fields)
     return epoch, batch_in_epoch, step, lines
+
+
+@contextlib.contextmanager
+def _what_to_do(hint: str) -> Iterator[None]:
+    """A checkpoint that cannot be read: its error says what to do instead (as `recjobs
+    status` does) where it said only what is wrong."""
+    try:
+        yield
+    except CheckpointError as exc:
+        if exc.hint and "truncated or corrupted" not in exc.hint:
+            raise  # it says what to do already (another version's fields, ...)
+        hint = f"{exc.hint}; {hint}" if exc.hint else hint
+        raise CheckpointError(exc.where, exc.problem, hint) from None
 
 
 @contextlib.contextmanager
