@@ -30,6 +30,7 @@ from recjobs.config.resolver import (
 from recjobs.config.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
 from recjobs.errors import ConfigError, UserError, cannot_write
 from recjobs.file_kind import require_regular
+from recjobs.holdings import check_output
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -306,15 +307,6 @@ def _check_dataset_out(out: str, force: bool) -> None:
         )
 
 
-def _check_table_out(out: str) -> None:
-    """recommend/score --out never replaces a data set's own table (same extensions)."""
-    from recjobs.holdings import DATASET_FILES, found
-
-    target = Path(out)
-    if target.name in DATASET_FILES and found(target.parent, DATASET_FILES):
-        raise UserError(out, "is a table of the data set in its folder", "use another --out")
-
-
 def _task_required_in_usage(parser: argparse.ArgumentParser) -> None:
     choices = "{" + ",".join(TASKS) + "}"
     usage = parser.format_usage().removeprefix("usage: ").strip()
@@ -497,11 +489,12 @@ def _recommend(args: argparse.Namespace) -> int:
         raise UserError("--k", f"must be between 1 and {MAX_K}, got {args.k}")
     rank, world_size = _torchrun_rank()
     if args.parts:
+        check_output(args.out, directory=True)
         out = recommend.part_path(args.out, rank, world_size, args.parts)
     else:
         recommend.check_output_path(args.out)
         out = args.out
-    _check_table_out(out)
+    check_output(out)
     rec = _load_recommender(args)
     encoders, columns = rec.encoders, rec.cfg.columns
     users = candidates = None
@@ -537,7 +530,7 @@ def _score(args: argparse.Namespace) -> int:
     from recjobs.inference import recommend
 
     recommend.check_output_path(args.out)
-    _check_table_out(args.out)
+    check_output(args.out)
     rec = _load_recommender(args)
     pairs = _pairs_file(rec, args.pairs, "--pairs")
     table = rec.score(pairs)
@@ -601,6 +594,7 @@ def _plot(args: argparse.Namespace) -> int:
     from recjobs.training.plot import plot_runs
 
     out = args.out or str(Path(args.run_dirs[0]) / "curves.png")
+    check_output(out)
     plot_runs(args.run_dirs, out)
     print(out)
     return 0
