@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import stat
 from pathlib import Path
 
@@ -531,7 +532,7 @@ def test_ctrl_c_during_a_forced_synth_replaces_nothing(made, tmp_path, capsys, m
     other = tmp_path / "data"
     shutil.copytree(data, other)
     before = snapshot(other)
-    real, calls = pq.write_table, []
+    real, calls = pq.ParquetWriter.write_table, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -539,10 +540,56 @@ def test_ctrl_c_during_a_forced_synth_replaces_nothing(made, tmp_path, capsys, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pq, "write_table", interrupted)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", interrupted)
     line = fails(
         capsys, ["data", "synth", "--out", str(other), *SYNTH, "--seed", "7", "--force"], 130
     )
-    assert line == "error: interrupted (SIGINT) before training started"
+    assert line == f"error: interrupted (SIGINT): {other} is as it was (nothing of it replaced)"
     assert len(calls) == 3
     assert snapshot(other) == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_while_a_data_set_is_committed_waits_for_the_last_rename(
+    made, tmp_path, capsys, monkeypatch, signum
+):
+    """A signal in the middle of the five renames is acted on after the last: the data set
+    --force replaced is all new, and the line says so (not "as it was")."""
+    from recjobs import atomic
+
+    data, _ = made
+    other = tmp_path / "data"
+    shutil.copytree(data, other)
+    real, renames = os.replace, []
+
+    def replace(src, dst):
+        renames.append(dst)
+        if len(renames) == 2:
+            os.kill(os.getpid(), signum)
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    line = fails(
+        capsys,
+        ["data", "synth", "--out", str(other), *SYNTH, "--seed", "7", "--force"],
+        128 + signum,
+    )
+    monkeypatch.undo()
+    name = signal.Signals(signum).name
+    assert line == f"error: interrupted ({name}): {other} holds the new data set, whole"
+    assert [Path(p).name for p in renames] == [
+        "users.parquet",
+        "items.parquet",
+        "interactions_train.parquet",
+        "interactions_val.parquet",
+        "config.yaml",
+    ]
+    fresh = tmp_path / "fresh"
+    assert main(["data", "synth", "--out", str(fresh), *SYNTH, "--seed", "7"]) == 0
+    made_fresh = {  # the same data set (its config.yaml names its own folder)
+        path.replace(str(fresh), str(other)): content.replace(
+            str(fresh).encode(), str(other).encode()
+        )
+        for path, content in snapshot(fresh).items()
+    }
+    assert snapshot(other) == made_fresh

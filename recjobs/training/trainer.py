@@ -41,6 +41,7 @@ from recjobs.config.optim import (
 )
 from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, epoch_batches, load_task_data, steps_per_epoch
+from recjobs.data.synth import GenerationStopped
 from recjobs.errors import (
     CheckpointError,
     ConfigError,
@@ -443,7 +444,14 @@ class TrainingRun:
             log.info("training.device auto: no CUDA device visible, training on the CPU")
         with _unusable_checkpoint(rundir):
             encoders = Encoders.from_json(checkpoint["encoders"]) if checkpoint else None
-        self.data = load_task_data(cfg, encoders)
+        try:  # a large synthetic data set takes minutes: a stop signal ends it at once
+            self.data = load_task_data(cfg, encoders, lambda: stop.signum is not None)
+        except GenerationStopped:
+            raise Preempted(
+                f"{stop.name} while the synthetic data set was generated, before training "
+                "started: nothing was trained or written",
+                stop.exit_code,
+            ) from None
         self.task = make_task(cfg, self.data, self.device, rank=ddp.rank)
         self._build_model_and_optimizers()
         self.per_epoch = _steps_per_epoch(
