@@ -97,12 +97,12 @@ def test_example_5_sgd(capsys):
     )
     assert t["optimizer"] == {
         "name": "SGD",
-        "lr": 0.01,
+        "lr": 2.0,
         "momentum": 0.9,
         "weight_decay": 0.0001,
         "nesterov": True,
     }
-    assert t["scheduler"] == {"name": "StepLR", "interval": "epoch", "step_size": 30, "gamma": 0.1}
+    assert t["scheduler"] == {"name": "StepLR", "interval": "epoch", "step_size": 3, "gamma": 0.3}
     assert t["mixed_precision"] == "fp16"
 
 

@@ -1,5 +1,6 @@
-"""Every config we ship learns: on its own data, in its own budget (its epochs, batch size, lr
-and schedule, untouched), the model beats the most-popular baseline on the same validation set.
+"""Every config we ship learns: on its own data (the built-in synthetic data set, 2,000 users x
+500 items x 60,000 interactions), in its own budget (its epochs, batch size, lr and schedule,
+untouched), the model beats the most-popular baseline on the same validation set.
 
 A shipped example that trains a model worse than counting is a defect: users copy these files.
 The margins asserted here are the ones docs/performance.md states ("Shipped configs").
@@ -13,18 +14,32 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from runs import ROOT
 
 SHIPPED = sorted((ROOT / "config").glob("*.yaml"))
 # Smallest lift over the baseline each task must show: relative for recall@10, absolute for AUC.
 MIN_LIFT = {"retrieval": 0.10, "ranking": 0.02}
+TRAINED = [
+    ("quickstart", "retrieval"),
+    ("quickstart", "ranking"),
+    ("example_1_simple", "retrieval"),
+    ("example_5_sgd_momentum", "ranking"),
+]
+# The training guide's large-batch and bf16 examples: batches of 8192 to 32768 rows, or bf16
+# autocast on a CPU without bf16 instructions, take 10+ minutes on 2 cores, so they are trained
+# by hand (docs/performance.md, "Shipped configs"), not in the suite.
+BY_HAND = {
+    "example_2_advanced_optimizer",
+    "example_3_scheduler",
+    "example_4_mixed_precision",
+    "example_advanced",
+}
 
 
-def _tasks(config: Path) -> list[str]:
-    sections = yaml.safe_load(config.read_text())
-    return [t for t in ("retrieval", "ranking") if t in sections]
+def test_every_shipped_config_is_trained_here_or_listed_as_trained_by_hand():
+    names = {c.stem for c in SHIPPED}
+    assert names == {name for name, _ in TRAINED} | BY_HAND
 
 
 def _train(task: str, config: Path, run_dir: Path, *extra: str) -> dict:
@@ -51,12 +66,9 @@ def _assert_beats_popularity(task: str, summary: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("config", "task"),
-    [(c, t) for c in SHIPPED for t in _tasks(c)],
-    ids=lambda v: v.stem if isinstance(v, Path) else v,
-)
-def test_a_shipped_config_beats_the_most_popular_baseline(config, task, tmp_path):
+@pytest.mark.parametrize(("name", "task"), TRAINED)
+def test_a_shipped_config_beats_the_most_popular_baseline(name, task, tmp_path):
+    config = ROOT / "config" / f"{name}.yaml"
     _assert_beats_popularity(task, _train(task, config, tmp_path / "run"))
 
 
