@@ -43,7 +43,7 @@ ENVIRONMENTS = [
     ),
     (
         {"WORLD_SIZE": "abc"},
-        "error: WORLD_SIZE: must be a whole number, got 'abc' (torchrun sets it; unset it to "
+        "error: WORLD_SIZE: must be a whole number in ASCII digits, got 'abc' (torchrun sets it; unset it to "
         "run as a single process)",
     ),
     (
@@ -53,7 +53,7 @@ ENVIRONMENTS = [
     ),
     (
         {"RANK": "%(message)s"},
-        "error: RANK: must be a whole number, got '%(message)s' (torchrun sets it; unset it to "
+        "error: RANK: must be a whole number in ASCII digits, got '%(message)s' (torchrun sets it; unset it to "
         "run as a single process)",
     ),
     (
@@ -68,8 +68,29 @@ ENVIRONMENTS = [
     ),
     (
         {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "zero"},
-        "error: LOCAL_RANK: must be a whole number, got 'zero' (torchrun sets it; unset it to "
+        "error: LOCAL_RANK: must be a whole number in ASCII digits, got 'zero' (torchrun sets it; unset it to "
         "run as a single process)",
+    ),
+    (
+        # Python's int() reads an Arabic-Indic three; torchrun never writes one
+        {"WORLD_SIZE": "4", "RANK": "0", "LOCAL_RANK": "\u0663"},
+        "error: LOCAL_RANK: must be a whole number in ASCII digits, got '\u0663' (torchrun "
+        "sets it; unset it to run as a single process)",
+    ),
+    (
+        {"WORLD_SIZE": "\uff12"},  # a full-width two
+        "error: WORLD_SIZE: must be a whole number in ASCII digits, got '\uff12' (torchrun "
+        "sets it; unset it to run as a single process)",
+    ),
+    (
+        {"RANK": "1_0", "WORLD_SIZE": "16"},
+        "error: RANK: must be a whole number in ASCII digits, got '1_0' (torchrun sets it; "
+        "unset it to run as a single process)",
+    ),
+    (
+        {"WORLD_SIZE": "9" * 5000},
+        "error: WORLD_SIZE: must be between 1 and 4096, got '" + "9" * 40 + "' (torchrun "
+        "sets it; unset it to run as a single process)",
     ),
     (
         {"WORLD_SIZE": "2", "RANK": "0"},
@@ -78,7 +99,7 @@ ENVIRONMENTS = [
     ),
     (
         {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "http"},
-        "error: MASTER_PORT: must be a whole number, got 'http' (torchrun sets it; unset it to "
+        "error: MASTER_PORT: must be a whole number in ASCII digits, got 'http' (torchrun sets it; unset it to "
         "run as a single process)",
     ),
 ]
