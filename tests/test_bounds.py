@@ -1,6 +1,6 @@
 """Bounds and argument forms of the TorchX components and the CLI (docs/reliability.md, "Bounds
 and blocking paths"): sizes past their documented limit, yes/no spellings TorchX would read as
-no, `--env` words without `=`, image names with spaces, a ranking model without candidates.
+no, `--env` words without `=`, empty items, names given twice or set by torchrun, image names with spaces, a ranking model without candidates.
 Each is one `error:` line and exit 2 at submit (dry runs too), before any job exists.
 
 Arguments go through TorchX's own parser (`materialize_appdef`), as `torchx run` passes them;
@@ -56,6 +56,19 @@ REFUSED = [
     ("train", [*TRAIN, "--env", "FOO"], "error: --env: expected NAME=VALUE[,NAME=VALUE...], got 'FOO' (e.g. FOO=1,BAR=2)"),
     ("train", [*TRAIN, "--env", "A B=1"], "error: --env: 'A B' is not an environment variable name"),
     ("recommend", [*REC, "--env", "FOO"], "error: --env: expected NAME=VALUE"),
+    # what TorchX's own reading of --env gets silently wrong: the last of two, an empty item
+    # (A becomes '1,'), an item without a value (A becomes '1,B')
+    ("train", [*TRAIN, "--env", "FOO=1,FOO=2"], "error: --env FOO: given twice ('1' and '2') (give each variable once)"),
+    ("train", [*TRAIN, "--env", "A=1,,B=2"], "error: --env: an empty item in 'A=1,,B=2' (after A=) (separate items with one comma: e.g. FOO=1,BAR=2)"),
+    ("train", [*TRAIN, "--env", "A=1,B="], "error: --env B: has no value (write B='' for an empty value)"),
+    ("recommend", [*REC, "--env", "A=1;A=1"], "error: --env A: given twice ('1' and '1') (give each variable once)"),
+    ("train", [*TRAIN, "--env", "A=1,"], "error: --env: an empty item in 'A=1,' (after A=)"),
+    # what torchrun sets for each process
+    *[
+        (component, [*args, "--env", f"FOO=1,{name}=3"], f"error: --env {name}: set by torchrun for each process; a value here would give every process the same one (leave it out: -j [MIN:]NODESxPROCS sets the job's processes)")
+        for component, args in (("train", TRAIN), ("recommend", REC))
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE", "GROUP_RANK", "TORCHELASTIC_RUN_ID")
+    ],
     ("recommend", [*REC, "--k", "1000000"], "error: --k: must be between 1 and 100000, got 1000000"),
     ("recommend", [*REC, "-j", "100000x100000"], "error: -j: at most 1024 nodes"),
     ("recommend", [*REC, "--max_retries", "101"], "error: --max_retries: must be between 0 and 100"),
@@ -84,6 +97,27 @@ def test_env_with_values_still_reaches_the_job():
     fn = get_component(f"{COMPONENT}:train").fn
     app = materialize_appdef(fn, [*TRAIN, "--env", "FOO=1,BAR=x y"])
     assert {k: app.roles[0].env[k] for k in ("FOO", "BAR")} == {"FOO": "1", "BAR": "x y"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["FOO=1,BAR=x y", "A=1,2,B=3", "A=1;B=2", "A=1 , B = 2", "A='',B=2", 'A="",B=x', "NCCL_DEBUG=INFO"],
+)  # fmt: skip
+def test_env_reads_what_it_accepts_as_torchx_does(text):
+    # The forms recjobs still takes mean what TorchX's own reading made of them before.
+    from torchx.util.types import to_dict
+
+    assert launch.parse_env(text) == to_dict(text)
+
+
+def test_wandb_project_and_a_set_of_the_same_key_are_refused(capsys):
+    line = _refusal(
+        "train", [*TRAIN, "--wandb_project", "p", "--", "--set=training.wandb_project=q"], capsys
+    )
+    assert line == (
+        "error: --wandb_project: sets training.wandb_project, which the overrides set too "
+        "(--set training.wandb_project) (use one of them)"
+    )
 
 
 def test_an_image_name_with_a_space_is_refused_for_container_schedulers():

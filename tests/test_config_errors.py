@@ -269,6 +269,23 @@ CASES = [
         "retrieval --scheduler-interval weekly",
         "error: recjobs resolve: argument --scheduler-interval: invalid choice: 'weekly' (choose from 'epoch', 'step') (see --help)",
     ),
+    # a key given twice: the last used to win without a word
+    (
+        "retrieval --optimizer-args lr=1 lr=2",
+        "error: --optimizer-args lr: given twice ('lr=1' and 'lr=2') (give each key once)",
+    ),
+    (
+        "retrieval --scheduler StepLR --scheduler-args step_size=1 gamma=0.5 step_size=2",
+        "error: --scheduler-args step_size: given twice ('step_size=1' and 'step_size=2') (give each key once)",
+    ),
+    (
+        "retrieval --set training.lr=0.1 --set retrieval.training.lr=0.2",
+        "error: --set retrieval.training.lr: given twice ('training.lr=0.1' and 'retrieval.training.lr=0.2') (give each key once)",
+    ),
+    (
+        "retrieval --set shared.seed=1 --set shared.seed=1",
+        "error: --set shared.seed: given twice ('shared.seed=1' and 'shared.seed=1') (give each key once)",
+    ),
     # command line
     (
         "rank",

@@ -412,12 +412,23 @@ def _split_kv(item: str, flag: str) -> tuple[str, Any]:
     return key, parse_value(text, f"{flag} {_flag_key(key)}")
 
 
+def _given_twice(flag: str, key: str, first: str, second: str) -> ConfigError:
+    """A KEY=VALUE flag that names one key twice: argparse keeps both, and the last would win
+    without a word."""
+    return ConfigError(
+        f"{flag} {key}",
+        f"given twice ({brief(first)} and {brief(second)})",
+        "give each key once",
+    )
+
+
 def _flag_key(key: str) -> str:
     """A KEY of a KEY=VALUE flag as an error message names it: as typed when short."""
     return key if len(key) <= MAX_SHOWN and key.isprintable() else brief(key)
 
 
-def _apply_set(raw: dict[str, Any], task: str, item: str) -> None:
+def _apply_set(raw: dict[str, Any], task: str, item: str) -> tuple[str, ...]:
+    """Apply one `--set KEY=VALUE`; return the full dotted path it set."""
     key, value = _split_kv(item, "--set")
     where = f"--set {_flag_key(key)}"
     parts = key.split(".")
@@ -468,6 +479,7 @@ def _apply_set(raw: dict[str, Any], task: str, item: str) -> None:
         if isinstance(opt, dict):
             opt.pop("lr", None)
     node[parts[-1]] = value
+    return tuple(parts)
 
 
 def _sections(task: str) -> set[tuple[str, ...]]:
@@ -489,8 +501,14 @@ def apply_overrides(raw: dict[str, Any], task: str, ov: Overrides) -> dict[str, 
     section = raw[task]
     if not isinstance(section, dict):
         raise ConfigError(task, f"expected a mapping, got {show(section)}")
+    given: dict[tuple[str, ...], str] = {}
     for item in ov.sets:
-        _apply_set(raw, task, item)
+        path = _apply_set(raw, task, item)
+        if path in given:
+            # The last would win silently, whichever the user meant (a script's default and
+            # the user's own value, say).
+            raise _given_twice("--set", _flag_key(".".join(path)), given[path], item)
+        given[path] = item
     if raw[task].get("training") is None:
         raw[task]["training"] = {}
     training = raw[task]["training"]
@@ -549,8 +567,12 @@ def _override_component(
                 f"{flag}-args", f"the config's {flag[2:]} is {show(current)}, not a mapping"
             )
         current = dict(current)
+        given: dict[str, str] = {}
         for item in args:
             key, value = _split_kv(item, f"{flag}-args")
+            if key in given:
+                raise _given_twice(f"{flag}-args", _flag_key(key), given[key], item)
+            given[key] = item
             if key in ("name", "interval"):
                 raise ConfigError(
                     f"{flag}-args {key}",
