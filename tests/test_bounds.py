@@ -63,6 +63,10 @@ REFUSED = [
     ("train", [*TRAIN, "--env", "A=1,B="], "error: --env B: has no value (write B='' for an empty value)"),
     ("recommend", [*REC, "--env", "A=1;A=1"], "error: --env A: given twice ('1' and '1') (give each variable once)"),
     ("train", [*TRAIN, "--env", "A=1,"], "error: --env: an empty item in 'A=1,' (after A=)"),
+    # a blank path is no "none given"
+    ("recommend", [*REC, "--users", " "], "error: --users: an empty path (name a file, or leave --users out)"),
+    ("recommend", [*REC, "--candidates", ""], "error: --candidates: an empty path (name a file, or leave --candidates out)"),
+    ("train", ["--task", "retrieval", "--config", " "], "error: --config: an empty path (name a YAML file, or leave --config out)"),
     # what torchrun sets for each process
     *[
         (component, [*args, "--env", f"FOO=1,{name}=3"], f"error: --env {name}: set by torchrun for each process; a value here would give every process the same one (leave it out: -j [MIN:]NODESxPROCS sets the job's processes)")

@@ -398,7 +398,7 @@ PATHS = [
     ),
     (
         "retrieval --set training.checkpoint=",
-        "error: retrieval.training.checkpoint: must be a plain file name inside the run dir's model/, got string '' (no '/', '..' or control characters; e.g. model.pt)",
+        "error: retrieval.training.checkpoint: must not be empty or blank, got string '' (e.g. model.pt)",
     ),
     (
         "retrieval --set training.checkpoint=..",

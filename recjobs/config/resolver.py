@@ -250,8 +250,10 @@ def parse_value(text: str, where: str = "--set") -> Any:
     Text that is not YAML at all (`a: b: c`) stays a string for the schema to judge; YAML that
     parses but cannot be a value (a list as a key, a duplicate key) or is too big is an error.
     """
-    if text == "":
-        return ""
+    if not text.strip():
+        # YAML reads '  ' as null: `--set training.artifact_dir=' '` would quietly mean the
+        # default. As text, the schema judges it (every string key refuses a blank one).
+        return text
     try:
         return _load(text)
     except yaml.constructor.ConstructorError as exc:
@@ -620,7 +622,32 @@ def _build_dataclass(
         else:
             values[name] = coerce(value, hint, key)
             _check_range(f, values[name], key, nullable=type(None) in typing.get_args(hint))
+            _check_not_blank(f, values[name], key)
     return cls(**values)
+
+
+def _check_not_blank(f: dataclasses.Field, value: Any, where: str) -> None:
+    """Every string of the schema is a name or a path: '' or '  ' would name nothing (the
+    working directory, a column nobody has) or be taken for the default without a word."""
+    texts = [value] if isinstance(value, str) else value if isinstance(value, tuple) else []
+    for i, text in enumerate(texts):
+        if isinstance(text, str) and not text.strip():
+            at = where if isinstance(value, str) else f"{where}[{i}]"
+            _check(False, at, f"must not be empty or blank, got {show(text)}", _blank_hint(f))
+
+
+def _blank_hint(f: dataclasses.Field) -> str:
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    if isinstance(default, tuple) and default:
+        default = default[0]
+    if isinstance(default, str):
+        return f"e.g. {default}"
+    unset = f.metadata.get("doc", "").partition("null: ")[2]
+    if f.default is None:
+        return f"or null: {unset}" if unset else "or null to leave it unset"
+    return "a local path or a URL"
 
 
 def _schema_path(where: str) -> str:
@@ -772,16 +799,7 @@ def _validate_section(task: str, section: TaskConfig, raw_section: dict[str, Any
             f"{p}.{key}",
             f"expected a non-empty list of at most {most} positive integers, got {brief(dims)}",
         )
-    for key in ("user_id", "item_id", "interaction_user_col", "interaction_item_col"):
-        _check(bool(getattr(cols, key)), f"{p}.columns.{key}", "must be a non-empty column name")
     _check_file_name(tr.checkpoint, f"{p}.training.checkpoint", "model.pt")
-    # '' would quietly mean the default, artifacts/<task>: a run written where nobody looks.
-    _check(
-        tr.artifact_dir is None or tr.artifact_dir.strip() != "",
-        f"{p}.training.artifact_dir",
-        f"must not be empty, got {show(tr.artifact_dir)}",
-        f"a directory such as runs/{task}, or null for artifacts/{task}",
-    )
 
     metrics = validation_metrics(task, tr)
     es = tr.early_stopping

@@ -564,6 +564,8 @@ def train_app(
         raise UserError("--max_retries", f"must be 0 or more, got {max_retries}")
     run_dir = DEFAULT_RUN_DIR if run_dir is None else run_dir
     _local_path(run_dir, "--run_dir", "the trainer")
+    if config is not None and not config.strip():  # not "no config": the built-in defaults
+        raise UserError("--config", "an empty path", "name a YAML file, or leave --config out")
     job_env = _env(env, wandb_mode)
     role_mounts = _mounts(mounts)
 
@@ -642,6 +644,9 @@ def recommend_app(
     out = DEFAULT_RUN_DIR if out is None else out
     for flag, path in (("--model_dir", model_dir), ("--out", out)):
         _local_path(path, flag, "recjobs recommend")
+    for flag, path in (("--users", users), ("--candidates", candidates)):
+        if path is not None and not path.strip():  # '' would quietly mean "none given"
+            raise UserError(flag, "an empty path", f"name a file, or leave {flag} out")
     if not candidates and model_task(model_dir) == "ranking":
         raise UserError(
             "--candidates",
