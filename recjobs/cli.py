@@ -449,14 +449,22 @@ def _synth_fields() -> dict[str, dataclasses.Field[Any]]:
     return {name: fields[name] for name in ("users", "items", "interactions", "seed")}
 
 
+_SYNTH_MINIMUM = (
+    "the smallest data set that trains has 2 users, 2 items and 10 interactions: both splits "
+    "non-empty and batches of 2 or more"
+)
+
+
 def _synth(args: argparse.Namespace) -> int:
     from recjobs.data import write_dataset
 
     # The same ranges as dataset.synth.* and shared.seed in a config.
     for name, field in _synth_fields().items():
         valid = field.metadata["range"]
-        if getattr(args, name) not in valid:
-            raise UserError(f"--{name}", valid.problem(getattr(args, name)))
+        value = getattr(args, name)
+        if value not in valid:
+            small = name != "seed" and value < valid.low
+            raise UserError(f"--{name}", valid.problem(value), _SYNTH_MINIMUM if small else None)
     _check_dataset_out(args.out, args.force)
     with _output_errors(args.out):
         path = write_dataset(args.out, args.users, args.items, args.interactions, args.seed)

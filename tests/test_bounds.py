@@ -169,3 +169,46 @@ def test_the_cli_and_the_components_share_their_bounds(capsys):
     assert torchrun_env.MAX_WORLD_SIZE == launch.MAX_PROCESSES
     assert main(["recommend", "nowhere", "--out", "x.csv", "--k", "100001"]) == 2
     assert capsys.readouterr().err == "error: --k: must be between 1 and 100000, got 100001\n"
+
+
+MINIMUM = (
+    "(the smallest data set that trains has 2 users, 2 items and 10 interactions: both splits "
+    "non-empty and batches of 2 or more)"
+)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "line"),
+    [
+        ("--interactions", "1", f"error: --interactions: must be in [10, 1000000000], got 1 {MINIMUM}"),
+        ("--interactions", "9", f"error: --interactions: must be in [10, 1000000000], got 9 {MINIMUM}"),
+        ("--users", "1", f"error: --users: must be in [2, 100000000], got 1 {MINIMUM}"),
+        ("--items", "1", f"error: --items: must be in [2, 100000000], got 1 {MINIMUM}"),
+        ("--items", "0", f"error: --items: must be in [2, 100000000], got 0 {MINIMUM}"),
+        ("--users", "100000001", "error: --users: must be in [2, 100000000], got 100000001"),
+    ],
+)  # fmt: skip
+def test_data_synth_refuses_a_data_set_too_small_to_train(tmp_path, capsys, flag, value, line):
+    assert main(["data", "synth", "--out", str(tmp_path / "d"), flag, value]) == 2
+    assert capsys.readouterr().err == line + "\n"
+    assert not (tmp_path / "d").exists()
+    # the config's dataset.synth.* has the same bound
+    key = f"dataset.synth.{flag[2:]}"
+    assert main(["resolve", "retrieval", "--set", f"{key}={value}"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {key}: must be in [")
+
+
+@pytest.mark.parametrize("task", ["retrieval", "ranking"])
+def test_the_smallest_synthetic_data_set_trains(tmp_path, capsys, task):
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "d"
+    sizes = ["--users", "2", "--items", "2", "--interactions", "10"]
+    assert main(["data", "synth", "--out", str(data), *sizes]) == 0
+    rows = {s: pq.read_table(data / f"interactions_{s}.parquet").num_rows for s in ("train", "val")}
+    assert rows == {"train": 8, "val": 2}  # both splits, and a batch of 2 or more
+    run = tmp_path / "run"
+    config = ["--config", str(data / "config.yaml"), "--run-dir", str(run)]
+    small = ["--set", "training.max_epochs=1", "--set", "model.embedding_dim=4"]
+    assert main(["train", task, *config, *small]) == 0, capsys.readouterr().err
+    assert (run / "model" / "model.pt").is_file()

@@ -92,7 +92,7 @@ CASES = [
     ),
     (
         "retrieval --set dataset.synth.users=0",
-        "error: dataset.synth.users: must be in [1, 100000000], got 0",
+        "error: dataset.synth.users: must be in [2, 100000000], got 0",
     ),
     (
         "retrieval --set training.eval_k=[]",

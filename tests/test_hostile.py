@@ -330,7 +330,7 @@ VALUES = [
     ),
     (
         "retrieval --set dataset.synth.users=2147483648",
-        "error: dataset.synth.users: must be in [1, 100000000], got 2147483648",
+        "error: dataset.synth.users: must be in [2, 100000000], got 2147483648",
     ),
     (
         "retrieval --set model.embedding_dim=1000000",

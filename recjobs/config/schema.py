@@ -25,6 +25,8 @@ INTERVALS = ("epoch", "step")  # when an LR scheduler steps (`interval`, --sched
 MAX_LAYERS = 32  # entries of hidden_dims / scorer_hidden_dims
 MAX_EVAL_K = 10  # entries of eval_k
 MAX_WIDTH = 65536  # embedding_dim and each hidden layer
+# The smallest synthetic data set that trains (SynthSize; `recjobs data synth` shares them).
+MIN_SYNTH_USERS, MIN_SYNTH_ITEMS, MIN_SYNTH_INTERACTIONS = 2, 2, 10
 
 
 @dataclass(frozen=True)
@@ -108,12 +110,18 @@ class DataPaths:
 class SynthSize:
     """Size of the built-in synthetic data set used when `dataset.paths` is null."""
 
-    # Generated in memory (some 50 bytes per interaction, 100 per user or item): the bounds
-    # keep a typo from asking for terabytes (docs/reliability.md, "Bounds and blocking paths").
-    users: int = ranged(2000, 1, 100_000_000, doc="synthetic users")
-    items: int = ranged(500, 1, 100_000_000, doc="synthetic items")
+    # Generated in memory (some 50 bytes per interaction, 100 per user or item): the upper
+    # bounds keep a typo from asking for terabytes (docs/reliability.md, "Bounds and blocking
+    # paths"). The lower ones are the smallest data set that trains: a second user and item
+    # (one item is every in-batch negative and every sampled negative), and interactions for
+    # both splits (15% validation: 8 training, 2 validation rows) and a batch of 2 or more.
+    users: int = ranged(2000, MIN_SYNTH_USERS, 100_000_000, doc="synthetic users")
+    items: int = ranged(500, MIN_SYNTH_ITEMS, 100_000_000, doc="synthetic items")
     interactions: int = ranged(
-        60000, 1, 1_000_000_000, doc="synthetic interactions (train and validation together)"
+        60000,
+        MIN_SYNTH_INTERACTIONS,
+        1_000_000_000,
+        doc="synthetic interactions (train and validation together)",
     )
 
 
