@@ -27,6 +27,7 @@ from recjobs.config.coerce import (
     did_you_mean,
     key_text,
     show,
+    yaml11_hint,
 )
 from recjobs.config.schema import (
     ARCHS,
@@ -62,32 +63,36 @@ MAX_NUMBER_CHARS = 100  # a YAML integer or float literal; int64 needs 20
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 numbers, no duplicate keys and only scalar keys.
+    """SafeLoader with YAML 1.2's numbers and booleans, no duplicate keys, only scalar keys.
 
     PyYAML follows YAML 1.1: a float needs a dot (`eps: 1e-8` would be the string "1e-8" and
-    crash the optimizer), `1:30` is the base-60 integer 90 and `010` the octal 8. Here numbers
-    read as YAML 1.2 (and Python) read them: `1e-8` is a float, `010` is 10, `0o10` is 8, and
-    `1:30` is a string (which the schema then refuses). A duplicate key would silently keep the
-    last value; a list as a key cannot be a config key and would crash the duplicate check.
+    crash the optimizer), `1:30` is the base-60 integer 90, `010` the octal 8, `1_000` is 1000
+    and yes/no/on/off are booleans. Here plain scalars read as YAML 1.2's core schema reads
+    them, in files and in --set alike: `1e-8` is a float, `010` is 10, `0o10` is 8, `0x10` 16,
+    and `1:30`, `1_000` and `yes` are text, which a number or boolean key then refuses, saying
+    what to write (coerce.yaml11_reading). A duplicate key would silently keep the last value;
+    a list as a key cannot be a config key and would crash the duplicate check.
     """
 
 
 _FLOAT = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    r"""^(?:[-+]?[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9]+(?:[eE][-+]?[0-9]+)
+    |[-+]?\.[0-9]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
-_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$")
-_NUMBER_TAGS = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int")
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_YAML12_TAGS = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool")
 _Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag not in _NUMBER_TAGS]
+    k: [(tag, rx) for tag, rx in v if tag not in _YAML12_TAGS]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
 
 
 def _number_text(loader: _Loader, node: yaml.ScalarNode, what: str) -> str:
@@ -255,13 +260,35 @@ def parse_value(text: str, where: str = "--set") -> Any:
         # default. As text, the schema judges it (every string key refuses a blank one).
         return text
     try:
-        return _load(text)
+        value = _load(text)
     except yaml.constructor.ConstructorError as exc:
         raise ConfigError(where, _yaml_problem(exc)) from None
     except yaml.YAMLError:
         return text
     except _TooBig as exc:
         raise ConfigError(where, f"beyond the limits of a config: {exc}", _LIMITS_HINT) from None
+    if _ends_in_comment(text):
+        # In a file a comment shows as one; typed on a command line, `run #3` read as 'run'
+        # and `#3` as null without a word.
+        raise ConfigError(
+            where,
+            f"{brief(text)} ends in a YAML comment (a # at the start or after a space), so it "
+            f"would read as {show(value)}",
+            "quote the value to keep the #, e.g. --set \"training.wandb_run_name='run #3'\"",
+        )
+    return value
+
+
+def _ends_in_comment(text: str) -> bool:
+    """Whether YAML drops part of `text` as a comment: something after its last token."""
+    try:
+        tokens = list(yaml.scan(text, Loader=_Loader))
+    except yaml.YAMLError:
+        return False
+    end = max(
+        (t.end_mark.index for t in tokens if not isinstance(t, yaml.StreamEndToken)), default=0
+    )
+    return text[end:].lstrip().startswith("#")
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -706,7 +733,9 @@ def _mixed_precision(value: Any, where: str) -> str:
     if isinstance(value, (bool, str)) and value in table:
         return table[value]
     raise ConfigError(
-        where, f"expected true, false, fp16, bf16 or off, got {show(value)}", "true means fp16"
+        where,
+        f"expected true, false, fp16, bf16 or off, got {show(value)}",
+        yaml11_hint(value) or "true means fp16",
     )
 
 
@@ -864,6 +893,10 @@ def _task_section(task: str, raw: dict[str, Any]) -> TaskConfig:
 def _early_stopping(value: Any, where: str) -> EarlyStopping:
     if isinstance(value, bool):
         return EarlyStopping(enabled=value)
+    if yaml11_hint(value):
+        raise ConfigError(
+            where, f"expected true, false or a mapping, got {show(value)}", yaml11_hint(value)
+        )
     return _build_dataclass(EarlyStopping, value, where)
 
 
