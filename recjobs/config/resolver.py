@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from recjobs.config.schema import (
     TASK_DEFAULTS,
     TASK_ONLY_KEYS,
     TASKS,
+    DataPaths,
     DatasetConfig,
     EarlyStopping,
     ResolvedConfig,
@@ -524,6 +526,13 @@ def _sections(task: str) -> set[tuple[str, ...]]:
 
 def apply_overrides(raw: dict[str, Any], task: str, ov: Overrides) -> dict[str, Any]:
     """Apply CLI overrides to the raw file dict (a copy is returned)."""
+    return _apply_overrides(raw, task, ov)[0]
+
+
+def _apply_overrides(
+    raw: dict[str, Any], task: str, ov: Overrides
+) -> tuple[dict[str, Any], set[tuple[str, ...]]]:
+    """apply_overrides, and the dotted paths --set set."""
     raw = copy.deepcopy(raw)
     if raw.get(task) is None:
         raw[task] = {}
@@ -538,6 +547,7 @@ def apply_overrides(raw: dict[str, Any], task: str, ov: Overrides) -> dict[str, 
             # the user's own value, say).
             raise _given_twice("--set", _flag_key(".".join(path)), given[path], item)
         given[path] = item
+    set_paths = set(given)
     if raw[task].get("training") is None:
         raw[task]["training"] = {}
     training = raw[task]["training"]
@@ -567,7 +577,7 @@ def apply_overrides(raw: dict[str, Any], task: str, ov: Overrides) -> dict[str, 
         )
     if ov.mixed_precision is not None:
         training["mixed_precision"] = ov.mixed_precision
-    return raw
+    return raw, set_paths
 
 
 def _override_component(
@@ -913,14 +923,33 @@ _TRAINING_SPECIAL = {
 def resolve_dict(
     raw: dict[str, Any], task: str, overrides: Overrides | None = None
 ) -> ResolvedConfig:
-    """Resolve an already-loaded config mapping (a file's content or a resolved config)."""
+    """Resolve an already-loaded config mapping (a resolved config: --config-json, a run's
+    saved config.yaml). Its relative dataset paths are read from the working directory."""
+    return _resolve_raw(raw, task, overrides, {})
+
+
+def _resolve_raw(
+    raw: dict[str, Any],
+    task: str,
+    overrides: Overrides | None,
+    file_paths: dict[str, tuple[str, str]],
+) -> ResolvedConfig:
+    """resolve_dict, with the config file's relative dataset paths already anchored at its
+    folder (`file_paths`: role -> (as written, absolute))."""
     if task not in TASKS:
         raise ConfigError("task", f"unknown task {brief(task)}", "one of " + ", ".join(TASKS))
     if not isinstance(raw, dict):
         raise ConfigError("config", f"expected a mapping at the top level, got {show(raw)}")
     _check_top_level(raw)
-    raw = apply_overrides(raw, task, overrides or Overrides())
+    raw, set_paths = _apply_overrides(raw, task, overrides or Overrides())
     dataset = _build_dataclass(DatasetConfig, _or_empty(raw.get("dataset")), "dataset")
+    # What --set gave is read from the working directory, even where the file had the role.
+    file_paths = {
+        role: given
+        for role, given in file_paths.items()
+        if ("dataset", "paths") not in set_paths and ("dataset", "paths", role) not in set_paths
+    }
+    dataset, relative = _absolute_data_paths(dataset, file_paths)
     shared = _build_dataclass(SharedConfig, _or_empty(raw.get("shared")), "shared")
     _check_file_name(shared.encoder_cache, "shared.encoder_cache", "encoders.json")
     section = _task_section(task, raw)
@@ -930,7 +959,102 @@ def resolve_dict(
         f"is the same file as {task}.training.checkpoint ({section.training.checkpoint})",
         "give the weights and the vocabularies different names",
     )
-    return ResolvedConfig(task=task, dataset=dataset, shared=shared, section=section)
+    return ResolvedConfig(
+        task=task, dataset=dataset, shared=shared, section=section, relative_paths=relative
+    )
+
+
+# --------------------------------------------------------------------------- dataset paths
+#
+# A relative dataset path in a config file is read from the file's folder, so that a data set
+# folder with its config.yaml (`recjobs data synth --out D` writes `users: users.parquet`) can
+# be copied or moved and still trains on its own files; one given on the command line (--set)
+# is read from the working directory. The resolved config holds absolute paths: what a run
+# saves, and what a TorchX job receives, names the same files wherever it is read.
+
+
+def _local_relative(path: Any) -> bool:
+    """A path to anchor: a relative local path (not a URL, not blank: the schema refuses that)."""
+    return (
+        isinstance(path, str) and bool(path.strip()) and "://" not in path
+    ) and not os.path.isabs(path)
+
+
+def _config_file_paths(raw: dict[str, Any], config_path: str | Path) -> dict[str, tuple[str, str]]:
+    """The relative dataset paths of a config file, anchored at the file's folder:
+    role -> (as written, absolute). A path that meant another file before (when relative
+    paths were read from the working directory) is refused: see _check_same_file."""
+    dataset = raw.get("dataset")
+    paths = dataset.get("paths") if isinstance(dataset, dict) else None
+    if not isinstance(paths, dict):
+        return {}
+    folder = Path(config_path).absolute().parent
+    found = {}
+    for role, text in paths.items():
+        if _local_relative(text):
+            beside = folder / text
+            _check_same_file(role, text, folder, Path(text).absolute(), config_path)
+            found[role] = (text, str(beside))
+    return found
+
+
+def _check_same_file(role: Any, text: str, folder: Path, here: Path, config: str | Path) -> None:
+    """A config that worked before this rule must not silently change meaning: refuse a path
+    that is found from the working directory (its old reading, `here`) but names nothing, or
+    another file, from the config's folder (its new one)."""
+    beside = folder / text
+    if beside == here or not here.exists():
+        return
+    if beside.exists():
+        try:
+            if os.path.samefile(beside, here):
+                return
+        except OSError:
+            pass
+        problem, hint = (
+            "names another file",
+            f"write the one you mean as an absolute path: {here} or {beside}",
+        )
+    else:
+        problem = "does not exist"
+        hint = f"write {os.path.relpath(here, folder)} (from the config's folder) or {here}"
+    raise ConfigError(
+        f"dataset.paths.{key_text(role)}",
+        f"{brief(text)} in {config} is read from the config file's folder: {beside}, which "
+        f"{problem}; from the working directory, as before, it is {here}",
+        hint,
+    )
+
+
+def _absolute_data_paths(
+    dataset: DatasetConfig, file_paths: dict[str, tuple[str, str]]
+) -> tuple[DatasetConfig, dict[str, str]]:
+    """The dataset with absolute local paths (relative ones read from the working directory:
+    given by --set or in a resolved config; a config file's are already anchored), and which
+    were relative as given (role -> text): a container does not see this machine's files."""
+    if dataset.paths is None:
+        return dataset, {}
+    absolute, relative = {}, {}
+    for role, path in dataclasses.asdict(dataset.paths).items():
+        if _local_relative(path):
+            relative[role], path = path, str(Path(path).absolute())
+        elif role in file_paths and path == file_paths[role][1]:
+            relative[role] = file_paths[role][0]
+        absolute[role] = path
+    return dataclasses.replace(dataset, paths=DataPaths(**absolute)), relative
+
+
+def with_absolute_paths(dataset: Any) -> Any:
+    """A saved config's `dataset` section (a checkpoint's) with its relative local paths read
+    from the working directory, as they were read when it was saved (older versions saved
+    them as given); anything else as it is."""
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("paths"), dict):
+        return dataset
+    paths = {
+        role: str(Path(path).absolute()) if _local_relative(path) else path
+        for role, path in dataset["paths"].items()
+    }
+    return {**dataset, "paths": paths}
 
 
 def _check_top_level(raw: dict[str, Any]) -> None:
@@ -957,4 +1081,8 @@ def resolve(
             f"no {task}: section (found {present})",
             f"add a top-level {task}: mapping",
         )
-    return resolve_dict(raw, task, overrides)
+    file_paths = _config_file_paths(raw, config_path) if config_path is not None else {}
+    if file_paths:
+        paths = {**raw["dataset"]["paths"], **{r: a for r, (_, a) in file_paths.items()}}
+        raw = {**raw, "dataset": {**raw["dataset"], "paths": paths}}
+    return _resolve_raw(raw, task, overrides, file_paths)

@@ -96,7 +96,9 @@ POSITIVE = {"low_open": True}  # for floats: (0, inf)
 
 @dataclass(frozen=True)
 class DataPaths:
-    """Where the four tables live: local paths (relative to the working directory) or URLs."""
+    """Where the four tables live: local paths or URLs. A relative path in a config file is
+    read from the file's folder, one given with --set from the working directory; the resolved
+    config holds absolute paths (`recjobs.config.resolver`, "dataset paths")."""
 
     users: str = option(doc="users table (Parquet or CSV): the user id column and its categories")
     items: str = option(doc="items table: the item id column and its categories")
@@ -130,8 +132,11 @@ class DatasetConfig:
     name: str = option("synth", doc="a name for the data set (logged; not interpreted)")
     paths: DataPaths | None = option(
         None,
-        doc="the four tables; null trains on the built-in synthetic data generated from "
-        "shared.seed",
+        doc="the four tables, local paths or URLs; null trains on the built-in synthetic data "
+        "generated from shared.seed. A relative path in a config file is read from the file's "
+        "folder (a data set folder with its config.yaml can be copied or moved), one given with "
+        "--set from the working directory; the resolved config (what a run saves, what a TorchX "
+        "job receives) holds absolute paths",
     )
     synth: SynthSize = option(doc="size of the synthetic data set", factory=SynthSize)
 
@@ -348,6 +353,9 @@ class ResolvedConfig:
     dataset: DatasetConfig
     shared: SharedConfig
     section: TaskConfig
+    # dataset.paths.* that were given as relative paths (role -> the text as given), now
+    # absolute on this machine: a container job cannot see them. Not part of the config.
+    relative_paths: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def columns(self) -> ColumnsConfig:

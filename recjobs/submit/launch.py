@@ -589,6 +589,9 @@ def train_app(
     if cfg.training.use_wandb and wandb_mode not in _WANDB_KEYLESS:
         secret_env.request(role.metadata, [secret_env.WANDB_API_KEY])
     data = dataclasses.asdict(cfg.dataset.paths) if cfg.dataset.paths else {}
+    # A path given relative (to the config file's folder, or by --set to the working
+    # directory) is absolute on this machine in the resolved config; a container has neither.
+    data.update(cfg.relative_paths)
     container_paths.record(
         role.metadata,
         writes={"--run_dir": run_dir},
