@@ -63,6 +63,10 @@ REFUSED = [
     ("train", [*TRAIN, "--env", "A=1,B="], "error: --env B: has no value (write B='' for an empty value)"),
     ("recommend", [*REC, "--env", "A=1;A=1"], "error: --env A: given twice ('1' and '1') (give each variable once)"),
     ("train", [*TRAIN, "--env", "A=1,"], "error: --env: an empty item in 'A=1,' (after A=)"),
+    # --mounts: TorchX keeps the last of a key given twice in one mount
+    ("train", [*TRAIN, "--mounts", "type=bind,src=/a,src=/b,dst=/runs"], "error: --mounts src: given twice in one mount ('/a' and '/b') (give each key once; start another mount with type=)"),
+    ("recommend", [*REC, "--mounts", "type=volume,src=v,dst=/runs,target=/x"], "error: --mounts dst: given twice in one mount ('/runs' and '/x')"),
+    ("train", [*TRAIN, "--mounts", "type=bind,,src=/a,dst=/runs"], "error: --mounts: an empty item in 'type=bind,,src=/a,dst=/runs' (separate items with one comma"),
     # a blank path is no "none given"
     ("recommend", [*REC, "--users", " "], "error: --users: an empty path (name a file, or leave --users out)"),
     ("recommend", [*REC, "--candidates", ""], "error: --candidates: an empty path (name a file, or leave --candidates out)"),

@@ -470,18 +470,37 @@ def _mounts(
 
 # What each mount type needs (TorchX's parse_mounts reports a missing one as KeyError('dst')).
 _MOUNT_NEEDS = {"bind": ("src", "dst"), "volume": ("src", "dst"), "device": ("src",)}
-_MOUNT_KEY_NAMES = {"source": "src", "destination": "dst", "target": "dst"}
+_MOUNT_KEY_NAMES = {
+    "source": "src",
+    "destination": "dst",
+    "target": "dst",
+    "read_only": "readonly",
+}
 
 
 def _check_mount_keys(mounts: list[str]) -> None:
-    """Each mount's missing or empty src/dst, named with an example of the whole mount."""
+    """Each mount's missing or empty src/dst, named with an example of the whole mount; an
+    empty item, and a key given twice in one mount (TorchX keeps the last)."""
     groups: list[dict[str, str]] = []
     for opt in mounts:
+        if not opt.strip():
+            raise UserError(
+                "--mounts",
+                f"an empty item in {','.join(mounts)[:120]!r}",
+                "separate items with one comma, e.g. type=volume,src=recjobs-runs,dst=/runs",
+            )
         key, _, value = opt.partition("=")
         if key == "type":
             groups.append({"type": value})
         elif groups:
-            groups[-1][_MOUNT_KEY_NAMES.get(key, key)] = value
+            name = _MOUNT_KEY_NAMES.get(key, key)
+            if name in groups[-1]:
+                raise UserError(
+                    f"--mounts {name}",
+                    f"given twice in one mount ({groups[-1][name][:60]!r} and {value[:60]!r})",
+                    "give each key once; start another mount with type=",
+                )
+            groups[-1][name] = value
     for group in groups:
         kind = group["type"]
         missing = [k for k in _MOUNT_NEEDS.get(kind, ()) if not group.get(k)]
