@@ -281,12 +281,9 @@ CASES = [
         "error: --scheduler-args step_size: given twice ('step_size=1' and 'step_size=2') (give each key once)",
     ),
     (
-        "retrieval --set training.lr=0.1 --set retrieval.training.lr=0.2",
-        "error: --set retrieval.training.lr: given twice ('training.lr=0.1' and 'retrieval.training.lr=0.2') (give each key once)",
-    ),
-    (
-        "retrieval --set shared.seed=1 --set shared.seed=1",
-        "error: --set shared.seed: given twice ('shared.seed=1' and 'shared.seed=1') (give each key once)",
+        # given again, --optimizer-args adds to the first list (argparse used to drop it)
+        "retrieval --optimizer SGD --optimizer-args momentum=0.9 lr=0.1 --optimizer-args lr=0.2",
+        "error: --optimizer-args lr: given twice ('lr=0.1' and 'lr=0.2') (give each key once)",
     ),
     # command line
     (
@@ -401,3 +398,16 @@ def test_a_set_value_that_yaml_would_cut_at_a_comment_is_refused(capsys, item, s
             "run #3",
             "run#3",
         )
+
+
+def test_repeated_args_flags_add_up_and_a_later_set_wins(capsys):
+    import json
+
+    argv = ["resolve", "retrieval", "--optimizer", "SGD", "--optimizer-args", "momentum=0.9"]
+    argv += ["--optimizer-args", "lr=0.1", "--set", "training.max_epochs=2"]
+    # A later --set of a key replaces an earlier one (a script adds to a base list).
+    argv += ["--set", "retrieval.training.max_epochs=4"]
+    assert main(argv) == 0
+    training = json.loads(capsys.readouterr().out)["retrieval"]["training"]
+    assert training["optimizer"] == {"name": "SGD", "lr": 0.1, "momentum": 0.9}
+    assert training["max_epochs"] == 4

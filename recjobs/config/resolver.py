@@ -391,8 +391,9 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--optimizer-args",
         nargs="+",
+        action="extend",  # given again, it adds (argparse's default dropped the first list)
         metavar="K=V",
-        help="optimizer keyword arguments, e.g. momentum=0.9",
+        help="optimizer keyword arguments, e.g. momentum=0.9; each key once",
     )
     g.add_argument(
         "--scheduler", metavar="NAME", help="any torch.optim.lr_scheduler class, or 'none'"
@@ -400,8 +401,9 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--scheduler-args",
         nargs="+",
+        action="extend",
         metavar="K=V",
-        help="scheduler keyword arguments, e.g. step_size=10",
+        help="scheduler keyword arguments, e.g. step_size=10; each key once",
     )
     g.add_argument(
         "--scheduler-interval",
@@ -428,7 +430,7 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="any config key, relative to the task section (training.batch_size=2048) "
-        "or absolute (shared.seed=1)",
+        "or absolute (shared.seed=1); repeatable, a later one of the same key wins",
     )
 
 
@@ -539,15 +541,10 @@ def _apply_overrides(
     section = raw[task]
     if not isinstance(section, dict):
         raise ConfigError(task, f"expected a mapping, got {show(section)}")
-    given: dict[tuple[str, ...], str] = {}
-    for item in ov.sets:
-        path = _apply_set(raw, task, item)
-        if path in given:
-            # The last would win silently, whichever the user meant (a script's default and
-            # the user's own value, say).
-            raise _given_twice("--set", _flag_key(".".join(path)), given[path], item)
-        given[path] = item
-    set_paths = set(given)
+    # A later --set of a key replaces an earlier one (documented): a script adds its own
+    # settings to a base list. Within one --optimizer-args or --scheduler-args a key given
+    # twice is refused (_override_component).
+    set_paths = {_apply_set(raw, task, item) for item in ov.sets}
     if raw[task].get("training") is None:
         raw[task]["training"] = {}
     training = raw[task]["training"]
