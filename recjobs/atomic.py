@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def new_file_mode() -> int:
@@ -32,3 +36,56 @@ def atomic_file(path: str, suffix: str = "") -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def atomic_files(paths: Sequence[str]) -> Iterator[list[str]]:
+    """`atomic_file` for files that belong together (a data set): a temporary path beside each
+    of `paths` (with its extension); when the block ends without an exception they replace
+    theirs in the order given, with the stop signals held until the last rename, so a Ctrl-C
+    or SIGTERM leaves all of them old or all new; otherwise all are removed."""
+    tmps: list[str] = []
+    try:
+        for path in paths:
+            suffix = os.path.splitext(path)[1]
+            fd, tmp = tempfile.mkstemp(
+                dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=suffix
+            )
+            os.close(fd)
+            tmps.append(tmp)
+        yield list(tmps)
+        for tmp in tmps:
+            os.chmod(tmp, new_file_mode())
+        with stop_signals_held():
+            for tmp, path in zip(tmps, paths):
+                os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+@contextmanager
+def stop_signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive while the block runs are acted on after it, by the
+    handlers there were before: a few renames are never cut in the middle.
+
+    Python-level handlers, not a signal mask: the kernel may give a process's signal to any
+    of its threads (pyarrow's among them), and Python then runs the handler in the main thread
+    whatever the main thread's mask. Only the main thread can set handlers; elsewhere the
+    block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda number, frame: held.append(number)) for s in STOP_SIGNALS
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)

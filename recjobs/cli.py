@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ from recjobs.config.resolver import (
 from recjobs.config.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
 from recjobs.errors import ConfigError, UserError, cannot_write
 from recjobs.file_kind import require_regular
+from recjobs.holdings import check_output
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -306,15 +308,6 @@ def _check_dataset_out(out: str, force: bool) -> None:
         )
 
 
-def _check_table_out(out: str) -> None:
-    """recommend/score --out never replaces a data set's own table (same extensions)."""
-    from recjobs.holdings import DATASET_FILES, found
-
-    target = Path(out)
-    if target.name in DATASET_FILES and found(target.parent, DATASET_FILES):
-        raise UserError(out, "is a table of the data set in its folder", "use another --out")
-
-
 def _task_required_in_usage(parser: argparse.ArgumentParser) -> None:
     choices = "{" + ",".join(TASKS) + "}"
     usage = parser.format_usage().removeprefix("usage: ").strip()
@@ -466,10 +459,62 @@ def _synth(args: argparse.Namespace) -> int:
             small = name != "seed" and value < valid.low
             raise UserError(f"--{name}", valid.problem(value), _SYNTH_MINIMUM if small else None)
     _check_dataset_out(args.out, args.force)
-    with _output_errors(args.out):
-        path = write_dataset(args.out, args.users, args.items, args.interactions, args.seed)
+    with _output_errors(args.out), _stoppable(args.out):
+        path = write_dataset(
+            args.out, args.users, args.items, args.interactions, args.seed, interruptible=True
+        )
     print(path)
     return 0
+
+
+class _Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM during a data command, raised wherever the main thread is."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class _Interrupted(UserError):
+    """A data command stopped by a signal: one line, exit 128 + the signal's number."""
+
+    def __init__(self, signum: int, problem: str):
+        super().__init__(f"interrupted ({signal.Signals(signum).name})", problem)
+        self.exit_code = 128 + signum
+
+
+@contextlib.contextmanager
+def _stoppable(out: str) -> Iterator[None]:
+    """SIGINT and SIGTERM stop a data command at once (the generation runs in a worker thread,
+    the tables are written in slices; recjobs.data.synth): one line saying what --out holds,
+    exit 130 or 143. SIGTERM's default would end the process silently, mid-write."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise _Stopped(signum)
+
+    config = Path(out) / "config.yaml"
+    before = _identity(config)
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
+        if before != _identity(config):  # replaced last, once every table is in place
+            raise _Interrupted(signum, f"{out} holds the new data set, whole") from None
+        if before is not None:
+            raise _Interrupted(signum, f"{out} is as it was (nothing of it replaced)") from None
+        raise _Interrupted(signum, f"nothing was written to {out}") from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 @contextlib.contextmanager
@@ -487,7 +532,7 @@ def _movielens(args: argparse.Namespace) -> int:
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise UserError("--val-fraction", f"must be between 0 and 1, got {args.val_fraction}")
     _check_dataset_out(args.out, args.force)
-    with _output_errors(args.out):
+    with _output_errors(args.out), _stoppable(args.out):
         path = convert_movielens(
             args.src, args.out, split=args.split, val_fraction=args.val_fraction
         )
@@ -502,11 +547,12 @@ def _recommend(args: argparse.Namespace) -> int:
         raise UserError("--k", f"must be between 1 and {MAX_K}, got {args.k}")
     rank, world_size = _torchrun_rank()
     if args.parts:
+        check_output(args.out, directory=True)
         out = recommend.part_path(args.out, rank, world_size, args.parts)
     else:
         recommend.check_output_path(args.out)
         out = args.out
-    _check_table_out(out)
+    check_output(out)
     rec = _load_recommender(args)
     encoders, columns = rec.encoders, rec.cfg.columns
     users = candidates = None
@@ -542,7 +588,7 @@ def _score(args: argparse.Namespace) -> int:
     from recjobs.inference import recommend
 
     recommend.check_output_path(args.out)
-    _check_table_out(args.out)
+    check_output(args.out)
     rec = _load_recommender(args)
     pairs = _pairs_file(rec, args.pairs, "--pairs")
     table = rec.score(pairs)
@@ -606,6 +652,7 @@ def _plot(args: argparse.Namespace) -> int:
     from recjobs.training.plot import plot_runs
 
     out = args.out or str(Path(args.run_dirs[0]) / "curves.png")
+    check_output(out)
     plot_runs(args.run_dirs, out)
     print(out)
     return 0

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recjobs.errors import UserError
+from recjobs.file_kind import special_kind
+
 # A run directory's own files (training/rundir.py); `.lock` is left out: the trainer creates
 # it before it looks, and it holds nothing.
 RUN_FILES = ("config.yaml", "metrics.jsonl", "train.log", "summary.json", "model", "checkpoints")
@@ -57,4 +60,53 @@ def other_kind(directory: Path, wanted: str) -> str | None:
         if kind != wanted and names:
             article = "an exported" if kind == "model" else "a"
             return f"{article} {kind} ({', '.join(names)})"
+    return None
+
+
+# --------------------------------------------------------------------------- output files
+
+# A run's folders that its trainer replaces or rewrites: a file written there is lost (the
+# export replaces model/ whole) or clobbers the run's own.
+_RUN_FOLDERS = {
+    "model": "the run's model/ folder, which its next export replaces whole",
+    "checkpoints": "the run's checkpoints/ folder, which its trainer writes",
+}
+
+
+def check_output(out: str, directory: bool = False) -> None:
+    """Where `recommend`/`score --out` and `plot -o` may write: never inside a run's model/ or
+    checkpoints/ folder or an exported model (a file there is lost, or replaces the model's
+    own), never over a FIFO, socket, device (or a directory, for a file), nor over a data
+    set's table. An existing regular file is fine: the writers replace it atomically.
+    `directory`: `out` is a folder to write parts into (`recommend --parts`).
+
+    Raises:
+        UserError: one line naming `out` and what to give instead.
+    """
+    path = Path(out)
+    kind = special_kind(path)
+    if kind is not None:
+        raise UserError(
+            out, f"is {kind}, not a regular file", "an output replaces only a regular file"
+        )
+    if not directory and path.is_dir():
+        raise UserError(out, "is a directory", "name a file")
+    inside = _inside_a_model(path if directory else path.parent)
+    if inside is not None:
+        folder, what = inside
+        where = "is" if folder == path.resolve() else f"is in {folder},"
+        raise UserError(out, f"{where} {what}", "write it elsewhere, e.g. beside the run")
+    if path.name in DATASET_FILES and found(path.parent, DATASET_FILES):
+        raise UserError(out, "is a table of the data set in its folder", "use another --out")
+
+
+def _inside_a_model(folder: Path) -> tuple[Path, str] | None:
+    """The folder at or above `folder` that outputs must stay out of, and what it is."""
+    for above in (folder.resolve(), *folder.resolve().parents):
+        if above.name in _RUN_FOLDERS:
+            markers = [n for n in RUN_ONLY_FILES if n != above.name]
+            if found(above.parent, tuple(markers)):
+                return above, _RUN_FOLDERS[above.name]
+        if found(above, (*MODEL_FILES, "export.json")):
+            return above, "an exported model's folder, whose files it could replace"
     return None

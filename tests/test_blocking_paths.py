@@ -112,6 +112,7 @@ CASES = [
     ("run/model/encoders.json", ["recommend", "{root}/run", "--out", "{root}/r.csv"]),
     ("run/model/model.pt", ["recommend", "{root}/run", "--out", "{root}/r.csv"]),
     ("run/model/item_embeddings.pt", ["recommend", "{root}/run", "--out", "{root}/r.csv"]),
+    ("run/model/export.json", ["recommend", "{root}/run", "--out", "{root}/r.csv"]),
     ("run/metrics.jsonl", ["plot", "{root}/run", "--out", "{root}/c.png"]),
     ("run/metrics.jsonl", ["status", "{root}/run"]),
     ("run/train.log", ["status", "{root}/run"]),

@@ -168,28 +168,43 @@ def test_score_where_no_pair_is_known_is_exit_2_and_writes_nothing(ranking_run, 
 # --------------------------------------------------------------------------- model/config.yaml
 
 
+# Where a model folder is not a run's model/ with a checkpoint: copy it again.
+COPY_AGAIN = (
+    "copy the model folder again, whole, from the run that exported it (recjobs train writes "
+    "RUN_DIR/model), or give a finished run's directory or its model/"
+)
+
+
+def _copied_model(ranking_run: Path, tmp_path: Path) -> tuple[Path, dict[str, int]]:
+    """A copy of the run's model/ (elsewhere: no checkpoint beside it) and its export.json."""
+    model = tmp_path / "model"
+    shutil.copytree(ranking_run / "model", model)
+    return model, json.loads((model / "export.json").read_text())["files"]
+
+
 @pytest.mark.parametrize(
     "text, problem",
     [
-        ("", "config file is empty (expected a mapping with a retrieval: or ranking: section)"),
+        ("", "config file is empty"),
         (
             "ranking: [1, 2\n",
             "invalid YAML: line 2, column 1: expected ',' or ']', but got '<stream end>'",
         ),
         ("- a\n", "expected a mapping at the top level, got list ['a']"),
-        (
-            "shared: {seed: 1}\n",
-            "expected exactly one of retrieval or ranking: (found shared) (export the model "
-            "again, or use another run)",
-        ),
+        ("shared: {seed: 1}\n", "expected exactly one of retrieval or ranking: (found shared)"),
     ],
 )
 def test_a_damaged_model_config_is_one_line_naming_it(ranking_run, tmp_path, capsys, text, problem):
-    model = tmp_path / "model"
-    shutil.copytree(ranking_run / "model", model)
+    """What is wrong, that the file is not what the export wrote (export.json's size), and
+    what to do: the config of a model folder is the export's, not the user's to fix."""
+    model, files = _copied_model(ranking_run, tmp_path)
     (model / "config.yaml").write_text(text)
     line = error(capsys, "score", str(model), "--pairs", "p.csv", "--out", str(tmp_path / "s.csv"))
-    assert line == f"error: {model / 'config.yaml'}: {problem}"
+    size = len(text.encode())
+    assert line == (
+        f"error: {model / 'config.yaml'}: {problem}; it is {size} bytes but the export wrote "
+        f"{files['config.yaml']}: cut short or changed since ({COPY_AGAIN})"
+    )
 
 
 def test_a_config_error_inside_the_model_config_names_that_file(ranking_run, tmp_path, capsys):
@@ -200,6 +215,47 @@ def test_a_config_error_inside_the_model_config_names_that_file(ranking_run, tmp
     (model / "config.yaml").write_text(yaml.safe_dump(config))
     line = error(capsys, "score", str(model), "--pairs", "p.csv", "--out", str(tmp_path / "s.csv"))
     assert line.startswith(f"error: {model / 'config.yaml'}: ranking.model.embedding_dim: ")
+    assert line.endswith(f" ({COPY_AGAIN})")
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ('{"format": "recjobs.encoders", "vers', "corrupt encoders file: Unterminated string "),
+        ("[1, 2]", "corrupt encoders file: not a recjobs encoders file"),
+        (
+            '{"format": "recjobs.encoders", "version": 1, "user_id": {"values": 3}}',
+            "corrupt encoders file: 'values' must be a list",
+        ),
+    ],
+    ids=["cut short", "not a mapping", "wrong shape"],
+)
+def test_a_damaged_encoders_file_says_what_to_do(ranking_run, tmp_path, capsys, text, problem):
+    model, files = _copied_model(ranking_run, tmp_path)
+    (model / "encoders.json").write_text(text)
+    line = error(capsys, "score", str(model), "--pairs", "p.csv", "--out", str(tmp_path / "s.csv"))
+    assert line.startswith(f"error: {model / 'encoders.json'}: {problem}"), line
+    assert line.endswith(
+        f"; it is {len(text)} bytes but the export wrote {files['encoders.json']}: cut short or "
+        f"changed since ({COPY_AGAIN})"
+    )
+
+
+def test_a_run_s_damaged_model_file_says_how_to_export_it_again(ranking_run, tmp_path, capsys):
+    """In a run's model/ beside its checkpoint the fix is to export again, and it works."""
+    run = tmp_path / "run"
+    shutil.copytree(ranking_run, run)
+    (run / "model" / "encoders.json").unlink()
+    line = error(capsys, "score", str(run), "--pairs", "p.csv", "--out", str(tmp_path / "s.csv"))
+    again = f"recjobs train ranking --run-dir {run} --resume"
+    assert line == (
+        f"error: {run / 'model' / 'encoders.json'}: missing from the model folder (export.json "
+        "lists it: it was deleted since the export, or the folder was copied in part) (export "
+        f"it again from the run's checkpoint: {again} (a finished run trains no further; it "
+        "reads the run's data again), or give another run)"
+    )
+    assert main(again.split()[1:]) == 0
+    assert (run / "model" / "encoders.json").is_file()
 
 
 # --------------------------------------------------------------------------- data

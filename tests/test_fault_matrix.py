@@ -93,8 +93,8 @@ def _signal_first(real, signum: int):
     return wrapper
 
 
-def _at_start(monkeypatch, signum):  # while the data loads
-    monkeypatch.setattr(trainer, "load_task_data", _signal_first(trainer.load_task_data, signum))
+def _at_start(monkeypatch, signum):  # the data loaded, while the model is built
+    monkeypatch.setattr(trainer, "make_task", _signal_first(trainer.make_task, signum))
 
 
 def _mid_epoch(monkeypatch, signum):  # during step 5 of 8
@@ -158,6 +158,109 @@ def test_a_signal_stops_with_a_checkpoint_and_resume_is_exact(
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")  # whole
     assert main([*argv(run_dir), "--resume"]) == 0
     assert_same_run(straight, run_dir)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_while_the_synthetic_data_is_generated_stops_at_once(
+    tmp_path, monkeypatch, caplog, capsys, straight, signum
+):
+    """Generating a large synthetic data set takes minutes: a stop signal ends it at once, with
+    nothing trained or written (no checkpoint of step 0: there is nothing to keep), and the
+    same command then trains the same run. Again on a resumed run: it stays as it was."""
+    from recjobs.data import synth
+
+    real = synth._generate
+
+    def signalled(*args, **kwargs):  # the worker thread: the signal reaches the main one
+        os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(synth, "_generate", signalled)
+    with caplog.at_level("WARNING"):
+        assert main(argv(run_dir)) == 128 + signum
+    name = signal.Signals(signum).name
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{name} while the synthetic data set was generated, before training started: nothing "
+        "was trained or written"
+    ]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]  # no train.log, no checkpoint
+    monkeypatch.undo()
+    assert main(argv(run_dir)) == 0
+    assert_same_run(straight, run_dir)
+
+    # A finished run resumed (it exports again) and stopped while its data is generated.
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    monkeypatch.setattr(synth, "_generate", signalled)
+    assert main([*argv(run_dir), "--resume"]) == 128 + signum
+    monkeypatch.undo()
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    log = run_dir / "train.log"
+    assert after.pop(log).startswith(before.pop(log)) and after == before
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{run_dir}: finished"
+
+
+def _stopped_while_generating(argv: list[str], signum: int) -> tuple[float, str, int]:
+    """Start `recjobs ARGV` (a large synthetic data set), send `signum` once it logs that the
+    generation started: (seconds until its error line, its stderr, its exit code)."""
+    program = [sys.executable, "-m", "recjobs", *argv]
+    proc = subprocess.Popen(program, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:  # the observable event: the generation has begun
+            lines.append(line)
+            if "generating the synthetic data set" in line:
+                break
+        assert proc.poll() is None, "".join(lines)
+        sent = time.monotonic()
+        proc.send_signal(signum)
+        for line in proc.stderr:
+            lines.append(line)
+            if signal.Signals(signum).name in line:
+                break
+        answered = time.monotonic() - sent
+        lines.append(proc.stderr.read())
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    return answered, "".join(lines), proc.returncode
+
+
+# 2 * 10^7 interactions: a minute of numpy here, and gigabytes had it run to the end.
+LARGE = ["--users", "100000", "--items", "10000", "--interactions", "20000000"]
+
+
+def test_data_synth_stops_at_once_on_sigterm_and_writes_nothing(tmp_path):
+    out = tmp_path / "data"
+    answered, err, code = _stopped_while_generating(
+        ["data", "synth", "--out", str(out), *LARGE], signal.SIGTERM
+    )
+    assert code == 143, err
+    assert err.splitlines()[-1] == f"error: interrupted (SIGTERM): nothing was written to {out}"
+    assert answered < 5, f"{answered:.1f} s"  # a fraction of a second, where it used to be never
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_train_stops_at_once_on_ctrl_c_while_its_data_is_generated(tmp_path):
+    run_dir = tmp_path / "run"
+    sets = [
+        w
+        for s in zip(LARGE[::2], LARGE[1::2])
+        for w in ("--set", f"dataset.synth.{s[0][2:]}={s[1]}")
+    ]
+    answered, err, code = _stopped_while_generating(
+        ["train", "retrieval", "--run-dir", str(run_dir), *sets], signal.SIGINT
+    )
+    assert code == 130, err
+    assert err.splitlines()[-1].endswith(
+        "WARNING recjobs: SIGINT while the synthetic data set was generated, before training "
+        "started: nothing was trained or written"
+    )
+    assert answered < 5, f"{answered:.1f} s"
+    assert "Traceback" not in err and sorted(p.name for p in run_dir.iterdir()) == [".lock"]
 
 
 def _catches(pid: int, signum: int) -> bool:

@@ -119,8 +119,12 @@ def test_garbage_in_both_checkpoints_stops_with_a_clear_error(tmp_path, capsys):
     capsys.readouterr()
     assert main([*tiny_argv("ranking", run_dir, "training.max_epochs=2"), "--resume"]) == 2
     err = capsys.readouterr().err
-    assert (
-        err == f"error: {previous(last)}: checksum mismatch (the file is truncated or corrupted)\n"
+    # What to do instead, as `recjobs status` says it: best.pt is whole, resume from it.
+    assert err == (
+        f"error: {previous(last)}: checksum mismatch (the file is truncated or corrupted; no "
+        "whole checkpoint to resume from: resume from the best validation's instead (the steps "
+        f"after it train again): cp {run_dir}/checkpoints/best.pt {last}, then recjobs train "
+        f"ranking --run-dir {run_dir} --resume)\n"
     )
 
 

@@ -136,6 +136,30 @@ def test_duplicate_items_are_not_negatives():
     assert got.item() < plain.item()
 
 
+def test_mixed_negatives_join_every_row_with_their_own_log_q_and_accidental_hits_removed():
+    gen = torch.Generator().manual_seed(2)
+    u = F.normalize(torch.randn(3, 4, generator=gen), dim=1)
+    v = F.normalize(torch.randn(3, 4, generator=gen), dim=1)
+    e = F.normalize(torch.randn(2, 4, generator=gen), dim=1)
+    item_ids, extra_ids = torch.tensor([4, 9, 6]), torch.tensor([9, 1])  # extra 0 is row 1's item
+    log_q, extra_log_q, t = torch.log(torch.tensor([0.9, 0.3, 0.6])), math.log(2 / 10), 0.2
+    got = in_batch_softmax_loss(
+        u, v, t, item_ids=item_ids, log_q=log_q, extra_emb=e, extra_ids=extra_ids,
+        extra_log_q=extra_log_q,
+    )  # fmt: skip
+    expected = 0.0
+    for b in range(3):
+        cols = [float(u[b] @ v[j]) / t - float(log_q[j]) for j in range(3)]
+        cols += [
+            float(u[b] @ e[m]) / t - extra_log_q for m in range(2) if extra_ids[m] != item_ids[b]
+        ]
+        expected += -cols[b] + math.log(sum(math.exp(x) for x in cols))
+    assert got.item() == pytest.approx(expected / 3, rel=1e-6)
+    # Without the extra columns the loss is the in-batch one: the extra ones change it.
+    plain = in_batch_softmax_loss(u, v, t, item_ids=item_ids, log_q=log_q)
+    assert got.item() > plain.item()
+
+
 def test_in_batch_loss_rejects_bad_shapes():
     u = torch.randn(3, 2)
     with pytest.raises(ValueError):

@@ -338,8 +338,8 @@ def test_a_one_cycle_run_resumed_with_more_epochs_is_refused_before_it_trains(tm
         "error: training.scheduler: OneCycleLR fails at scheduler step 29 of this run's 42"
     ), err
     assert "resume with the first run's max_epochs/max_steps, or start a new run" in err
-    # Nothing of the finished run was touched; train.log only grows, by the attempt's last word
-    # (what `recjobs status` reads).
+    # Nothing of the finished run was touched; train.log only grows, by the attempt's line,
+    # which `recjobs status` shows without taking it for the run's end.
     after = _snapshot(run_dir)
     log = str(run_dir / "train.log")
     assert {k: v for k, v in after.items() if k != log} == {
@@ -347,4 +347,4 @@ def test_a_one_cycle_run_resumed_with_more_epochs_is_refused_before_it_trains(tm
     }
     assert after[log].startswith(before[log])
     grown = after[log][len(before[log]) :].decode().splitlines()
-    assert grown[-1].endswith(f"run ended: failed (exit 2): {err}")
+    assert grown[-1].endswith(f"an attempt ended before it changed the run (exit 2): {err}")

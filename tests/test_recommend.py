@@ -226,18 +226,32 @@ def test_bad_input_is_one_line_and_exit_2(runs, tmp_path, capsys):
         "has not finished (wait for it, or finish it with `recjobs train TASK --run-dir RUN_DIR "
         "--resume`)"
     )
+    copy_again = (
+        "copy the model folder again, whole, from the run that exported it (recjobs train "
+        "writes RUN_DIR/model), or give a finished run's directory or its model/"
+    )
+    # catalogue.pt deleted from an export that lists it (export.json): not "an older recjobs".
+    deleted = tmp_path / "deleted"
+    shutil.copytree(runs["retrieval"] / "model", deleted)
+    (deleted / CATALOGUE).unlink()
+    assert error("recommend", str(deleted), "--out", out) == (
+        f"error: {deleted / CATALOGUE}: missing from the model folder (export.json lists it: it "
+        f"was deleted since the export, or the folder was copied in part) ({copy_again})"
+    )
+    # An export by a recjobs before catalogue.pt (and export.json) had neither.
     old = tmp_path / "old"
     shutil.copytree(runs["retrieval"] / "model", old)
     (old / CATALOGUE).unlink()
+    (old / "export.json").unlink()
     assert error("recommend", str(old), "--out", out) == (
-        f"error: {old / CATALOGUE}: not found: this model was exported by an older recjobs "
-        "(export it again with `recjobs train TASK --run-dir RUN_DIR --resume`)"
+        f"error: {old / CATALOGUE}: not found, and the folder has no export.json either: an "
+        f"export by a recjobs older than catalogue.pt (or both files were deleted) ({copy_again})"
     )
     shutil.copytree(runs["retrieval"] / "model", tmp_path / "broken")
     (tmp_path / "broken" / CATALOGUE).write_bytes(b"not a torch file")
-    assert error("recommend", str(tmp_path / "broken"), "--out", out).startswith(
-        f"error: {tmp_path / 'broken' / CATALOGUE}: cannot load it ("
-    )
+    broken = error("recommend", str(tmp_path / "broken"), "--out", out)
+    assert broken.startswith(f"error: {tmp_path / 'broken' / CATALOGUE}: cannot load it (")
+    assert broken.endswith(f" cut short or changed since ({copy_again})")
     assert not (tmp_path / "o.parquet").exists()
 
 

@@ -139,6 +139,115 @@ def test_a_failed_run_ends_its_log_with_the_error_and_its_exit_code(tmp_path):
     assert status.why.startswith("error: training: loss is not finite at step ")
 
 
+def test_a_refused_resume_does_not_change_what_status_says(tmp_path, monkeypatch, capsys):
+    """A command refused before it trains (another config than the run's, exit 2) logs its
+    line in train.log but is no ending of the run: a finished run stays finished (it used to
+    read "failed (exit 2)"), a preempted one stays preempted and resumable."""
+    argv = ["train", "retrieval", "--config", str(QUICKSTART), "--run-dir", str(tmp_path)]
+    argv += [*TINY_ARGS, "--set", "training.max_epochs=1"]
+    assert main(argv) == 0
+    before = run_status.read_status(tmp_path)
+    capsys.readouterr()
+    assert main([*argv, "--set", "model.embedding_dim=16", "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: checkpoints/last.pt: was trained with a different config")
+
+    status = run_status.read_status(tmp_path)
+    assert (status.state, status.exit_code, status.why) == ("finished", 0, before.why)
+    assert status.last_attempt is not None and status.last_attempt.exit_code == 2
+    assert status.last_attempt.why == err
+    screen = status_screen(tmp_path, capsys)
+    assert screen.splitlines()[0] == f"{tmp_path}: finished"
+    assert f", exit 2, stopped before it changed the run: {err}\n" in screen
+    follower = recjobs("log", str(tmp_path), "-f")  # the run ended finished: 0
+    assert follower.wait(timeout=60) == 0, follower.communicate()
+
+    # A preempted run refused the same way stays preempted, with its hint to continue.
+    preempted = tmp_path / "preempted"
+    StopAfter.n = 3
+    monkeypatch.setattr(trainer, "StopSignal", StopAfter)
+    with pytest.raises(trainer.Preempted):
+        trainer.train(tiny("training.max_epochs=2"), preempted)
+    monkeypatch.undo()
+    with pytest.raises(trainer.CheckpointError):
+        trainer.train(tiny("training.max_epochs=2", "training.lr=0.5"), preempted, resume=True)
+    status = run_status.read_status(preempted)
+    assert (status.state, status.exit_code) == ("preempted", 143)
+    assert status.last_attempt.why.startswith("error: checkpoints/last.pt: was trained with a")
+    assert "continue it: recjobs train retrieval" in run_status.describe(status)
+
+
+def _cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_status_checks_the_checkpoint_it_points_at_as_resume_would(tmp_path, monkeypatch, capsys):
+    """A damaged last.pt is named, and the hint is what `train --resume` would do with it:
+    continue from last.pt's predecessor; with neither whole, copy best.pt over last.pt (which
+    then resumes for real) or start over; a damaged best.pt stops a resume: move it aside."""
+    StopAfter.n = 20  # into the second of 3 epochs: last.pt, last.prev.pt and best.pt exist
+    monkeypatch.setattr(trainer, "StopSignal", StopAfter)
+    with pytest.raises(trainer.Preempted):
+        trainer.train(tiny("training.max_epochs=3"), tmp_path)
+    monkeypatch.undo()
+    last, prev, best = (
+        tmp_path / "checkpoints" / name for name in ("last.pt", "last.prev.pt", "best.pt")
+    )
+    damaged = (
+        "checksum mismatch (the file is truncated or corrupted: its zip directory is unreadable)"
+    )
+    resume = f"recjobs train retrieval --run-dir {tmp_path} --resume"
+
+    _cut_short(last)
+    status = run_status.read_status(tmp_path)
+    assert (status.state, status.checkpoint, status.damaged) == (
+        "preempted",
+        prev,
+        ((last, damaged),),
+    )
+    screen = status_screen(tmp_path, capsys)
+    assert f"  checkpoint:  {prev}\n  damaged:     {last}: {damaged}\n" in screen
+    assert f"--resume continues from {prev}, the checkpoint before the damaged last.pt" in screen
+    assert f"continue it: {resume}" in screen
+
+    _cut_short(prev)
+    status = run_status.read_status(tmp_path)
+    assert status.checkpoint is None and [p for p, _ in status.damaged] == [last, prev]
+    screen = status_screen(tmp_path, capsys)
+    instead = (
+        "no whole checkpoint to resume from: resume from the best validation's instead (the "
+        f"steps after it train again): cp {best} {last}, then {resume}"
+    )
+    assert f"  {instead}\n" in screen and "continue it" not in screen
+    # `train --resume` refuses it with the same advice (and leaves the status as it was).
+    argv = ["train", "retrieval", "--config", str(QUICKSTART), "--run-dir", str(tmp_path)]
+    argv += [*TINY_ARGS, "--set", "training.max_epochs=3", "--resume"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {prev}: checksum mismatch (the file is truncated or corrupted; {instead})"
+    )
+    assert run_status.read_status(tmp_path).state == "preempted"
+    # The advice works: resumed from best.pt, the run finishes.
+    last.write_bytes(best.read_bytes())
+    good = best.read_bytes()
+    _cut_short(best)
+    status = run_status.read_status(tmp_path)
+    assert status.checkpoint == last and status.damaged[-1][0] == best
+    stops = (
+        f"--resume stops at the damaged {best} (the best weights so far): put back a good "
+        f"copy, or move it aside and run {resume} (the best weights before the resume are "
+        "then lost)"
+    )
+    assert f"  {stops}\n" in status_screen(tmp_path, capsys)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {best}: checksum mismatch (the file is truncated or corrupted; {stops})"
+    )
+    best.write_bytes(good)
+    assert main(argv) == 0
+    assert run_status.read_status(tmp_path).state == "finished"
+
+
 @pytest.mark.slow
 def test_running_then_killed_without_a_last_word(tmp_path):
     run_dir = tmp_path / "run"
@@ -207,7 +316,9 @@ def test_log_follow_waits_for_the_run_follows_it_and_exits_when_it_finished(tmp_
     assert follower.returncode == 0
     log = (run_dir / "train.log").read_bytes()
     assert out == log  # every line, once, in order
-    assert b"training retrieval (two_tower)" in out.splitlines()[2]
+    starts = [i for i, line in enumerate(out.splitlines()) if b"training retrieval (two_" in line]
+    generated = [i for i, line in enumerate(out.splitlines()) if b"generating the synth" in line]
+    assert generated[0] < starts[0] == 3, out.splitlines()[:5]
     assert b"done at step" in out.splitlines()[-2] and b"summary: " in out.splitlines()[-1]
     last = follower.stderr.read().decode()
     assert last.startswith(f"recjobs log: {run_dir} finished: done at step ")

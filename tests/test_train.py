@@ -517,12 +517,16 @@ def test_ranking_train_loss_is_the_mean_per_example_short_batch_included(tmp_pat
 # --------------------------------------------------------------------------- resume and SIGTERM
 
 
-@pytest.mark.parametrize("task", ["retrieval", "ranking"])
+@pytest.mark.parametrize(
+    ("task", "extra"),
+    [("retrieval", ()), ("ranking", ()), ("retrieval", ("training.mixed_negatives=64",))],
+)
 @pytest.mark.parametrize("stop_at", [7, 16])  # mid-epoch, and just after an epoch end
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, task, stop_at):
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, task, extra, stop_at):
     sets = [
         "training.max_epochs=3",
         "training.scheduler={name: CosineAnnealingLR, T_max: 40, interval: step}",
+        *extra,
     ]
     config = cfg(task, *sets, "model.dropout=0.3")
     trainer.train(config, tmp_path / "straight")
@@ -789,3 +793,29 @@ def test_movielens_command_converts_and_trains(tmp_path):
     trainer.train(config, tmp_path / "run")
     (val,) = val_records(tmp_path / "run")
     assert 0.0 <= val["val/auc"] <= 1.0 and val["val/logloss"] > 0
+
+
+@pytest.mark.parametrize(
+    ("relative", "shown"),
+    [(0.76, "+76%"), (-0.0013, "-0.1%"), (0.042, "+4.2%"), (0.0004, "+0.04%"), (None, "+0.002")],
+)
+def test_the_last_line_shows_a_small_lift_with_its_sign_and_size(relative, shown):
+    """A model 0.13% below the baseline read "-0%", as if it tied."""
+    from recjobs.training.summary import summary_lines
+
+    summary = {
+        "ended_mid_epoch": False,
+        "step": 60,
+        "epochs": 3,
+        "best": {"metric": "val/auc", "value": 0.7836, "step": 60},
+        "lift": {"absolute": 0.002, "relative": relative},
+        "baseline": {"value": 0.7846},
+        "examples_per_s": 1922.0,
+        "model": "runs/x/model",
+        "wall_time_s": 124.0,
+    }
+    line = summary_lines(summary, Path("runs/x/summary.json"))[0]
+    assert line == (
+        f"done at step 60, after 3 epochs: best val/auc 0.7836 at step 60 (most-popular baseline "
+        f"0.7846: {shown}); those weights are in runs/x/model"
+    )

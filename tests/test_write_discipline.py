@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
+import stat
 from pathlib import Path
 
 import pytest
@@ -406,6 +408,96 @@ def test_recommend_and_score_never_replace_a_data_set_table(made, tmp_path, caps
     assert snapshot(other) == before
 
 
+def _output_argv(command: str, run: Path, out: Path, tmp_path: Path) -> list[str]:
+    if command == "plot":
+        return ["plot", str(run), "-o", str(out)]
+    (tmp_path / "pairs.csv").write_text("user_id,item_id\n10000,50000\n")
+    flag = "--pairs" if command == "score" else "--candidates"  # a ranking model
+    return [command, str(run), "--out", str(out), flag, str(tmp_path / "pairs.csv")]
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["run/model/out", "run/checkpoints/out", "run/model/sub/out", "copied-model/out"],
+)
+@pytest.mark.parametrize("command", ["recommend", "score", "plot"])
+def test_an_output_inside_a_run_s_model_or_checkpoints_is_refused(
+    made, tmp_path, capsys, command, where
+):
+    """The next export replaces model/ whole (the output would be lost) and a name there could
+    replace the model's own files: refused before anything is read or written."""
+    _, run = copy_run(made, tmp_path)
+    shutil.copytree(run / "model", tmp_path / "copied-model")
+    out = tmp_path / (where + (".png" if command == "plot" else ".csv"))
+    argv = _output_argv(command, run, out, tmp_path)
+    before = snapshot(tmp_path)
+    line = fails(capsys, argv)
+    folder = {
+        "run/model/out": run / "model",
+        "run/checkpoints/out": run / "checkpoints",
+        "run/model/sub/out": run / "model",
+        "copied-model/out": tmp_path / "copied-model",
+    }[where]
+    what = {
+        "model": "the run's model/ folder, which its next export replaces whole",
+        "checkpoints": "the run's checkpoints/ folder, which its trainer writes",
+        "copied-model": "an exported model's folder, whose files it could replace",
+    }[folder.name]
+    assert line == (
+        f"error: {out}: is in {folder}, {what} (write it elsewhere, e.g. beside the run)"
+    )
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind", ["FIFO", "socket", "directory"])
+@pytest.mark.parametrize("command", ["recommend", "score", "plot"])
+def test_an_output_that_is_not_a_regular_file_is_never_replaced(
+    made, tmp_path, capsys, command, kind
+):
+    import socket
+
+    _, run = copy_run(made, tmp_path)
+    out = tmp_path / ("out.png" if command == "plot" else "out.csv")
+    listening = None
+    if kind == "FIFO":
+        os.mkfifo(out)
+    elif kind == "socket":
+        listening = socket.socket(socket.AF_UNIX)
+        listening.bind(str(out))
+    else:
+        out.mkdir()
+    try:
+        line = fails(capsys, _output_argv(command, run, out, tmp_path))
+    finally:
+        if listening is not None:
+            listening.close()
+    if kind == "directory":
+        hint = "name a file" if command == "plot" else "name a .parquet or .csv file, or write "
+        assert line.startswith(f"error: {out}: is a directory ({hint}"), line
+        assert out.is_dir()
+        return
+    article = {"FIFO": "a FIFO", "socket": "a socket"}[kind]
+    assert line == (
+        f"error: {out}: is {article}, not a regular file (an output replaces only a regular file)"
+    )
+    assert (stat.S_ISFIFO if kind == "FIFO" else stat.S_ISSOCK)(out.lstat().st_mode)
+
+
+@pytest.mark.parametrize("command", ["recommend", "score", "plot"])
+def test_an_existing_output_file_is_replaced_atomically(made, tmp_path, capsys, command):
+    """A new file takes the old one's name by rename (a new inode): a reader holding the old
+    file keeps reading it whole, and no temporary file is left."""
+    _, run = copy_run(made, tmp_path)
+    out = tmp_path / ("out.png" if command == "plot" else "out.csv")
+    out.write_bytes(b"an earlier output")
+    inode = out.stat().st_ino
+    with open(out, "rb") as reader:
+        assert main(_output_argv(command, run, out, tmp_path)) == 0
+        assert reader.read() == b"an earlier output"
+    assert out.stat().st_ino != inode and out.read_bytes() != b"an earlier output"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp")) == []
+
+
 def test_a_failing_plot_keeps_the_image_and_the_runs(made, tmp_path, capsys):
     _, run = copy_run(made, tmp_path)
     image = run / "curves.png"
@@ -440,7 +532,7 @@ def test_ctrl_c_during_a_forced_synth_replaces_nothing(made, tmp_path, capsys, m
     other = tmp_path / "data"
     shutil.copytree(data, other)
     before = snapshot(other)
-    real, calls = pq.write_table, []
+    real, calls = pq.ParquetWriter.write_table, []
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -448,10 +540,56 @@ def test_ctrl_c_during_a_forced_synth_replaces_nothing(made, tmp_path, capsys, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pq, "write_table", interrupted)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", interrupted)
     line = fails(
         capsys, ["data", "synth", "--out", str(other), *SYNTH, "--seed", "7", "--force"], 130
     )
-    assert line == "error: interrupted (SIGINT) before training started"
+    assert line == f"error: interrupted (SIGINT): {other} is as it was (nothing of it replaced)"
     assert len(calls) == 3
     assert snapshot(other) == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_while_a_data_set_is_committed_waits_for_the_last_rename(
+    made, tmp_path, capsys, monkeypatch, signum
+):
+    """A signal in the middle of the five renames is acted on after the last: the data set
+    --force replaced is all new, and the line says so (not "as it was")."""
+    from recjobs import atomic
+
+    data, _ = made
+    other = tmp_path / "data"
+    shutil.copytree(data, other)
+    real, renames = os.replace, []
+
+    def replace(src, dst):
+        renames.append(dst)
+        if len(renames) == 2:
+            os.kill(os.getpid(), signum)
+        return real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    line = fails(
+        capsys,
+        ["data", "synth", "--out", str(other), *SYNTH, "--seed", "7", "--force"],
+        128 + signum,
+    )
+    monkeypatch.undo()
+    name = signal.Signals(signum).name
+    assert line == f"error: interrupted ({name}): {other} holds the new data set, whole"
+    assert [Path(p).name for p in renames] == [
+        "users.parquet",
+        "items.parquet",
+        "interactions_train.parquet",
+        "interactions_val.parquet",
+        "config.yaml",
+    ]
+    fresh = tmp_path / "fresh"
+    assert main(["data", "synth", "--out", str(fresh), *SYNTH, "--seed", "7"]) == 0
+    made_fresh = {  # the same data set (its config.yaml names its own folder)
+        path.replace(str(fresh), str(other)): content.replace(
+            str(fresh).encode(), str(other).encode()
+        )
+        for path, content in snapshot(fresh).items()
+    }
+    assert snapshot(other) == made_fresh

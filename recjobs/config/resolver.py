@@ -751,8 +751,9 @@ def _check(cond: bool, where: str, problem: str, hint: str | None = None) -> Non
         raise ConfigError(where, problem, hint)
 
 
-# Names the export writes into model/ itself; a configured file name must not replace them.
-_MODEL_DIR_NAMES = ("config.yaml", "item_embeddings.pt", "catalogue.pt")  # recjobs.training.export
+# Names the export writes into model/ itself (recjobs.training.export); a configured file name
+# must not replace them.
+_MODEL_DIR_NAMES = ("config.yaml", "item_embeddings.pt", "catalogue.pt", "export.json")
 
 
 def _check_file_name(value: str, where: str, example: str) -> None:

@@ -278,8 +278,30 @@ class TrainingConfig:
         doc="subtract log(item popularity) from in-batch logits (Yi et al. 2019); without it "
         "popular items are pushed down",
     )
-    negatives_per_pos: int = ranged(
-        4, 1, 1000, doc="bce: uniformly sampled negative items per positive"
+    # Retrieval only: mixed negative sampling (Yang et al. 2020).
+    mixed_negatives: int = ranged(
+        0,
+        0,
+        1_000_000,
+        doc="retrieval: this many items drawn uniformly from the catalogue at every step join "
+        "the in-batch negatives of every row (each column with its own logQ term); 0: in-batch "
+        "negatives only",
+    )
+    negatives_per_pos: int = ranged(4, 1, 1000, doc="bce: sampled negative items per positive")
+    # Ranking only: how training negatives are drawn. Validation negatives are always uniform
+    # and never an item the user has in training or validation (comparable across configs).
+    negatives_distribution: Literal["uniform", "popularity"] = option(
+        "uniform",
+        doc="bce: training negatives drawn uniformly from the catalogue, or by popularity: "
+        "(training interactions + 1) ** negatives_alpha",
+    )
+    negatives_alpha: float = ranged(
+        0.75, 0, 2, doc="bce, popularity: exponent of the popularity (0 is uniform)"
+    )
+    negatives_exclude_seen: bool = option(
+        False,
+        doc="bce: redraw a training negative that the user has among its training "
+        "interactions (validation negatives always avoid the user's known items)",
     )
     eval_k: tuple[int, ...] = ranged(
         (10, 50), 1, INT32_MAX, doc="K of val/recall@K, ndcg@K and hit@K (1 to 10 values)"
@@ -407,11 +429,22 @@ TASK_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
 # Keys that only one task understands; setting them for the other is an error, not a no-op.
 TASK_ONLY_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
     "retrieval": {
-        "training": ("temperature", "logq_correction", "eval_k", "eval_max_users"),
+        "training": (
+            "temperature",
+            "logq_correction",
+            "mixed_negatives",
+            "eval_k",
+            "eval_max_users",
+        ),
         "model": (),
     },
     "ranking": {
-        "training": ("negatives_per_pos",),
+        "training": (
+            "negatives_per_pos",
+            "negatives_distribution",
+            "negatives_alpha",
+            "negatives_exclude_seen",
+        ),
         "model": ("scorer_hidden_dims", "cross_layers"),
     },
 }

@@ -8,6 +8,7 @@ of each is the out-of-vocabulary (OOV) entity, all zeros, used for anything unse
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,7 +65,11 @@ class TaskData:
         return self.item_features.shape[0] - 1
 
 
-def load_task_data(cfg: ResolvedConfig, encoders: Encoders | None = None) -> TaskData:
+def load_task_data(
+    cfg: ResolvedConfig,
+    encoders: Encoders | None = None,
+    stop_requested: Callable[[], bool] | None = None,
+) -> TaskData:
     """Read (or generate) the four tables of `cfg` and encode them.
 
     Vocabularies are fit on the users and items tables unless `encoders` is given (resume,
@@ -75,9 +80,10 @@ def load_task_data(cfg: ResolvedConfig, encoders: Encoders | None = None) -> Tas
     could have learned. Null categorical values encode as OOV (0), which acts as their own
     "missing" category. Errors in the data (missing files or columns, duplicate or null ids,
     non-numeric or NaN labels, no training rows) raise DataError naming file and column.
+    `stop_requested` stops the generation of the synthetic data set (synth.GenerationStopped).
     """
     cols = cfg.columns
-    tables, sources = _load_tables(cfg)
+    tables, sources = _load_tables(cfg, stop_requested)
     users, items = tables["users"], tables["items"]
 
     user_ids = _catalogue_ids(users, cols.user_id, sources["users"], "user")
@@ -166,7 +172,9 @@ def load_task_data(cfg: ResolvedConfig, encoders: Encoders | None = None) -> Tas
     )
 
 
-def _load_tables(cfg: ResolvedConfig) -> tuple[dict[str, pa.Table], dict[str, str]]:
+def _load_tables(
+    cfg: ResolvedConfig, stop_requested: Callable[[], bool] | None = None
+) -> tuple[dict[str, pa.Table], dict[str, str]]:
     """The four tables reduced to the configured columns, and a name for each in messages."""
     cols = cfg.columns
     interaction_cols = [cols.interaction_user_col, cols.interaction_item_col]
@@ -183,7 +191,7 @@ def _load_tables(cfg: ResolvedConfig) -> tuple[dict[str, pa.Table], dict[str, st
     if paths is None:
         size = cfg.dataset.synth
         generated = synth.generate_tables(
-            size.users, size.items, size.interactions, seed=cfg.shared.seed
+            size.users, size.items, size.interactions, cfg.shared.seed, stop_requested
         )
         sources = {role: f"synthetic data set ({role})" for role in ROLES}
         tables = {

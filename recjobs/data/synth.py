@@ -18,14 +18,28 @@ How it is generated (all vectorised numpy from `np.random.default_rng(seed)`):
   interactions; rows at or after it are validation. A global cutoff (not a per-user one)
   mimics production, where a model trained on the past is evaluated on the future, and every
   validation timestamp is >= every training timestamp.
+
+A large data set takes minutes, most of it in single numpy calls of seconds each (a sort of
+10^8 ids), during which Python runs no signal handler. So, where a caller can be stopped
+(`stop_requested`), the tables are generated in a worker thread while the caller's thread
+waits in short slices, asks whether to stop and runs its signal handlers: a SIGTERM or Ctrl-C
+stops it within a fraction of a second. The numpy calls used release the GIL (`np.repeat`,
+which does not, is done with a cumulative sum instead), and the worker gives up at its next
+step once abandoned.
 """
 
 from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 
 from recjobs.data.tables import write_dataset_dir
+
+log = logging.getLogger(__name__)
 
 N_GROUPS = 8
 N_CATEGORIES = 12
@@ -46,12 +60,82 @@ USER_CAT_COLS = ("user_group", "region", "age_group")
 ITEM_CAT_COLS = ("category", "price_band", "style")
 
 
-def generate_tables(users: int, items: int, interactions: int, seed: int) -> dict[str, pa.Table]:
-    """The four tables (users, items, interactions_train, interactions_val), in memory."""
+# How often the waiting thread asks whether to stop.
+POLL_S = 0.05
+
+
+class GenerationStopped(Exception):
+    """A stop was asked for while the synthetic tables were generated; nothing was kept."""
+
+
+def generate_tables(
+    users: int,
+    items: int,
+    interactions: int,
+    seed: int,
+    stop_requested: Callable[[], bool] | None = None,
+) -> dict[str, pa.Table]:
+    """The four tables (users, items, interactions_train, interactions_val), in memory.
+
+    With `stop_requested`, generated in a worker thread while this one waits, asking it every
+    POLL_S seconds and running its signal handlers (module docstring): GenerationStopped when
+    it answers True; an exception a signal handler raises here passes through at once.
+    """
     if users < 1 or items < 1 or interactions < 0:
         raise ValueError(
             f"need users >= 1, items >= 1, interactions >= 0; got {users}, {items}, {interactions}"
         )
+    log.info(
+        "generating the synthetic data set: %d users, %d items, %d interactions (seed %d)",
+        users,
+        items,
+        interactions,
+        seed,
+    )
+    if stop_requested is None:
+        return _generate(users, items, interactions, seed, lambda: None)
+    abandoned = threading.Event()
+
+    def step() -> None:  # between the worker's numpy calls
+        if abandoned.is_set():
+            raise GenerationStopped
+
+    done: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            done["tables"] = _generate(users, items, interactions, seed, step)
+        except BaseException as exc:  # handed to the waiting thread
+            done["error"] = exc
+
+    worker = threading.Thread(target=work, name="recjobs-synth", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            if stop_requested():
+                raise GenerationStopped
+            worker.join(POLL_S)
+    finally:
+        abandoned.set()  # however this thread leaves: the worker stops at its next step
+    if "error" in done:
+        raise done["error"]  # type: ignore[misc]
+    return done["tables"]  # type: ignore[return-value]
+
+
+def _repeat_index(counts: np.ndarray) -> np.ndarray:
+    """`np.repeat(np.arange(len(counts)), counts)`, by a cumulative sum: np.repeat holds the
+    GIL for seconds at 10^8 rows, np.cumsum does not."""
+    n = int(counts.sum())
+    starts = np.cumsum(counts) - counts
+    rows = np.flatnonzero(counts > 0)
+    marks = np.zeros(n, dtype=np.int64)
+    marks[starts[rows]] = np.diff(rows, prepend=0)
+    return np.cumsum(marks)
+
+
+def _generate(
+    users: int, items: int, interactions: int, seed: int, step: Callable[[], None]
+) -> dict[str, pa.Table]:
     rng = np.random.default_rng(seed)
     n_cat = min(N_CATEGORIES, items)
     n_pref = min(PREFERRED_PER_GROUP, n_cat)
@@ -85,8 +169,9 @@ def generate_tables(users: int, items: int, interactions: int, seed: int) -> dic
     base = min(3, interactions // users)
     activity = rng.lognormal(0.0, 0.6, size=users)
     counts = base + rng.multinomial(interactions - base * users, activity / activity.sum())
-    inter_user = np.repeat(np.arange(users), counts)
+    inter_user = _repeat_index(counts)
     n = len(inter_user)
+    step()
     preferred = rng.random(n) < P_PREFERRED
     cats = np.where(
         preferred,
@@ -95,7 +180,9 @@ def generate_tables(users: int, items: int, interactions: int, seed: int) -> dic
     )
     inter_item = sample_items(cats)
     for attempt in range(6):  # resample duplicate (user, item) pairs; the last tries uniform
+        step()
         _, first = np.unique(inter_user * items + inter_item, return_index=True)
+        step()
         dup = np.ones(n, dtype=bool)
         dup[first] = False
         if not dup.any():
@@ -105,6 +192,7 @@ def generate_tables(users: int, items: int, interactions: int, seed: int) -> dic
         else:
             inter_item[dup] = rng.integers(items, size=int(dup.sum()))
 
+    step()
     affinity = (prefs[group[inter_user]] == item_cat[inter_item][:, None]).any(axis=1)
     quality = rng.normal(0.0, 0.5, size=items)
     rating = np.clip(
@@ -113,8 +201,9 @@ def generate_tables(users: int, items: int, interactions: int, seed: int) -> dic
         5,
     )
     timestamp = TIME_START + rng.integers(0, TIME_SPAN, size=n)
-
+    step()
     by_time = np.lexsort((inter_item, inter_user, timestamp))
+    step()
     inter_user, inter_item = inter_user[by_time], inter_item[by_time]
     rating, timestamp = rating[by_time], timestamp[by_time]
     is_val = np.zeros(n, dtype=bool)
@@ -122,6 +211,7 @@ def generate_tables(users: int, items: int, interactions: int, seed: int) -> dic
         cutoff = timestamp[int(np.floor((1.0 - VAL_FRACTION) * n))]
         is_val = timestamp >= cutoff
 
+    step()
     # Table rows in random order: the row position must not matter to the loader.
     user_rows = rng.permutation(users)
     item_rows = rng.permutation(items)
@@ -147,6 +237,7 @@ def generate_tables(users: int, items: int, interactions: int, seed: int) -> dic
     )
 
     def interactions_table(mask: np.ndarray) -> pa.Table:
+        step()
         return pa.table(
             {
                 "user_id": (USER_ID_BASE + inter_user[mask]).astype(np.int64),
@@ -169,12 +260,22 @@ def _names(prefix: str, n: int) -> np.ndarray:
     return np.asarray([f"{prefix}{i:0{width}d}" for i in range(n)])
 
 
-def write_dataset(out_dir: str, users: int, items: int, interactions: int, seed: int) -> str:
+def write_dataset(
+    out_dir: str,
+    users: int,
+    items: int,
+    interactions: int,
+    seed: int,
+    interruptible: bool = False,
+) -> str:
     """Write the synthetic tables as parquet plus config.yaml into `out_dir`; return its path.
 
     The files let users inspect the data and copy the layout for their own data set.
+    `interruptible`: generated in a worker thread, so that an exception the caller's signal
+    handlers raise stops it at once (`generate_tables`); nothing is written then.
     """
-    tables = generate_tables(users, items, interactions, seed)
+    stop = (lambda: False) if interruptible else None
+    tables = generate_tables(users, items, interactions, seed, stop)
     return write_dataset_dir(
         out_dir,
         tables,

@@ -24,7 +24,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import yaml
 
-from recjobs.atomic import atomic_file
+from recjobs.atomic import atomic_file, atomic_files
 from recjobs.errors import CheckpointError, DataError
 from recjobs.file_kind import require_regular, require_regular_tree
 
@@ -231,7 +231,6 @@ def write_dataset_dir(
     names (`users: users.parquet`), which a config file reads from its own folder: the folder
     can be copied or moved and its config still trains on its own tables.
     """
-    os.makedirs(out_dir, exist_ok=True)
     roles = ("users", "items", "interactions_train", "interactions_val")
     names = {role: f"{role}.parquet" for role in roles}
     paths = {role: os.path.join(out_dir, name) for role, name in names.items()}
@@ -289,17 +288,40 @@ def write_dataset_dir(
     }
     config_path = os.path.join(out_dir, "config.yaml")
     # All five files are written beside their targets first and replace them only when all are
-    # written: a failure (disk full, a directory in the way) leaves a data set --force was
-    # replacing whole, never half old and half new.
-    for target in (*paths.values(), config_path):
+    # written: a failure (disk full, a directory in the way) or a stop signal leaves a data set
+    # --force was replacing whole, never half old and half new. config.yaml is replaced last:
+    # a new one means the new data set is all there (the CLI says so when stopped).
+    targets = [*paths.values(), config_path]
+    for target in targets:
         if os.path.isdir(target):  # found now, not after some files were replaced
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), target)
-    with contextlib.ExitStack() as files:
-        for role in roles:
-            pq.write_table(tables[role], files.enter_context(atomic_file(paths[role], ".parquet")))
-        with open(files.enter_context(atomic_file(config_path)), "w", encoding="utf-8") as f:
-            f.write(yaml.safe_dump(config, sort_keys=False))
+    created = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    try:
+        with atomic_files(targets) as temporary:
+            for role, tmp in zip(roles, temporary):
+                write_parquet(tables[role], tmp)
+            with open(temporary[-1], "w", encoding="utf-8") as f:
+                f.write(yaml.safe_dump(config, sort_keys=False))
+    except BaseException:
+        if created:  # an --out this call made holds nothing of a data set: no trace of it
+            with contextlib.suppress(OSError):
+                os.rmdir(out_dir)
+        raise
     return config_path
+
+
+# Rows written at a time: pyarrow's largest row group (1024 * 1024 rows), so the file is laid
+# out as pq.write_table lays it; a stop signal is acted on between slices (a fraction of a
+# second) instead of after a table of 10^8 rows.
+PARQUET_SLICE_ROWS = 1024 * 1024
+
+
+def write_parquet(table: pa.Table, path: str) -> None:
+    """`pq.write_table`, slice by slice (PARQUET_SLICE_ROWS)."""
+    with pq.ParquetWriter(path, table.schema) as writer:
+        for start in range(0, table.num_rows, PARQUET_SLICE_ROWS):
+            writer.write_table(table.slice(start, PARQUET_SLICE_ROWS))
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,13 +19,11 @@ candidates: given pairs, e.g. a retrieval model's recommendations to re-rank.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
-import pickle
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +41,16 @@ from recjobs.data.tables import as_key_array, column_names, key_kind, table_form
 from recjobs.errors import CheckpointError, UserError, cannot_write
 from recjobs.file_kind import require_regular
 from recjobs.models import build_model
-from recjobs.training.export import CATALOGUE, ITEM_EMBEDDINGS, load_config
+from recjobs.training.export import (
+    CATALOGUE,
+    ITEM_EMBEDDINGS,
+    MANIFEST,
+    check_manifest,
+    load_config,
+    reading_model_file,
+    remake_hint,
+    require_files,
+)
 from recjobs.training.metrics import csr_chunk
 
 log = logging.getLogger(__name__)
@@ -98,22 +105,25 @@ class Recommender:
 
         Raises:
             UserError: no such directory; CheckpointError: no exported model in it, one
-                exported by an older recjobs (no catalogue.pt), or files that cannot be read.
+                exported by an older recjobs (no catalogue.pt), a file missing (deleted, an
+                incomplete copy) or that cannot be read: each names the file and what to do.
         """
         model_dir = find_model_dir(Path(path))
+        manifest = check_manifest(model_dir)
         cfg = load_config(model_dir)
-        with _unreadable(model_dir / cfg.shared.encoder_cache):
+        require_files(model_dir, cfg, manifest)
+        with reading_model_file(model_dir / cfg.shared.encoder_cache):
             encoders = Encoders.load(str(model_dir / cfg.shared.encoder_cache))
-        with _unreadable(model_dir / CATALOGUE):
+        with reading_model_file(model_dir / CATALOGUE):
             catalogue = Catalogue(**_torch_load(model_dir / CATALOGUE))
-        with _unreadable(model_dir / cfg.training.checkpoint):
+        with reading_model_file(model_dir / cfg.training.checkpoint):
             model = build_model(
                 cfg.task, cfg.model, encoders.user_cardinalities(), encoders.item_cardinalities()
             )
             model.load_state_dict(_torch_load(model_dir / cfg.training.checkpoint))
         item_embeddings = None
         if cfg.task == "retrieval":
-            with _unreadable(model_dir / ITEM_EMBEDDINGS):
+            with reading_model_file(model_dir / ITEM_EMBEDDINGS):
                 item_embeddings = _torch_load(model_dir / ITEM_EMBEDDINGS)["embeddings"].float()
                 if item_embeddings.shape[0] != catalogue.n_items:
                     raise ValueError(
@@ -417,19 +427,20 @@ def find_model_dir(path: Path) -> Path:
         )
     else:
         model_dir = path
-    for name in ("config.yaml", CATALOGUE):  # is_file() would call a FIFO "not found"
-        require_regular(model_dir / name, CheckpointError)
+    require_regular(model_dir / "config.yaml", CheckpointError)  # not "not found" for a FIFO
     if not (model_dir / "config.yaml").is_file():
+        others = [n for n in (MANIFEST, CATALOGUE, ITEM_EMBEDDINGS) if (model_dir / n).exists()]
+        if others:  # a model folder that lost its config.yaml
+            raise CheckpointError(
+                str(model_dir / "config.yaml"),
+                f"missing from the model folder (it holds {', '.join(others)}): deleted since "
+                "the export, or the folder was copied in part",
+                remake_hint(model_dir),
+            )
         raise CheckpointError(
             str(path),
             "holds no exported model (no model/config.yaml)",
             "give the run directory of a finished run, or its model/",
-        )
-    if not (model_dir / CATALOGUE).is_file():
-        raise CheckpointError(
-            str(model_dir / CATALOGUE),
-            "not found: this model was exported by an older recjobs",
-            "export it again with `recjobs train TASK --run-dir RUN_DIR --resume`",
         )
     return model_dir
 
@@ -437,34 +448,6 @@ def find_model_dir(path: Path) -> Path:
 def _torch_load(path: Path) -> Any:
     require_regular(path, CheckpointError)
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-# What torch.load, a state dict or a malformed file raise; anything else is a bug.
-_LOAD_ERRORS = (
-    OSError,
-    RuntimeError,
-    ValueError,
-    KeyError,
-    TypeError,
-    EOFError,
-    pickle.UnpicklingError,
-)
-
-
-@contextlib.contextmanager
-def _unreadable(path: Path) -> Iterator[None]:
-    """Any failure to read a model file becomes one CheckpointError naming the file."""
-    try:
-        yield
-    except UserError:
-        raise
-    except _LOAD_ERRORS as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise CheckpointError(
-            str(path),
-            f"cannot load it ({type(exc).__name__}: {first})",
-            "export the model again, or use another run",
-        ) from None
 
 
 def _encode(vocab: Vocabulary, values: Any, where: str, entity: str) -> np.ndarray:

@@ -132,6 +132,9 @@ def in_batch_softmax_loss(
     *,
     item_ids: Tensor | None = None,
     log_q: Tensor | None = None,
+    extra_emb: Tensor | None = None,
+    extra_ids: Tensor | None = None,
+    extra_log_q: float | None = None,
 ) -> Tensor:
     """Sampled softmax with the other items of the batch as negatives; mean over the batch.
 
@@ -141,6 +144,11 @@ def in_batch_softmax_loss(
     would make them, from being pushed down for their popularity alone. `item_ids` [B] marks
     accidental hits: where item j is the same item as row b's positive (j ≠ b), column j is
     removed from row b's softmax, since a positive must not also be a negative.
+
+    Mixed negative sampling (Yang et al. 2020): `extra_emb` [M, D] are M more candidates shared
+    by every row, drawn uniformly from the catalogue (`extra_ids` [M] for their accidental hits).
+    Each column is corrected by the log of the expected number of times its sampler puts that
+    item in: `log_q` is then log(B * popularity share), `extra_log_q` log(M / catalogue size).
     """
     if user_emb.dim() != 2 or item_emb.shape != user_emb.shape:
         raise ValueError(
@@ -165,5 +173,14 @@ def in_batch_softmax_loss(
         # -inf, not a large negative number: exp(-inf) is exactly 0 and the diagonal (the
         # target) is never masked, so every row's logsumexp stays finite.
         logits = logits.masked_fill(same, float("-inf"))
+    if extra_emb is not None:
+        extra = (user_emb @ extra_emb.T).float() / temperature
+        if extra_log_q is not None:
+            extra = extra - extra_log_q
+        if extra_ids is not None and item_ids is not None:
+            extra = extra.masked_fill(
+                item_ids.unsqueeze(1) == extra_ids.unsqueeze(0), float("-inf")
+            )
+        logits = torch.cat([logits, extra], dim=1)
     target = torch.arange(batch, device=logits.device)
     return F.cross_entropy(logits, target)

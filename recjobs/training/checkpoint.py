@@ -23,14 +23,14 @@ import torch
 from recjobs.atomic import new_file_mode
 from recjobs.errors import CheckpointError, RunDirError, cannot_write
 from recjobs.file_kind import require_regular
+from recjobs.training.checkpoint_file import DAMAGED_HINT, DIGEST, MAGIC, previous
 
 log = logging.getLogger(__name__)
 
 FORMAT = "recjobs-checkpoint/1"
-# File layout: MAGIC, the SHA-256 of the payload, then the torch.save payload. The digest makes
-# a truncated or bit-flipped file detectable before torch tries to unpickle it.
-MAGIC = b"RECJOBS-CKPT-1\n"
-DIGEST = 32
+# File layout (checkpoint_file.py): MAGIC, the SHA-256 of the payload, then the torch.save
+# payload. The digest makes a truncated or bit-flipped file detectable before torch tries to
+# unpickle it.
 
 
 def atomic_write_bytes(path: Path, payload: bytes, keep_previous: Path | None = None) -> None:
@@ -96,11 +96,6 @@ def _copy_atomically(source: Path, target: Path) -> None:
         raise
 
 
-def previous(path: Path) -> Path:
-    """Where the checkpoint before `path` is kept (last.pt -> last.prev.pt)."""
-    return path.with_suffix(".prev" + path.suffix)
-
-
 def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **state}, buffer)
@@ -123,7 +118,7 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any
         raise CheckpointError(str(path), "not a recjobs checkpoint")
     payload = blob[head:]
     if len(blob) < head or hashlib.sha256(payload).digest() != blob[len(MAGIC) : head]:
-        raise CheckpointError(str(path), "checksum mismatch", "the file is truncated or corrupted")
+        raise CheckpointError(str(path), "checksum mismatch", DAMAGED_HINT)
     try:
         # weights_only=False: the checkpoint holds RNG states and plain Python containers we
         # wrote ourselves, and its checksum matched.

@@ -6,6 +6,9 @@ model/<shared.encoder_cache>  id and category vocabularies
 model/item_embeddings.pt      retrieval only: {"item_ids": [raw ids], "embeddings": [N, D]}
 model/catalogue.pt            the users' and items' encoded feature rows, every user's training
                               items (the seen-items index) and the items' training counts
+model/export.json             written last: the files above and their sizes, so that a file
+                              deleted or cut short since (an incomplete copy) is told from an
+                              export by a recjobs before a file existed (no export.json)
 
 With these the directory is self-sufficient: `recjobs.Recommender.load(dir)` recommends and
 scores without the data files (recjobs.inference.recommend). For the bare model:
@@ -17,9 +20,13 @@ scores without the data files (recjobs.inference.recommend). For the bare model:
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
+import pickle
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,7 +36,7 @@ from torch import nn
 from recjobs.config.resolver import drop_ignored_keys, load_file, resolve_dict
 from recjobs.config.schema import TASKS, ResolvedConfig
 from recjobs.data import Encoders, TaskData
-from recjobs.errors import CheckpointError, ConfigError
+from recjobs.errors import CheckpointError, ConfigError, UserError
 from recjobs.file_kind import require_regular
 from recjobs.models import build_model
 from recjobs.training import metrics
@@ -37,6 +44,9 @@ from recjobs.training.checkpoint import atomic_write_bytes
 
 ITEM_EMBEDDINGS = "item_embeddings.pt"
 CATALOGUE = "catalogue.pt"
+MANIFEST = "export.json"
+MANIFEST_FORMAT = "recjobs.model"
+MANIFEST_VERSION = 1
 
 
 def _save(obj: object, path: Path) -> None:
@@ -85,6 +95,9 @@ def _write_files(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: T
             {"item_ids": data.encoders.item_id.values(), "embeddings": emb},
             model_dir / ITEM_EMBEDDINGS,
         )
+    files = {p.name: p.stat().st_size for p in sorted(model_dir.iterdir())}
+    manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "files": files}
+    atomic_write_bytes(model_dir / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 def catalogue(data: TaskData) -> dict[str, torch.Tensor]:
@@ -107,36 +120,189 @@ def catalogue(data: TaskData) -> dict[str, torch.Tensor]:
     }
 
 
+def remake_hint(model_dir: Path) -> str:
+    """What to do about a model folder that lacks a file or holds a damaged one: export it
+    again where it is a run's model/ with a checkpoint, else copy it again whole."""
+    run = model_dir.parent
+    if model_dir.name == "model" and (run / "checkpoints" / "last.pt").is_file():
+        task = _task_of(model_dir / "config.yaml") or _task_of(run / "config.yaml") or "TASK"
+        return (
+            f"export it again from the run's checkpoint: recjobs train {task} --run-dir {run} "
+            "--resume (a finished run trains no further; it reads the run's data again), or "
+            "give another run"
+        )
+    return (
+        "copy the model folder again, whole, from the run that exported it (recjobs train "
+        "writes RUN_DIR/model), or give a finished run's directory or its model/"
+    )
+
+
+def _task_of(config: Path) -> str | None:
+    try:
+        loaded = yaml.safe_load(config.read_text()[:1_000_000])
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    found = [t for t in TASKS if isinstance(loaded, dict) and t in loaded]
+    return found[0] if len(found) == 1 else None
+
+
+def check_manifest(model_dir: Path) -> bool:
+    """Every file export.json lists is there; False when the folder has no export.json (an
+    export by a recjobs before it). Sizes are not compared here (a model/config.yaml edited
+    by hand is no damage); they explain a file that then cannot be read (`_size_note`).
+
+    Raises:
+        CheckpointError: naming the file missing, or a damaged export.json.
+    """
+    path = model_dir / MANIFEST
+    require_regular(path, CheckpointError)
+    if not path.exists():
+        return False
+    files = _listed(model_dir)
+    if files is None:
+        raise CheckpointError(
+            str(path),
+            f"is not the export's list of files (JSON with format {MANIFEST_FORMAT} and files)",
+            remake_hint(model_dir),
+        )
+    for name in files:
+        file = model_dir / name
+        require_regular(file, CheckpointError)
+        if not file.exists():
+            raise CheckpointError(
+                str(file),
+                f"missing from the model folder ({MANIFEST} lists it: it was deleted since the "
+                "export, or the folder was copied in part)",
+                remake_hint(model_dir),
+            )
+    return True
+
+
+def _listed(model_dir: Path) -> dict[str, int] | None:
+    """export.json's files and sizes; None when it is missing or not what the export writes."""
+    try:
+        manifest = json.loads((model_dir / MANIFEST).read_bytes()[:1_000_000])
+        files = manifest["files"]
+        if manifest["format"] != MANIFEST_FORMAT or not isinstance(files, dict):
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    plain = all(
+        isinstance(name, str) and name not in ("", ".", "..") and "/" not in name for name in files
+    )
+    sizes = all(isinstance(size, int) and not isinstance(size, bool) for size in files.values())
+    return files if plain and sizes else None
+
+
+def _size_note(path: Path) -> str:
+    """Why a model file may not load: '; it is N bytes but the export wrote M (...)', or ''."""
+    listed = (_listed(path.parent) or {}).get(path.name)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return ""
+    if listed is None or size == listed:
+        return ""
+    return f"; it is {size} bytes but the export wrote {listed}: cut short or changed since"
+
+
+def require_files(model_dir: Path, cfg: ResolvedConfig, manifest: bool) -> None:
+    """Every file the model needs is there: missing ones named, an older export told apart
+    (no export.json and no catalogue.pt) from a file deleted since."""
+    hint = remake_hint(model_dir)
+    needed = [cfg.shared.encoder_cache, cfg.training.checkpoint, CATALOGUE]
+    needed += [ITEM_EMBEDDINGS] if cfg.task == "retrieval" else []
+    for name in needed:
+        path = model_dir / name
+        require_regular(path, CheckpointError)
+        if path.exists():
+            continue
+        if name == CATALOGUE and not manifest:
+            raise CheckpointError(
+                str(path),
+                f"not found, and the folder has no {MANIFEST} either: an export by a recjobs "
+                "older than catalogue.pt (or both files were deleted)",
+                hint,
+            )
+        listed = f" ({MANIFEST} does not list it either)" if manifest else ""
+        raise CheckpointError(
+            str(path),
+            f"missing from the model folder{listed}: deleted since the export, or the folder "
+            "was copied in part",
+            hint,
+        )
+
+
+# What torch.load, a state dict or a malformed file raise; anything else is a bug.
+_LOAD_ERRORS = (
+    OSError,
+    RuntimeError,
+    ValueError,
+    KeyError,
+    TypeError,
+    EOFError,
+    pickle.UnpicklingError,
+)
+
+
+@contextlib.contextmanager
+def reading_model_file(path: Path) -> Iterator[None]:
+    """Any failure to read a file of a model folder becomes one CheckpointError naming the
+    file, what is wrong and what to do (`remake_hint`)."""
+    try:
+        yield
+    except UserError as exc:
+        hint = remake_hint(path.parent)
+        raise type(exc)(exc.where, exc.problem + _size_note(path), hint) from None
+    except _LOAD_ERRORS as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise CheckpointError(
+            str(path),
+            f"cannot load it ({type(exc).__name__}: {first}){_size_note(path)}",
+            remake_hint(path.parent),
+        ) from None
+
+
 def load_config(model_dir: Path) -> ResolvedConfig:
     """The resolved config an export (or a run directory) was written with."""
     path = model_dir / "config.yaml"
     require_regular(path, CheckpointError)
-    fix = "export the model again, or use another run"
-    # load_file: empty, invalid YAML or not a mapping is one error naming the file.
-    raw = load_file(path)
+    fix = remake_hint(model_dir)
+    # load_file: empty, invalid YAML or not a mapping is one error naming the file; its hints
+    # are for a config the user writes, this one the export wrote.
+    try:
+        raw = load_file(path)
+    except ConfigError as exc:
+        raise ConfigError(exc.where, exc.problem + _size_note(path), fix) from None
     tasks = [task for task in TASKS if task in raw]
     if len(tasks) != 1:
         found = ", ".join(map(str, raw)) or "nothing"
         raise ConfigError(
-            str(path), f"expected exactly one of {' or '.join(TASKS)}: (found {found})", fix
+            str(path),
+            f"expected exactly one of {' or '.join(TASKS)}: (found {found}){_size_note(path)}",
+            fix,
         )
     try:
         return resolve_dict(drop_ignored_keys(raw), tasks[0])
     except ConfigError as exc:
         # The key alone ("retrieval.model.embedding_dim") reads like the user's own config.
-        raise ConfigError(f"{path}: {exc.where}", exc.problem, exc.hint or fix) from None
+        raise ConfigError(f"{path}: {exc.where}", exc.problem + _size_note(path), fix) from None
 
 
 def load_model(model_dir: str | Path) -> tuple[nn.Module, ResolvedConfig, Encoders]:
     """Load an exported model for inference: (model in eval mode, its config, its vocabularies)."""
     model_dir = Path(model_dir)
+    manifest = check_manifest(model_dir)
     cfg = load_config(model_dir)
+    require_files(model_dir, cfg, manifest)
     task = cfg.task
-    encoders = Encoders.load(str(model_dir / cfg.shared.encoder_cache))
-    model = build_model(
-        task, cfg.model, encoders.user_cardinalities(), encoders.item_cardinalities()
-    )
-    model.load_state_dict(
-        torch.load(model_dir / cfg.training.checkpoint, map_location="cpu", weights_only=True)
-    )
+    with reading_model_file(model_dir / cfg.shared.encoder_cache):
+        encoders = Encoders.load(str(model_dir / cfg.shared.encoder_cache))
+    with reading_model_file(model_dir / cfg.training.checkpoint):
+        model = build_model(
+            task, cfg.model, encoders.user_cardinalities(), encoders.item_cardinalities()
+        )
+        model.load_state_dict(
+            torch.load(model_dir / cfg.training.checkpoint, map_location="cpu", weights_only=True)
+        )
     return model.eval(), cfg, encoders

@@ -9,7 +9,10 @@ and `torchx list -s local_cwd` fails. The run directory holds all that is needed
   in /proc/locks (Linux, any pid namespace), or as the pid the lock file names still running
   recjobs;
 - finished, preempted, interrupted, failed: the trainer's last line in `train.log`, its summary
-  (`done at step ...`) or its last word (`run ended: STATE (exit N): why`, see `last_word`);
+  (`done at step ...`) or its last word (`run ended: STATE (exit N): why`, see `last_word`).
+  A command that stopped before it changed the run (a refused `--resume`: another config, a
+  data error, a stop signal while the data was generated) leaves `attempt_word` instead, which
+  is shown but does not change the state: the run is what it was;
 - stopped: `train.log` ends without either and nothing holds the lock: the process was killed
   (SIGKILL, out of memory), or it runs on another machine, where this one cannot see its lock;
 - not started: no `train.log` yet.
@@ -35,6 +38,7 @@ import yaml
 
 from recjobs.errors import RunDirError
 from recjobs.file_kind import require_regular
+from recjobs.training import checkpoint_file
 from recjobs.training.rundir import RunDir
 
 # The trainer's summary, the last line of a run that exported its model (trainer._run_summary).
@@ -42,17 +46,22 @@ DONE = "done at step"
 # The trainer's last word when it stops any other way (trainer.train writes it to train.log).
 ENDED = "run ended:"
 _ENDED = re.compile(r"^run ended: ([a-z]+) \(exit (\d+)\): (.*)$")
+# The last word of a command that stopped before it changed the run (`attempt_word`).
+ATTEMPT = "an attempt ended before it changed the run"
+_ATTEMPT = re.compile(r"^an attempt ended before it changed the run \(exit (\d+)\): (.*)$")
 # The line every (re)start of the trainer logs first (TrainingRun.run): a later ending belongs
 # to this start, an earlier one to a previous run in the same directory.
 _STARTED = re.compile(r"^training (retrieval|ranking) \(")
 # train.log's lines: tracking.LOG_FORMAT, "%(asctime)s %(levelname)s %(name)s: %(message)s".
-_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [A-Z]+ [\w.]+: (.*)$")
+_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ [A-Z]+ [\w.]+: (.*)$")
 # Reading the end of train.log is enough to find its last ending or start.
 _TAIL_BYTES = 256 * 1024
 
 RUNNING, FINISHED, PREEMPTED, INTERRUPTED = "running", "finished", "preempted", "interrupted"
 FAILED, STOPPED, NOT_STARTED = "failed", "stopped", "not started"
 ENDED_STATES = (FINISHED, PREEMPTED, INTERRUPTED, FAILED, STOPPED)
+# Where status suggests `--resume` (when a checkpoint is whole).
+RESUMABLE = (PREEMPTED, INTERRUPTED, FAILED, STOPPED)
 # What `recjobs log -f` exits with when the run ended without an exit code of its own.
 EXIT_STOPPED = 1
 
@@ -61,6 +70,24 @@ def last_word(state: str, exit_code: int, why: str) -> str:
     """The trainer's last line in train.log when it stops other than by finishing normally."""
     one_line = " ".join(why.split())
     return f"{ENDED} {state} (exit {exit_code}): {one_line}"
+
+
+def attempt_word(exit_code: int, why: str) -> str:
+    """train.log's line for a command that stopped before it changed the run: a `--resume`
+    refused (another config, a schedule that cannot follow), a data error, a stop signal while
+    the data loaded. `recjobs status` shows it, and still reports the run as it was."""
+    one_line = " ".join(why.split())
+    return f"{ATTEMPT} (exit {exit_code}): {one_line}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A command that stopped before it changed the run (`attempt_word`), after the run's own
+    last start or ending."""
+
+    at: str  # train.log's time stamp
+    exit_code: int
+    why: str
 
 
 @dataclass(frozen=True)
@@ -84,7 +111,9 @@ class RunStatus:
     max_epochs: int | None = None
     best: Best | None = None
     model: Path | None = None
-    checkpoint: Path | None = None
+    checkpoint: Path | None = None  # what --resume continues from (checked when it would)
+    damaged: tuple[tuple[Path, str], ...] = ()  # checkpoint files found damaged, with why
+    last_attempt: Attempt | None = None
     age_s: float | None = None  # seconds since train.log or metrics.jsonl last changed
     notes: list[str] = field(default_factory=list)
 
@@ -114,34 +143,55 @@ def read_status(run_dir: str | Path) -> RunStatus:
     training = ((config.get(task) or {}).get("training") or {}) if task else {}
     records = _records(rundir.metrics)
     progress = next((r for r in reversed(records) if "step" in r), {})
+    state, why, exit_code, pid, attempt = _state(rundir)
     return RunStatus(
         rundir.path,
-        *_state(rundir),
+        state,
+        why,
+        exit_code,
+        pid,
         task=task,
         step=progress.get("step"),
         epoch=progress.get("epoch"),
         max_epochs=training.get("max_epochs"),
         best=_best(records, training.get("early_stopping") or {}),
         model=rundir.model if (rundir.model / "config.yaml").exists() else None,
-        checkpoint=rundir.last if rundir.last.exists() else None,
+        **_checkpoints(rundir, state),
+        last_attempt=attempt,
         age_s=_age(rundir.log, rundir.metrics),
     )
 
 
-def _state(rundir: RunDir) -> tuple[str, str, int | None, int | None]:
-    """(state, why, exit code, pid): the lock, then train.log's last ending."""
+def _state(rundir: RunDir) -> tuple[str, str, int | None, int | None, Attempt | None]:
+    """(state, why, exit code, pid, the last attempt that did not change the run): the lock,
+    then train.log's last ending."""
     pid = lock_holder(rundir)
     if pid is not None:
-        return RUNNING, f"pid {pid} holds {rundir.lock_file}", None, pid
+        return RUNNING, f"pid {pid} holds {rundir.lock_file}", None, pid, None
     if not rundir.log.exists():
-        return NOT_STARTED, "no train.log yet", None, None
-    ending, started = _last_ending(rundir.log)
+        return NOT_STARTED, "no train.log yet", None, None, None
+    ending, started, attempt = _last_ending(rundir.log)
     if ending is None:
         if not started:
-            return STOPPED, "train.log has no line from the trainer", None, None
-        return STOPPED, "the run's last start has no ending in train.log", None, None
+            return STOPPED, "train.log has no line from the trainer", None, None, attempt
+        return STOPPED, "the run's last start has no ending in train.log", None, None, attempt
     state, exit_code, why = ending
-    return state, why, exit_code, None
+    return state, why, exit_code, None, attempt
+
+
+def _checkpoints(rundir: RunDir, state: str) -> dict[str, Any]:
+    """The checkpoint `--resume` would continue from, and the damaged ones it would not use.
+
+    Looked into only where status suggests a resume: a running trainer is replacing them, and a
+    finished run needs none. `train --resume` takes last.pt, else last.prev.pt (with a
+    warning), and loads best.pt when there is one: each of them must be whole."""
+    if state not in RESUMABLE:
+        return {"checkpoint": rundir.last if rundir.last.exists() else None}
+    resume_from, damaged = checkpoint_file.resume_point(rundir.last)
+    if resume_from is not None and rundir.best.exists():
+        why = checkpoint_file.problem(rundir.best)
+        damaged += [(rundir.best, why)] if why else []
+    return {"checkpoint": resume_from, "damaged": tuple(damaged)}
 
 
 def lock_holder(rundir: RunDir) -> int | None:
@@ -225,30 +275,38 @@ def _best(records: list[dict[str, Any]], early_stopping: dict[str, Any]) -> Best
     return Best(key, float(best[key]), int(best.get("step", 0)), baseline)
 
 
-def _last_ending(log: Path) -> tuple[tuple[str, int | None, str] | None, bool]:
-    """The last run's ending in train.log as (state, exit code, why), and whether a start line
-    was seen; the ending is None when the last start has none after it."""
+def _last_ending(
+    log: Path,
+) -> tuple[tuple[str, int | None, str] | None, bool, Attempt | None]:
+    """The last run's ending in train.log as (state, exit code, why), whether a start line was
+    seen, and the last attempt after them that stopped before it changed the run. The ending is
+    None when the last start has none after it."""
     try:
         with open(log, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - _TAIL_BYTES))
             tail = f.read().decode("utf-8", errors="replace")
     except OSError:
-        return None, False
+        return None, False, None
     started = False
+    attempt = None
     for line in reversed(tail.splitlines()):
         match = _LINE.match(line)
         if not match:
             continue  # a traceback or a line cut by the tail's start
-        message = match.group(1)
+        message = match.group(2)
+        refused = _ATTEMPT.match(message)
+        if refused:
+            attempt = attempt or Attempt(match.group(1), int(refused.group(1)), refused.group(2))
+            continue
         ended = _ENDED.match(message)
         if ended:
-            return (ended.group(1), int(ended.group(2)), ended.group(3)), True
+            return (ended.group(1), int(ended.group(2)), ended.group(3)), True, attempt
         if message.startswith(DONE):
-            return (FINISHED, 0, message), True
+            return (FINISHED, 0, message), True, attempt
         if _STARTED.match(message):
             started = True
             break
-    return None, started
+    return None, started, attempt
 
 
 def _age(*paths: Path) -> float | None:
@@ -294,6 +352,13 @@ def describe(status: RunStatus) -> str:
         lines.append(f"  model:       {status.model}")
     if status.checkpoint is not None and status.state != FINISHED:
         lines.append(f"  checkpoint:  {status.checkpoint}")
+    lines.extend(f"  damaged:     {path}: {why}" for path, why in status.damaged)
+    if status.last_attempt is not None:
+        attempt = status.last_attempt
+        lines.append(
+            f"  last attempt: {attempt.at}, exit {attempt.exit_code}, stopped before it changed "
+            f"the run: {attempt.why}"
+        )
     if status.age_s is not None:
         lines.append(f"  last write:  {_ago(status.age_s)} (train.log, metrics.jsonl)")
     lines.extend(f"  {hint}" for hint in _hints(status))
@@ -324,15 +389,54 @@ def _hints(status: RunStatus) -> list[str]:
             "(SIGKILL, out of memory) or runs on another machine (there, ask its scheduler: "
             "torchx status, kubectl)"
         )
-    if status.state in (PREEMPTED, INTERRUPTED, FAILED, STOPPED) and status.checkpoint:
-        task = status.task or "TASK"
-        hints.append(
-            f"continue it: recjobs train {task} --run-dir {where} --resume (or submit the "
-            f"job again with --run_dir {where})"
-        )
+    if status.state in RESUMABLE:
+        hints.extend(_resume_hints(status))
     if status.state == NOT_STARTED:
         hints.append(f"wait for it: recjobs log {where} -f")
     return hints
+
+
+def _resume_hints(status: RunStatus) -> list[str]:
+    """How to go on from the checkpoints there are, as `train --resume` would treat them."""
+    where, task = str(status.path), status.task or "TASK"
+    rundir = RunDir(status.path)
+    damaged = dict(status.damaged)
+    if status.checkpoint is None:
+        # None and nothing damaged: it stopped before its first checkpoint.
+        return [instead_of_resume(rundir, task)] if damaged else []
+    hints = []
+    if status.checkpoint != rundir.last:
+        hints.append(
+            f"--resume continues from {status.checkpoint}, the checkpoint before the damaged "
+            f"{rundir.last.name} (with a warning; the steps after it train again)"
+        )
+    if rundir.best in damaged:
+        return [*hints, damaged_best(rundir, task)]
+    resume = f"recjobs train {task} --run-dir {where} --resume"
+    return [*hints, f"continue it: {resume} (or submit the job again with --run_dir {where})"]
+
+
+def instead_of_resume(rundir: RunDir, task: str) -> str:
+    """What to do when neither last.pt nor last.prev.pt is whole (status, `train --resume`)."""
+    resume = f"recjobs train {task} --run-dir {rundir.path} --resume"
+    if rundir.best.exists() and checkpoint_file.problem(rundir.best) is None:
+        return (
+            "no whole checkpoint to resume from: resume from the best validation's instead (the "
+            f"steps after it train again): cp {rundir.best} {rundir.last}, then {resume}"
+        )
+    return (
+        f"no whole checkpoint to resume from: put back a good copy of {rundir.last}, or start "
+        f"over in another run directory (recjobs train {task} --run-dir NEW_DIR)"
+    )
+
+
+def damaged_best(rundir: RunDir, task: str) -> str:
+    """What to do when best.pt, which a resume loads, is damaged (status, `train --resume`)."""
+    return (
+        f"--resume stops at the damaged {rundir.best} (the best weights so far): put back a "
+        f"good copy, or move it aside and run recjobs train {task} --run-dir {rundir.path} "
+        "--resume (the best weights before the resume are then lost)"
+    )
 
 
 # --------------------------------------------------------------------------- the log
@@ -386,8 +490,8 @@ def follow_log(
             if f is not None:
                 _copy(f, out)
             # Only the state: metrics.jsonl (large in long runs) is not read at every poll.
-            state, why, exit_code, _ = (
-                _state(rundir) if rundir.path.is_dir() else (NOT_STARTED, "", None, None)
+            state, why, exit_code, _, _ = (
+                _state(rundir) if rundir.path.is_dir() else (NOT_STARTED, "", None, None, None)
             )
             if state in ENDED_STATES:
                 if f is None:

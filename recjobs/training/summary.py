@@ -84,7 +84,11 @@ def summary_lines(summary: dict[str, Any], summary_path: Path) -> list[str]:
     if summary["lift"] is not None:
         lift, base = summary["lift"], summary["baseline"]["value"]
         relative = lift["relative"]
-        shown = f"{relative:+.0%}" if relative is not None else f"{lift['absolute']:+.4g}"
+        if relative is None:
+            shown = f"{lift['absolute']:+.4g}"
+        else:  # a small lift keeps its sign and size: "-0.1%", not "-0%"
+            digits = 0 if abs(relative) >= 0.1 else 1 if abs(relative) >= 0.001 else 2
+            shown = f"{relative:+.{digits}%}"
         line += f" (most-popular baseline {base:.4g}: {shown})"
     rate = summary["examples_per_s"]
     speed = f", {rate:.0f} examples/s" if rate is not None else ""

@@ -8,6 +8,7 @@ training device from the start, so a batch is a few index gathers: no per-exampl
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -18,6 +19,7 @@ from recjobs.config.schema import ResolvedConfig
 from recjobs.data import TaskData
 from recjobs.models import in_batch_softmax_loss
 from recjobs.training import metrics
+from recjobs.training.negatives import NegativeSampler
 
 # Validation sets are scored in batches of this many rows (bounded memory, any size).
 EVAL_BATCH = 65536
@@ -42,6 +44,10 @@ class RetrievalTask:
         counts = data.item_counts.to(device=device, dtype=torch.float32).clamp_min(1.0)
         # log of each item's share of training positives: the in-batch sampling probability.
         self.log_q = (counts / counts.sum()).log() if tr.logq_correction else None
+        # Mixed negatives: M uniform catalogue items per step from a checkpointed generator.
+        self.mixed, self.n_items = tr.mixed_negatives, data.n_items
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(cfg.shared.seed + 3 + rank)
         # Validation users and the CSRs of their positives / training items (masked at scoring).
         users = torch.unique(data.val_users)
         if tr.eval_max_users and len(users) > tr.eval_max_users:
@@ -68,13 +74,38 @@ class RetrievalTask:
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
         return {"users": self.train_users[idx], "items": self.train_items[idx]}
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
-        user_emb, item_emb = model(
-            self.user_features[batch["users"]], self.item_features[batch["items"]]
+    def loss(self, model: nn.Module, batch: dict[str, Tensor], mixed: bool = True) -> Tensor:
+        items = batch["items"]
+        log_q = self.log_q[items] if self.log_q is not None else None
+        if not (mixed and self.mixed):
+            user_emb, item_emb = model(
+                self.user_features[batch["users"]], self.item_features[items]
+            )
+            return in_batch_softmax_loss(
+                user_emb, item_emb, self.temperature, item_ids=items, log_q=log_q
+            )
+        extra_ids = torch.randint(
+            1, self.n_items + 1, (self.mixed,), generator=self.generator, device=items.device
         )
-        log_q = self.log_q[batch["items"]] if self.log_q is not None else None
+        # One forward for the batch's items and the extra ones (DDP sees a single forward).
+        user_emb, both = model(
+            self.user_features[batch["users"]], self.item_features[torch.cat([items, extra_ids])]
+        )
+        # Expected copies of an item among the candidates: B * its share from the batch, M / N
+        # from the uniform draw.
+        extra_log_q = None
+        if log_q is not None:
+            log_q = log_q + math.log(len(items))
+            extra_log_q = math.log(self.mixed / self.n_items)
         return in_batch_softmax_loss(
-            user_emb, item_emb, self.temperature, item_ids=batch["items"], log_q=log_q
+            user_emb,
+            both[: len(items)],
+            self.temperature,
+            item_ids=items,
+            log_q=log_q,
+            extra_emb=both[len(items) :],
+            extra_ids=extra_ids,
+            extra_log_q=extra_log_q,
         )
 
     @torch.no_grad()
@@ -84,7 +115,7 @@ class RetrievalTask:
         for start in range(0, len(self.val_users), self.batch_size):
             stop = start + self.batch_size
             batch = {"users": self.val_users[start:stop], "items": self.val_items[start:stop]}
-            losses.append(self.loss(model, batch) * len(batch["users"]))
+            losses.append(self.loss(model, batch, mixed=False) * len(batch["users"]))
         out = {"val/loss": float(torch.stack(losses).sum()) / max(len(self.val_users), 1)}
         user_emb = model.user_embeddings(self.user_features[self.eval_users]).float().cpu()
         item_emb = model.item_embeddings(self.item_features).float().cpu()
@@ -112,10 +143,11 @@ class RetrievalTask:
         return {f"val/baseline/{k}": v for k, v in found.items()}
 
     def state_dict(self) -> dict[str, Any]:
-        return {}  # batches are pure index gathers: nothing random to restore
+        return {"generator": self.generator.get_state()}  # the mixed negatives' draws
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        if "generator" in state:  # checkpoints from before mixed negatives hold none
+            self.generator.set_state(state["generator"])
 
 
 class RankingTask:
@@ -137,9 +169,17 @@ class RankingTask:
         # validation negatives are drawn once from a fixed seed: val/auc compares across runs.
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(cfg.shared.seed + 1 + rank)  # each rank its own negatives
-        val_gen = torch.Generator().manual_seed(cfg.shared.seed + 2)
+        seen = (data.train_users, data.train_items) if tr.negatives_exclude_seen else (None, None)
+        self.sampler = NegativeSampler(
+            data.n_items,
+            data.item_counts,
+            tr.negatives_distribution,
+            tr.negatives_alpha,
+            *seen,
+            device=device,
+        )
         if self.loss_func == "bce":
-            self.val = self._with_negatives(data.val_users, data.val_items, val_gen, device)
+            self.val = self._validation_rows(data, device, cfg.shared.seed + 2)
         else:
             if data.val_labels is None or self.train_labels is None:
                 raise ValueError("mse needs labels")  # the config validation makes this unreachable
@@ -149,19 +189,26 @@ class RankingTask:
                 data.val_labels.to(device),
             )
 
-    def _with_negatives(
-        self, users: Tensor, items: Tensor, gen: torch.Generator, device: torch.device
+    def _validation_rows(
+        self, data: TaskData, device: torch.device, seed: int
     ) -> tuple[Tensor, Tensor, Tensor]:
-        k = self.negatives
-        negs = torch.randint(
-            1, self.n_items + 1, (len(users) * k,), generator=gen, device=gen.device
-        ).to(device)
-        all_users = torch.cat([users.to(device), users.to(device).repeat_interleave(k)])
-        all_items = torch.cat([items.to(device), negs])
-        labels = torch.cat(
-            [torch.ones(len(users), device=device), torch.zeros(len(negs), device=device)]
+        """Each validation positive and `negatives_per_pos` uniform items the user has neither in
+        training nor in validation; the same rows in every run with this seed and data, whatever
+        the training sampler. A negative that cannot be found (a user who has nearly every item)
+        is left out."""
+        known = NegativeSampler(
+            data.n_items,
+            data.item_counts,
+            known_users=torch.cat([data.train_users, data.val_users]),
+            known_items=torch.cat([data.train_items, data.val_items]),
         )
-        return all_users, all_items, labels
+        gen = torch.Generator().manual_seed(seed)
+        negs, still_known = known.sample(data.val_users, self.negatives, gen)
+        keep = ~still_known
+        users = torch.cat([data.val_users, data.val_users.repeat_interleave(self.negatives)[keep]])
+        items = torch.cat([data.val_items, negs[keep]])
+        labels = torch.cat([torch.ones(len(data.val_users)), torch.zeros(int(keep.sum()))])
+        return users.to(device), items.to(device), labels.to(device)
 
     @property
     def num_examples(self) -> int:
@@ -170,7 +217,15 @@ class RankingTask:
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
         users, items = self.train_users[idx], self.train_items[idx]
         if self.loss_func == "bce":
-            users, items, labels = self._with_negatives(users, items, self.generator, users.device)
+            negs, _ = self.sampler.sample(users, self.negatives, self.generator)
+            labels = torch.cat(
+                [
+                    torch.ones(len(users), device=users.device),
+                    torch.zeros(len(negs), device=users.device),
+                ]
+            )
+            users = torch.cat([users, users.repeat_interleave(self.negatives)])
+            items = torch.cat([items, negs])
         else:
             labels = self.train_labels[idx]
         return {"users": users, "items": items, "labels": labels}

@@ -42,6 +42,7 @@ from recjobs.config.optim import (
 from recjobs.config.resolver import with_absolute_paths
 from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, epoch_batches, load_task_data, steps_per_epoch
+from recjobs.data.synth import GenerationStopped
 from recjobs.errors import (
     CheckpointError,
     ConfigError,
@@ -283,7 +284,15 @@ def train(
                         _undo(rollback)
                     # The run's last line in train.log says how it ended (`recjobs status`
                     # reads it); stderr gets the same from the command line, so the file only.
-                    written.to_file(log, *_last_word(exc, rundir))
+                    # An attempt on an existing run that stopped before it wrote anything (a
+                    # refused --resume) did not end that run: its line says so, and status
+                    # still reports the run as it was.
+                    level, state, code, why = _ending(exc, rundir)
+                    if had_log and not rollback.started:
+                        line = run_status.attempt_word(code, why)
+                    else:
+                        line = run_status.last_word(state, code, why)
+                    written.to_file(log, level, line)
                     raise
         except BaseException:
             if (
@@ -347,8 +356,8 @@ def _file_error(exc: OSError, rundir: RunDir) -> RunDirError:
     )
 
 
-def _last_word(exc: BaseException, rundir: RunDir) -> tuple[int, str]:
-    """(log level, train.log's last line) for a run that ends by `exc`."""
+def _ending(exc: BaseException, rundir: RunDir) -> tuple[int, str, int, str]:
+    """(log level, state, exit code, why) of a run, or an attempt, that ends by `exc`."""
     if isinstance(exc, Preempted):
         if exc.finished:
             state = run_status.FINISHED
@@ -356,16 +365,14 @@ def _last_word(exc: BaseException, rundir: RunDir) -> tuple[int, str]:
             state = run_status.INTERRUPTED
         else:
             state = run_status.PREEMPTED
-        return logging.WARNING, run_status.last_word(state, exc.exit_code, str(exc))
+        return logging.WARNING, state, exc.exit_code, str(exc)
     if isinstance(exc, OSError) and _is_file_error(exc):
         exc = _file_error(exc, rundir)
     if isinstance(exc, UserError):
-        return logging.ERROR, run_status.last_word(run_status.FAILED, exc.exit_code, exc.line())
+        return logging.ERROR, run_status.FAILED, exc.exit_code, exc.line()
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     why = f"crashed: {type(exc).__name__}" + (f": {first}" if first else "")
-    return logging.ERROR, run_status.last_word(
-        run_status.FAILED, 1, f"{why} (the traceback is on the process's stderr)"
-    )
+    return logging.ERROR, run_status.FAILED, 1, f"{why} (the traceback is on the process's stderr)"
 
 
 def _is_file_error(exc: OSError) -> bool:
@@ -421,7 +428,10 @@ class TrainingRun:
         self.written = written
         self.rollback = rollback or Rollback(rundir)
         training = cfg.training
-        checkpoint = load_latest_good(rundir.last, CHECKPOINT_FIELDS) if resuming else None
+        checkpoint = None
+        if resuming:
+            with _what_to_do(run_status.instead_of_resume(rundir, cfg.task)):
+                checkpoint = load_latest_good(rundir.last, CHECKPOINT_FIELDS)
         if checkpoint is not None:
             with _unusable_checkpoint(rundir):
                 _check_same_run(checkpoint["config"], cfg)
@@ -435,7 +445,14 @@ class TrainingRun:
             log.info("training.device auto: no CUDA device visible, training on the CPU")
         with _unusable_checkpoint(rundir):
             encoders = Encoders.from_json(checkpoint["encoders"]) if checkpoint else None
-        self.data = load_task_data(cfg, encoders)
+        try:  # a large synthetic data set takes minutes: a stop signal ends it at once
+            self.data = load_task_data(cfg, encoders, lambda: stop.signum is not None)
+        except GenerationStopped:
+            raise Preempted(
+                f"{stop.name} while the synthetic data set was generated, before training "
+                "started: nothing was trained or written",
+                stop.exit_code,
+            ) from None
         self.task = make_task(cfg, self.data, self.device, rank=ddp.rank)
         self._build_model_and_optimizers()
         self.per_epoch = _steps_per_epoch(
@@ -549,7 +566,8 @@ class TrainingRun:
         self.progress = Progress(epoch, batch_in_epoch, step)
         self.step_counter.fill_(step)
         if self.rundir.best.exists():
-            self.best_state = load_checkpoint(self.rundir.best)["model"]
+            with _what_to_do(run_status.damaged_best(self.rundir, self.cfg.task)):
+                self.best_state = load_checkpoint(self.rundir.best)["model"]
         if "loss_window" in checkpoint:
             window = checkpoint["loss_window"]
             with _unusable_checkpoint(self.rundir):
@@ -920,6 +938,19 @@ def _restore_states(
         fields = ("epoch", "batch_in_epoch", "step", "metrics_lines")
         epoch, batch_in_epoch, step, lines = (int(checkpoint[f]) for f in fields)
     return epoch, batch_in_epoch, step, lines
+
+
+@contextlib.contextmanager
+def _what_to_do(hint: str) -> Iterator[None]:
+    """A checkpoint that cannot be read: its error says what to do instead (as `recjobs
+    status` does) where it said only what is wrong."""
+    try:
+        yield
+    except CheckpointError as exc:
+        if exc.hint and "truncated or corrupted" not in exc.hint:
+            raise  # it says what to do already (another version's fields, ...)
+        hint = f"{exc.hint}; {hint}" if exc.hint else hint
+        raise CheckpointError(exc.where, exc.problem, hint) from None
 
 
 @contextlib.contextmanager
