@@ -28,7 +28,13 @@ from recjobs.config.resolver import (
     resolve,
     resolve_dict,
 )
-from recjobs.config.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
+from recjobs.config.schema import (
+    TASKS,
+    ResolvedConfig,
+    SharedConfig,
+    SynthSize,
+    synth_density_problem,
+)
 from recjobs.errors import ConfigError, UserError, cannot_write
 from recjobs.file_kind import require_regular
 from recjobs.holdings import check_output
@@ -443,8 +449,8 @@ def _synth_fields() -> dict[str, dataclasses.Field[Any]]:
 
 
 _SYNTH_MINIMUM = (
-    "the smallest data set that trains has 2 users, 2 items and 10 interactions: both splits "
-    "non-empty and batches of 2 or more"
+    "a data set that trains has at least 2 users, 2 items and 10 interactions (both splits "
+    "non-empty, batches of 2 or more), taking at most half of the user-item pairs"
 )
 
 
@@ -458,6 +464,9 @@ def _synth(args: argparse.Namespace) -> int:
         if value not in valid:
             small = name != "seed" and value < valid.low
             raise UserError(f"--{name}", valid.problem(value), _SYNTH_MINIMUM if small else None)
+    dense = synth_density_problem(args.users, args.items, args.interactions)
+    if dense:
+        raise UserError("--interactions", dense, "fewer --interactions, or more --users or --items")
     _check_dataset_out(args.out, args.force)
     with _output_errors(args.out), _stoppable(args.out):
         path = write_dataset(

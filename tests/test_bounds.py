@@ -176,8 +176,8 @@ def test_the_cli_and_the_components_share_their_bounds(capsys):
 
 
 MINIMUM = (
-    "(the smallest data set that trains has 2 users, 2 items and 10 interactions: both splits "
-    "non-empty and batches of 2 or more)"
+    "(a data set that trains has at least 2 users, 2 items and 10 interactions (both splits "
+    "non-empty, batches of 2 or more), taking at most half of the user-item pairs)"
 )
 
 
@@ -202,12 +202,29 @@ def test_data_synth_refuses_a_data_set_too_small_to_train(tmp_path, capsys, flag
     assert capsys.readouterr().err.startswith(f"error: {key}: must be in [")
 
 
+@pytest.mark.parametrize(
+    ("sizes", "line"),
+    [
+        (["--users", "50", "--items", "20"], "error: --interactions: 60000 interactions among 50 users x 20 items are more than half of their 1000 user-item pairs (at most 500): a pair occurs once, and ranking's validation needs items a user does not have (fewer --interactions, or more --users or --items)"),
+        (["--users", "2", "--items", "9", "--interactions", "10"], "error: --interactions: 10 interactions among 2 users x 9 items are more than half of their 18 user-item pairs (at most 9)"),
+    ],
+)  # fmt: skip
+def test_data_synth_refuses_a_data_set_too_dense_to_validate(tmp_path, capsys, sizes, line):
+    # Every pair taken, ranking's validation has no negatives: its AUC used to be NaN (exit 3).
+    assert main(["data", "synth", "--out", str(tmp_path / "d"), *sizes]) == 2
+    assert capsys.readouterr().err.startswith(line)
+    assert not (tmp_path / "d").exists()
+    sets = [f"dataset.synth.{flag[2:]}={value}" for flag, value in zip(sizes[::2], sizes[1::2])]
+    assert main(["resolve", "ranking", *[a for s in sets for a in ("--set", s)]]) == 2
+    assert capsys.readouterr().err.startswith("error: dataset.synth.interactions: ")
+
+
 @pytest.mark.parametrize("task", ["retrieval", "ranking"])
 def test_the_smallest_synthetic_data_set_trains(tmp_path, capsys, task):
     import pyarrow.parquet as pq
 
     data = tmp_path / "d"
-    sizes = ["--users", "2", "--items", "2", "--interactions", "10"]
+    sizes = ["--users", "2", "--items", "10", "--interactions", "10"]
     assert main(["data", "synth", "--out", str(data), *sizes]) == 0
     rows = {s: pq.read_table(data / f"interactions_{s}.parquet").num_rows for s in ("train", "val")}
     assert rows == {"train": 8, "val": 2}  # both splits, and a batch of 2 or more

@@ -47,6 +47,7 @@ from recjobs.config.schema import (
     SharedConfig,
     TaskConfig,
     TrainingConfig,
+    synth_density_problem,
 )
 from recjobs.errors import ConfigError
 from recjobs.file_kind import require_regular
@@ -941,6 +942,10 @@ def _resolve_raw(
     _check_top_level(raw)
     raw, set_paths = _apply_overrides(raw, task, overrides or Overrides())
     dataset = _build_dataclass(DatasetConfig, _or_empty(raw.get("dataset")), "dataset")
+    if dataset.paths is None:  # the synthetic data set trains: its size must make one
+        synth = dataset.synth
+        problem = synth_density_problem(synth.users, synth.items, synth.interactions)
+        _check(problem is None, "dataset.synth.interactions", problem or "", _DENSITY_HINT)
     # What --set gave is read from the working directory, even where the file had the role.
     file_paths = {
         role: given
@@ -1053,6 +1058,9 @@ def with_absolute_paths(dataset: Any) -> Any:
         for role, path in dataset["paths"].items()
     }
     return {**dataset, "paths": paths}
+
+
+_DENSITY_HINT = "fewer interactions, or more users or items"
 
 
 def _check_top_level(raw: dict[str, Any]) -> None:

@@ -29,6 +29,23 @@ MAX_WIDTH = 65536  # embedding_dim and each hidden layer
 MIN_SYNTH_USERS, MIN_SYNTH_ITEMS, MIN_SYNTH_INTERACTIONS = 2, 2, 10
 
 
+def synth_density_problem(users: int, items: int, interactions: int) -> str | None:
+    """Why a synthetic data set this dense would not train, or None.
+
+    The generator draws each (user, item) pair at most once (it cannot, past every pair), and
+    ranking's validation draws negatives among the items a user does not have: with every pair
+    taken there are none, and the AUC is not a number. At most half of the pairs leaves plenty.
+    """
+    most = users * items // 2
+    if interactions <= most:
+        return None
+    return (
+        f"{interactions} interactions among {users} users x {items} items are more than half "
+        f"of their {users * items} user-item pairs (at most {most}): a pair occurs once, and "
+        "ranking's validation needs items a user does not have"
+    )
+
+
 @dataclass(frozen=True)
 class Range:
     """The valid values of a numeric key (of each element, for a list key).
@@ -116,7 +133,8 @@ class SynthSize:
     # bounds keep a typo from asking for terabytes (docs/reliability.md, "Bounds and blocking
     # paths"). The lower ones are the smallest data set that trains: a second user and item
     # (one item is every in-batch negative and every sampled negative), and interactions for
-    # both splits (15% validation: 8 training, 2 validation rows) and a batch of 2 or more.
+    # both splits (15% validation: 8 training, 2 validation rows) and a batch of 2 or more;
+    # with at most half of the user-item pairs taken (synth_density_problem).
     users: int = ranged(2000, MIN_SYNTH_USERS, 100_000_000, doc="synthetic users")
     items: int = ranged(500, MIN_SYNTH_ITEMS, 100_000_000, doc="synthetic items")
     interactions: int = ranged(
