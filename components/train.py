@@ -65,8 +65,9 @@ def train(
         h: a registered named resource (e.g. gpu.small); takes precedence over cpu, gpu, memMB;
             None uses cpu, gpu and memMB
         image: container image with recjobs installed (ignored by local_cwd)
-        env: extra environment variables, e.g. FOO=1,BAR=2 (never secrets: WANDB_API_KEY
-            comes from your environment or a Kubernetes Secret)
+        env: extra environment variables, e.g. FOO=1,BAR=2, each once (never secrets:
+            WANDB_API_KEY comes from your environment or a Kubernetes Secret; never what
+            torchrun sets for each process: RANK, WORLD_SIZE, MASTER_ADDR, ...)
         mounts: volumes, e.g. type=volume,src=recjobs-runs,dst=/runs (a PVC on Kubernetes)
             or type=bind,src=/host/runs,dst=/runs (local_docker)
         max_retries: scheduler retries; a retry resumes from the run dir's last checkpoint
@@ -151,7 +152,8 @@ def recommend(
         h: a registered named resource (e.g. gpu.small); takes precedence over cpu, gpu, memMB;
             None uses cpu, gpu and memMB
         image: container image with recjobs installed (ignored by local_cwd)
-        env: extra environment variables, e.g. FOO=1,BAR=2
+        env: extra environment variables, e.g. FOO=1,BAR=2, each once (not torchrun's own:
+            RANK, WORLD_SIZE, MASTER_ADDR, ...)
         mounts: volumes, e.g. type=volume,src=recjobs-runs,dst=/runs (a PVC on Kubernetes)
             or type=bind,src=/host/runs,dst=/runs (local_docker)
         max_retries: scheduler retries

@@ -19,13 +19,13 @@ def run() -> int:
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda number, frame: held.append(number))
     _open_standard_streams()
-    from recjobs.cli import main
+    from recjobs.cli import main, say
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if held:
         name = signal.Signals(held[0]).name
-        print(f"error: interrupted ({name}) before training started", file=sys.stderr)
+        say(f"error: interrupted ({name}) before training started")
         return 128 + held[0]
     return main()
 

@@ -28,7 +28,13 @@ from recjobs.config.resolver import (
     resolve,
     resolve_dict,
 )
-from recjobs.config.schema import TASKS, ResolvedConfig, SharedConfig, SynthSize
+from recjobs.config.schema import (
+    TASKS,
+    ResolvedConfig,
+    SharedConfig,
+    SynthSize,
+    synth_density_problem,
+)
 from recjobs.errors import ConfigError, UserError, cannot_write
 from recjobs.file_kind import require_regular
 from recjobs.holdings import check_output
@@ -430,10 +436,7 @@ def _log(args: argparse.Namespace) -> int:
         _quiet_stdout()
         return 0
     except KeyboardInterrupt:
-        print(
-            f"recjobs log: stopped following {args.run_dir} (Ctrl-C); the run itself goes on",
-            file=sys.stderr,
-        )
+        say(f"recjobs log: stopped following {args.run_dir} (Ctrl-C); the run itself goes on")
         return EXIT_INTERRUPTED
 
 
@@ -445,14 +448,25 @@ def _synth_fields() -> dict[str, dataclasses.Field[Any]]:
     return {name: fields[name] for name in ("users", "items", "interactions", "seed")}
 
 
+_SYNTH_MINIMUM = (
+    "a data set that trains has at least 2 users, 2 items and 10 interactions (both splits "
+    "non-empty, batches of 2 or more), taking at most half of the user-item pairs"
+)
+
+
 def _synth(args: argparse.Namespace) -> int:
     from recjobs.data import write_dataset
 
     # The same ranges as dataset.synth.* and shared.seed in a config.
     for name, field in _synth_fields().items():
         valid = field.metadata["range"]
-        if getattr(args, name) not in valid:
-            raise UserError(f"--{name}", valid.problem(getattr(args, name)))
+        value = getattr(args, name)
+        if value not in valid:
+            small = name != "seed" and value < valid.low
+            raise UserError(f"--{name}", valid.problem(value), _SYNTH_MINIMUM if small else None)
+    dense = synth_density_problem(args.users, args.items, args.interactions)
+    if dense:
+        raise UserError("--interactions", dense, "fewer --interactions, or more --users or --items")
     _check_dataset_out(args.out, args.force)
     with _output_errors(args.out), _stoppable(args.out):
         path = write_dataset(
@@ -685,28 +699,142 @@ def _set_up_logging() -> None:
     )
 
 
+# A standard stream that cannot be written (disk full, I/O error): docs/reliability.md, "Exit
+# codes". Exit 2, as any write that failed; a reader that went away (EPIPE) is no failure.
+EXIT_OUTPUT_LOST = 2
+
+
+class _StreamFailed(Exception):
+    """Writing stdout failed for a reason other than a closed pipe. Not an OSError: no
+    command's own `except OSError` (for a file it reads, an --out it writes) may take the
+    stream's failure for its own and name the wrong file."""
+
+    def __init__(self, error: OSError):
+        super().__init__(error)
+        self.error = error
+
+
+class _WatchedStdout:
+    """sys.stdout (and its .buffer) while a command runs: a failed write or flush raises
+    _StreamFailed; everything else is the stream's own."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, data: Any) -> Any:
+        return self._watch(self._stream.write, data)
+
+    def writelines(self, lines: Any) -> None:
+        self._watch(self._stream.writelines, lines)
+
+    def flush(self) -> None:
+        self._watch(self._stream.flush)
+
+    @property
+    def buffer(self) -> _WatchedStdout:
+        return _WatchedStdout(self._stream.buffer)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    @staticmethod
+    def _watch(call: Any, *args: Any) -> Any:
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise  # the reader went away: the quiet end, as before
+        except OSError as exc:
+            raise _StreamFailed(exc) from None
+
+
+def _quiet(stream: Any) -> None:
+    """Send what is left for a stream (still in its buffer, or written later) to /dev/null:
+    Python's own flush at exit would otherwise fail again, print "Exception ignored" and exit
+    120. For stdout this is also the quiet end of a closed pipe (`recjobs resolve | head`)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, stream.fileno())
+        os.close(null)
+
+
 def _quiet_stdout() -> None:
     """The reader of stdout went away (`recjobs resolve | head`): like a Unix tool, stop
     writing, with no traceback at exit from flushing what is left."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    _quiet(sys.stdout)
+
+
+def say(line: str) -> None:
+    """One line on stderr; a stderr that cannot be written (`2>/dev/full`) loses the line but
+    changes neither the exit code nor anything else the command does."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        _quiet(sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit code. Nothing reaches the caller as a traceback for
+    a standard stream that cannot be written: a closed pipe ends quietly with the command's
+    code, a stdout that fails otherwise is one `error:` line and EXIT_OUTPUT_LOST, a failing
+    stderr is lost without changing the code."""
+    stdout = sys.stdout
+    sys.stdout = _WatchedStdout(stdout)  # type: ignore[assignment]
+    try:
+        code = _main(argv)
+        code = _flush_stdout(code)
+    except SystemExit as exc:  # argparse's --help
+        raise SystemExit(_flush_stdout(exc.code)) from None
+    finally:
+        sys.stdout = stdout
+        _settle_stderr()
+    return code
+
+
+def _flush_stdout(code: Any) -> Any:
+    """Flush stdout now (a full disk shows here, not in Python's flush at exit): `code`, or
+    the code of a stdout that could not take the output."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet(sys.stdout)
+    except _StreamFailed as exc:
+        return _stdout_failed(exc.error)
+    return code
+
+
+def _stdout_failed(error: OSError) -> int:
+    _quiet(sys.stdout)
+    say(
+        f"error: stdout: cannot write: {error.strerror or error} (what the command printed is "
+        "incomplete; files it wrote are whole; send its output somewhere with room)"
+    )
+    return EXIT_OUTPUT_LOST
+
+
+def _settle_stderr() -> None:
+    """What logging left in stderr's buffer, flushed now; lost if stderr cannot take it."""
+    try:
+        sys.stderr.flush()
+    except OSError:
+        _quiet(sys.stderr)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     try:
         _set_up_logging()
         args = build_parser().parse_args(argv)
-        code = args.run(args)
-        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
-        return code
+        return args.run(args)
     except BrokenPipeError:
         _quiet_stdout()
         return 0
+    except _StreamFailed as exc:
+        return _stdout_failed(exc.error)
     except UserError as exc:
         # backslashreplace: a message quoting odd input (lone surrogates) must still print.
-        print(exc.line().encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+        say(exc.line().encode("utf-8", "backslashreplace").decode("utf-8"))
         return exc.exit_code
     except KeyboardInterrupt:
         # Ctrl-C before the trainer took over SIGINT (while resolving, or in `data`): nothing
         # of a run was written yet. The trainer itself turns it into a checkpoint and exit 130.
-        print("error: interrupted (SIGINT) before training started", file=sys.stderr)
+        say("error: interrupted (SIGINT) before training started")
         return EXIT_INTERRUPTED

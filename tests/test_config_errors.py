@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 
 from recjobs.cli import main
@@ -92,7 +94,7 @@ CASES = [
     ),
     (
         "retrieval --set dataset.synth.users=0",
-        "error: dataset.synth.users: must be in [1, 100000000], got 0",
+        "error: dataset.synth.users: must be in [2, 100000000], got 0",
     ),
     (
         "retrieval --set training.eval_k=[]",
@@ -269,6 +271,20 @@ CASES = [
         "retrieval --scheduler-interval weekly",
         "error: recjobs resolve: argument --scheduler-interval: invalid choice: 'weekly' (choose from 'epoch', 'step') (see --help)",
     ),
+    # a key given twice: the last used to win without a word
+    (
+        "retrieval --optimizer-args lr=1 lr=2",
+        "error: --optimizer-args lr: given twice ('lr=1' and 'lr=2') (give each key once)",
+    ),
+    (
+        "retrieval --scheduler StepLR --scheduler-args step_size=1 gamma=0.5 step_size=2",
+        "error: --scheduler-args step_size: given twice ('step_size=1' and 'step_size=2') (give each key once)",
+    ),
+    (
+        # given again, --optimizer-args adds to the first list (argparse used to drop it)
+        "retrieval --optimizer SGD --optimizer-args momentum=0.9 lr=0.1 --optimizer-args lr=0.2",
+        "error: --optimizer-args lr: given twice ('lr=0.1' and 'lr=0.2') (give each key once)",
+    ),
     # command line
     (
         "rank",
@@ -299,3 +315,99 @@ def test_bad_input_is_one_line_exit_2(argv, expected, bad_dir, capsys):
 
 def test_there_are_enough_cases():
     assert len(CASES) >= 40
+
+
+# --------------------------------------------------------------------------- YAML 1.1 and 1.2
+
+# Plain scalars read as YAML 1.2 in files and in --set alike. Where YAML 1.1 (PyYAML, and
+# recjobs before) read a number or a boolean, 1.2 reads text, and a number or boolean key
+# says what to write; where both read the same number (0x10), it is that number.
+YAML_FORMS = [
+    ("training.max_epochs", "0x10", 16),
+    ("training.max_epochs", "0o10", 8),
+    ("training.max_epochs", "010", 10),
+    ("training.max_epochs", "1_0", "expected an integer, got string '1_0' (YAML 1.1 read 1_0 as 10, YAML 1.2 (what recjobs reads) as text: write 10)"),
+    ("training.lr", "1_0.5", "expected a number, got string '1_0.5' (YAML 1.1 read 1_0.5 as 10.5, YAML 1.2 (what recjobs reads) as text: write 10.5)"),
+    ("training.mixed_precision", "yes", "expected true, false, fp16, bf16 or off, got string 'yes' (YAML 1.1 read yes as true, YAML 1.2 (what recjobs reads) as text: write true)"),
+    ("training.mixed_precision", "On", "expected true, false, fp16, bf16 or off, got string 'On' (YAML 1.1 read On as true, YAML 1.2 (what recjobs reads) as text: write true)"),
+    ("training.mixed_precision", "off", "off"),  # the same as before: YAML 1.1's false was off too
+    ("training.mixed_precision", "true", "fp16"),
+    ("training.use_wandb", "no", "expected true or false, got string 'no' (YAML 1.1 read no as false, YAML 1.2 (what recjobs reads) as text: write false)"),
+    ("training.logq_correction", "NO", "expected true or false, got string 'NO' (YAML 1.1 read NO as false, YAML 1.2 (what recjobs reads) as text: write false)"),
+    ("training.early_stopping", "yes", "expected true, false or a mapping, got string 'yes' (YAML 1.1 read yes as true, YAML 1.2 (what recjobs reads) as text: write true)"),
+    ("training.wandb_run_name", "yes", "yes"),  # a name: the text, which YAML 1.1 refused
+    ("training.wandb_run_name", "1_000", "1_000"),
+]  # fmt: skip
+
+
+def _section(out: str) -> dict:
+    import json
+
+    return json.loads(out)["retrieval"]
+
+
+@pytest.mark.parametrize(("key", "text", "expected"), YAML_FORMS, ids=lambda v: str(v)[:20])
+def test_a_file_and_set_read_a_value_the_same_way(tmp_path, capsys, key, text, expected):
+    section, name = key.split(".")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"retrieval:\n  {section}:\n    {name}: {text}\n")
+    answers = []
+    for argv in (["--config", str(config)], ["--set", f"{key}={text}"]):
+        code = main(["resolve", "retrieval", *argv])
+        out, err = capsys.readouterr()
+        answers.append((code, _section(out)[section][name] if code == 0 else err))
+    assert answers[0] == answers[1]
+    if isinstance(expected, str) and expected.startswith("expected"):
+        assert answers[0] == (2, f"error: retrieval.{key}: {expected}\n")
+    else:
+        assert answers[0] == (0, expected)
+
+
+def test_an_untyped_optimizer_argument_refuses_a_yaml_1_1_boolean(capsys):
+    # An argument torch does not annotate would receive the text 'no', which Python reads as
+    # true: the opposite of what YAML 1.1 meant.
+    from recjobs.config.coerce import coerce
+
+    with pytest.raises(Exception) as caught:
+        coerce("no", typing.Any, "retrieval.training.optimizer.flag")
+    assert str(caught.value) == (
+        "error: retrieval.training.optimizer.flag: string 'no' is ambiguous (YAML 1.1 read no as "
+        "false, YAML 1.2 (what recjobs reads) as text: write false)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("item", "shown"),
+    [
+        ("training.wandb_run_name=run #3", "'run #3' ends in a YAML comment (a # at the start or after a space), so it would read as string 'run'"),
+        ("training.wandb_run_name=#3", "'#3' ends in a YAML comment (a # at the start or after a space), so it would read as null"),
+        ("training.max_epochs=3 # three", "'3 # three' ends in a YAML comment (a # at the start or after a space), so it would read as 3"),
+    ],
+)  # fmt: skip
+def test_a_set_value_that_yaml_would_cut_at_a_comment_is_refused(capsys, item, shown):
+    key = item.partition("=")[0]
+    assert main(["resolve", "retrieval", "--set", item]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --set {key}: {shown} (quote the value to keep the #, e.g. --set "
+        "\"training.wandb_run_name='run #3'\")\n"
+    )
+    # quoted, or without a space before it, the # is part of the text
+    for kept in ("training.wandb_run_name='run #3'", "training.wandb_run_name=run#3"):
+        assert main(["resolve", "retrieval", "--set", kept]) == 0
+        assert _section(capsys.readouterr().out)["training"]["wandb_run_name"] in (
+            "run #3",
+            "run#3",
+        )
+
+
+def test_repeated_args_flags_add_up_and_a_later_set_wins(capsys):
+    import json
+
+    argv = ["resolve", "retrieval", "--optimizer", "SGD", "--optimizer-args", "momentum=0.9"]
+    argv += ["--optimizer-args", "lr=0.1", "--set", "training.max_epochs=2"]
+    # A later --set of a key replaces an earlier one (a script adds to a base list).
+    argv += ["--set", "retrieval.training.max_epochs=4"]
+    assert main(argv) == 0
+    training = json.loads(capsys.readouterr().out)["retrieval"]["training"]
+    assert training["optimizer"] == {"name": "SGD", "lr": 0.1, "momentum": 0.9}
+    assert training["max_epochs"] == 4

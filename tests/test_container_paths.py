@@ -103,8 +103,8 @@ def test_an_output_outside_every_mount_is_refused_unless_meant(scheduler):
 def test_inputs_the_container_cannot_see_are_refused_or_warned_about():
     line = refused(train(*paths(users="data/users.parquet")))
     assert line == (
-        "error: dataset.paths.users: 'data/users.parquet' is relative: the container does not "
-        "see this machine's working directory (mount it, e.g. --mounts "
+        "error: dataset.paths.users: 'data/users.parquet' is relative: the container sees "
+        "neither this machine's working directory nor its config file's folder (mount it, e.g. --mounts "
         "type=volume,src=YOUR-PVC,dst=/data, and give the path inside the container: /data/...)"
     )
     app = train(*paths(items="/srv/items.parquet", interactions_val="gs://b/val.parquet"))
@@ -119,6 +119,31 @@ def test_inputs_the_container_cannot_see_are_refused_or_warned_about():
     assert refused(recommend(users="users.csv")).startswith("error: --users: 'users.csv'")
     warned = container_paths.check(recommend(candidates="/tmp/c.parquet"), "kubernetes", False)
     assert [w.split(":")[0] for w in warned] == ["--candidates"]
+
+
+def test_a_config_files_relative_paths_reach_the_job_absolute_and_a_container_refuses_them(
+    tmp_path, monkeypatch
+):
+    import json
+    import shlex
+
+    from recjobs.data import write_dataset
+
+    monkeypatch.chdir(tmp_path)
+    write_dataset("d", users=50, items=20, interactions=600, seed=1)  # users: users.parquet
+    app = train(config="d/config.yaml")
+    words = shlex.split(app.roles[0].args[1])
+    sent = json.loads(words[words.index("--config-json") + 1].replace("$$", "$"))
+    # The job (local_cwd too, from another working directory) reads this machine's files.
+    assert sent["dataset"]["paths"] == {t: str(tmp_path / "d" / f"{t}.parquet") for t in TABLES}
+    # A container has neither this machine's working directory nor the config's folder: the
+    # path as written is refused, as one given relative with --set is.
+    assert refused(app).startswith(
+        "error: dataset.paths.users: 'users.parquet' is relative: the container sees neither "
+        "this machine's working directory nor its config file's folder"
+    )
+    app = train(f"--set=dataset.paths.users={tmp_path}/d/users.parquet", config="d/config.yaml")
+    assert refused(app).startswith("error: dataset.paths.items: 'items.parquet' is relative")
 
 
 def test_an_empty_image_is_refused_and_the_default_one_warned_about_on_kubernetes():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from recjobs.config.resolver import Overrides, resolve, resolve_dict
 from recjobs.config.schema import (
     ColumnsConfig,
     DataPaths,
@@ -37,7 +39,7 @@ from recjobs.data import (
     steps_per_epoch,
     write_dataset,
 )
-from recjobs.errors import CheckpointError, DataError
+from recjobs.errors import CheckpointError, ConfigError, DataError
 
 ROLES = ("users", "items", "interactions_train", "interactions_val")
 TENSOR_FIELDS = (
@@ -681,10 +683,7 @@ def test_write_dataset_layout(tmp_path, monkeypatch):
     ]
     config = yaml.safe_load(open(config_path))
     assert list(config) == ["dataset", "shared", "retrieval", "ranking"]
-    assert config["dataset"] == {
-        "name": "synth",
-        "paths": {r: f"out/synth/{r}.parquet" for r in ROLES},
-    }
+    assert config["dataset"] == {"name": "synth", "paths": {r: f"{r}.parquet" for r in ROLES}}
     assert config["shared"] == {"seed": 9}
     assert config["retrieval"]["columns"]["label_col"] is None
     assert config["ranking"]["columns"]["label_col"] == "rating"
@@ -692,9 +691,101 @@ def test_write_dataset_layout(tmp_path, monkeypatch):
     assert config["retrieval"]["training"]["loss_func"] == "cross_entropy"
     assert config["ranking"]["training"]["negatives_per_pos"] == 4
     assert config["ranking"]["model"]["scorer_hidden_dims"] == [128, 64]
-    data = load_task_data(make_cfg(config["dataset"]["paths"], label_col="rating"))
+    data = load_task_data(resolve("ranking", config_path))
     assert data.n_users == 50 and data.n_items == 20
     assert len(data.train_users) + len(data.val_users) == 600
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset paths: a config file's relative paths are read from its folder
+
+
+@pytest.fixture
+def synth_dir(tmp_path, monkeypatch) -> str:
+    """A data set written by `data synth` into tmp/a; the working directory is tmp."""
+    monkeypatch.chdir(tmp_path)
+    write_dataset("a", users=50, items=20, interactions=600, seed=9)
+    return str(tmp_path)
+
+
+def _paths(cfg: ResolvedConfig) -> dict[str, str]:
+    return dataclasses.asdict(cfg.dataset.paths)
+
+
+def test_a_copied_data_set_folder_trains_on_its_own_files(synth_dir):
+    import shutil
+
+    shutil.copytree("a", "b")
+    # The copy differs from the original, so reading the original's files would show.
+    pq.write_table(generate_tables(60, 20, 600, seed=1)["users"], "b/users.parquet")
+    copy = resolve("retrieval", "b/config.yaml")
+    assert _paths(copy) == {r: os.path.join(synth_dir, "b", f"{r}.parquet") for r in ROLES}
+    assert copy.relative_paths == {r: f"{r}.parquet" for r in ROLES}
+    assert load_task_data(copy).n_users == 60
+    shutil.rmtree("a")  # nor does it need the original
+    os.rename("b", "moved")
+    assert load_task_data(resolve("retrieval", "moved/config.yaml")).n_users == 60
+
+
+def test_relative_paths_from_a_file_its_folder_from_set_the_working_directory(synth_dir):
+    os.mkdir("elsewhere")
+    os.rename("a/users.parquet", "elsewhere/users.parquet")
+    overrides = Overrides(sets=["dataset.paths.users=elsewhere/users.parquet"])
+    cfg = resolve("retrieval", "a/config.yaml", overrides)
+    assert _paths(cfg)["users"] == os.path.join(synth_dir, "elsewhere", "users.parquet")
+    assert _paths(cfg)["items"] == os.path.join(synth_dir, "a", "items.parquet")
+    assert load_task_data(cfg).n_users == 50
+    # The resolved config (what a run saves, what a TorchX job gets) is absolute, and reads
+    # the same again from anywhere.
+    os.chdir("elsewhere")
+    again = resolve_dict(json.loads(json.dumps(cfg.to_dict())), "retrieval")
+    assert again.to_dict() == cfg.to_dict() and again.relative_paths == {}
+
+
+def test_a_config_that_read_its_paths_from_the_working_directory_is_refused_not_changed(
+    synth_dir,
+):
+    # Written before the rule: paths from the working directory (`data synth --out a` wrote
+    # a/users.parquet). From the config's folder they name nothing; refused with both readings.
+    config = yaml.safe_load(open("a/config.yaml"))
+    config["dataset"]["paths"] = {r: f"a/{r}.parquet" for r in ROLES}
+    open("a/config.yaml", "w").write(yaml.safe_dump(config, sort_keys=False))
+    with pytest.raises(ConfigError) as caught:
+        resolve("retrieval", "a/config.yaml")
+    assert caught.value.line() == (
+        f"error: dataset.paths.users: 'a/users.parquet' in a/config.yaml is read from the config "
+        f"file's folder: {synth_dir}/a/a/users.parquet, which does not exist; from the working "
+        f"directory, as before, it is {synth_dir}/a/users.parquet (write users.parquet (from the "
+        f"config's folder) or {synth_dir}/a/users.parquet)"
+    )
+    # Both readings exist and differ: refused too, rather than a silent switch of files.
+    config["dataset"]["paths"] = {r: f"{r}.parquet" for r in ROLES}
+    open("a/config.yaml", "w").write(yaml.safe_dump(config, sort_keys=False))
+    pq.write_table(generate_tables(60, 20, 600, seed=1)["users"], "users.parquet")
+    with pytest.raises(ConfigError) as caught:
+        resolve("retrieval", "a/config.yaml")
+    assert caught.value.line() == (
+        f"error: dataset.paths.users: 'users.parquet' in a/config.yaml is read from the config "
+        f"file's folder: {synth_dir}/a/users.parquet, which names another file; from the working "
+        f"directory, as before, it is {synth_dir}/users.parquet (write the one you mean as an "
+        f"absolute path: {synth_dir}/users.parquet or {synth_dir}/a/users.parquet)"
+    )
+    # Run from the config's folder, both readings are one file: no question.
+    os.chdir("a")
+    assert _paths(resolve("retrieval", "config.yaml"))["users"] == f"{synth_dir}/a/users.parquet"
+
+
+def test_a_checkpoint_saved_with_relative_paths_still_resumes(synth_dir):
+    from recjobs.training.trainer import _check_same_run
+
+    cfg = resolve("retrieval", "a/config.yaml")
+    saved = cfg.to_dict()
+    # What an older version saved for the same data: paths as given, from the working directory
+    saved["dataset"]["paths"] = {r: f"a/{r}.parquet" for r in ROLES}
+    _check_same_run(saved, cfg)
+    saved["dataset"]["paths"]["users"] = "b/users.parquet"
+    with pytest.raises(CheckpointError, match=r"different config \(dataset.paths\)"):
+        _check_same_run(saved, cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -735,10 +826,14 @@ def write_ml1m(d) -> None:
 
 def load_converted(config_path: str, task: str = "ranking") -> TaskData:
     config = yaml.safe_load(open(config_path))
+    # The config names its tables from its own folder: its paths as the resolver reads them.
+    assert config["dataset"]["paths"] == {r: f"{r}.parquet" for r in ROLES}
+    paths = dataclasses.asdict(resolve(task, config_path).dataset.paths)
+    assert paths == {r: os.path.join(os.path.dirname(config_path), f"{r}.parquet") for r in ROLES}
     columns = {
         k: tuple(v) if isinstance(v, list) else v for k, v in config[task]["columns"].items()
     }
-    return load_task_data(make_cfg(config["dataset"]["paths"], task=task, **columns))
+    return load_task_data(make_cfg(paths, task=task, **columns))
 
 
 def test_movielens_100k(tmp_path):

@@ -1,13 +1,15 @@
-"""The environment recjobs reads, and a stdout whose reader went away.
+"""The environment recjobs reads, and standard streams that cannot be written.
 
 Environment variables (RECJOBS_LOG_LEVEL; torchrun's RANK, WORLD_SIZE, LOCAL_RANK,
 MASTER_ADDR, MASTER_PORT) that cannot be used are one `error:` line naming the variable, exit 2,
 before anything is written. `recjobs CMD | head -c 10`: the command stops quietly, exit 0, as
-Unix tools do (no BrokenPipeError traceback).
+Unix tools do (no BrokenPipeError traceback). A stdout on a full disk (`>/dev/full`) is one
+`error: stdout:` line and exit 2; a stderr there loses the lines but keeps the exit code.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -41,7 +43,7 @@ ENVIRONMENTS = [
     ),
     (
         {"WORLD_SIZE": "abc"},
-        "error: WORLD_SIZE: must be a whole number, got 'abc' (torchrun sets it; unset it to "
+        "error: WORLD_SIZE: must be a whole number in ASCII digits, got 'abc' (torchrun sets it; unset it to "
         "run as a single process)",
     ),
     (
@@ -51,7 +53,7 @@ ENVIRONMENTS = [
     ),
     (
         {"RANK": "%(message)s"},
-        "error: RANK: must be a whole number, got '%(message)s' (torchrun sets it; unset it to "
+        "error: RANK: must be a whole number in ASCII digits, got '%(message)s' (torchrun sets it; unset it to "
         "run as a single process)",
     ),
     (
@@ -66,8 +68,29 @@ ENVIRONMENTS = [
     ),
     (
         {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "zero"},
-        "error: LOCAL_RANK: must be a whole number, got 'zero' (torchrun sets it; unset it to "
+        "error: LOCAL_RANK: must be a whole number in ASCII digits, got 'zero' (torchrun sets it; unset it to "
         "run as a single process)",
+    ),
+    (
+        # Python's int() reads an Arabic-Indic three; torchrun never writes one
+        {"WORLD_SIZE": "4", "RANK": "0", "LOCAL_RANK": "\u0663"},
+        "error: LOCAL_RANK: must be a whole number in ASCII digits, got '\u0663' (torchrun "
+        "sets it; unset it to run as a single process)",
+    ),
+    (
+        {"WORLD_SIZE": "\uff12"},  # a full-width two
+        "error: WORLD_SIZE: must be a whole number in ASCII digits, got '\uff12' (torchrun "
+        "sets it; unset it to run as a single process)",
+    ),
+    (
+        {"RANK": "1_0", "WORLD_SIZE": "16"},
+        "error: RANK: must be a whole number in ASCII digits, got '1_0' (torchrun sets it; "
+        "unset it to run as a single process)",
+    ),
+    (
+        {"WORLD_SIZE": "9" * 5000},
+        "error: WORLD_SIZE: must be between 1 and 4096, got '" + "9" * 40 + "' (torchrun "
+        "sets it; unset it to run as a single process)",
     ),
     (
         {"WORLD_SIZE": "2", "RANK": "0"},
@@ -76,7 +99,7 @@ ENVIRONMENTS = [
     ),
     (
         {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "http"},
-        "error: MASTER_PORT: must be a whole number, got 'http' (torchrun sets it; unset it to "
+        "error: MASTER_PORT: must be a whole number in ASCII digits, got 'http' (torchrun sets it; unset it to "
         "run as a single process)",
     ),
 ]
@@ -137,7 +160,18 @@ def _closed_pipe_run(argv: list[str]) -> subprocess.CompletedProcess:
     [
         ["resolve", "retrieval"],
         ["config-reference"],
-        ["data", "synth", "--out", "{tmp}/data", "--users", "50", "--items", "20"],
+        [
+            "data",
+            "synth",
+            "--out",
+            "{tmp}/data",
+            "--users",
+            "50",
+            "--items",
+            "20",
+            "--interactions",
+            "400",
+        ],
         ["status", "{tmp}"],
     ],
     ids=lambda argv: argv[0],
@@ -162,3 +196,87 @@ def test_a_command_with_closed_standard_streams_runs_without_a_traceback(tmp_pat
     )
     assert done.stdout.strip().splitlines()[-1] == "rc=0", done.stdout[-500:]
     assert "Traceback" not in (tmp_path / "err").read_text()
+
+
+FULL = "/dev/full"  # every write fails with ENOSPC: a disk that filled up under the command
+STDOUT_LOST = (
+    "error: stdout: cannot write: No space left on device (what the command printed is "
+    "incomplete; files it wrote are whole; send its output somewhere with room)"
+)
+
+
+def _run_with(argv: list[str], stdout: str | None, stderr: str | None, tmp_path: Path):
+    """`recjobs ARGV` with stdout and/or stderr on /dev/full; the other one captured."""
+    with open(stdout or os.devnull, "w") as out_target, open(stderr or os.devnull, "w") as err_t:
+        return subprocess.run(
+            [sys.executable, "-m", "recjobs", *argv],
+            stdout=out_target if stdout else subprocess.PIPE,
+            stderr=err_t if stderr else subprocess.PIPE,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+
+
+@pytest.mark.skipif(not os.path.exists(FULL), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["resolve", "retrieval"],
+        ["config-reference"],
+        ["--help"],
+        ["status", "{tmp}"],
+        [
+            "data",
+            "synth",
+            "--out",
+            "{tmp}/data",
+            "--users",
+            "50",
+            "--items",
+            "20",
+            "--interactions",
+            "400",
+        ],
+    ],
+    ids=lambda argv: argv[0],
+)
+def test_a_stdout_that_cannot_be_written_is_one_line_and_exit_2(tmp_path, argv):
+    done = _run_with([a.format(tmp=tmp_path) for a in argv], FULL, None, tmp_path)
+    assert (done.returncode, done.stderr.splitlines()[-1:]) == (2, [STDOUT_LOST]), done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    if argv[0] == "data":  # the work itself was done; only the printed path was lost
+        assert yaml_paths_exist(tmp_path / "data")
+
+
+def yaml_paths_exist(data: Path) -> bool:
+    return (
+        all((data / f"{t}.parquet").is_file() for t in ("users", "items"))
+        and (data / "config.yaml").is_file()
+    )
+
+
+@pytest.mark.skipif(not os.path.exists(FULL), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize(
+    ("argv", "code"),
+    [
+        (["resolve", "retrieval", "--set", "bad.key=1"], 2),  # a usage error stays 2
+        (["resolve", "--bogus"], 2),
+        (["resolve", "retrieval"], 0),  # a command that worked stays 0; its logs are lost
+    ],
+    ids=["config-error", "usage-error", "success"],
+)
+def test_a_stderr_that_cannot_be_written_keeps_the_exit_code(tmp_path, argv, code):
+    done = _run_with(argv, None, FULL, tmp_path)
+    assert done.returncode == code
+    if code == 0:
+        assert json.loads(done.stdout)["retrieval"]
+    else:
+        assert done.stdout == ""
+
+
+@pytest.mark.skipif(not os.path.exists(FULL), reason="needs /dev/full (Linux)")
+def test_both_streams_full_is_still_exit_2_without_a_traceback(tmp_path):
+    done = _run_with(["resolve", "retrieval"], FULL, FULL, tmp_path)
+    assert done.returncode == 2

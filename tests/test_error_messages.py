@@ -90,11 +90,47 @@ def test_set_never_replaces_the_early_stopping_section(capsys):
     assert shorthand["early_stopping"]["enabled"] is True
 
 
+BLANK_SETS = [
+    # YAML reads '  ' as null: artifact_dir ' ' used to mean artifacts/retrieval without a word,
+    # wandb_run_name ' ' a name W&B picks, label_col ' ' no label.
+    ("training.artifact_dir= ", "retrieval.training.artifact_dir", "' ' (or null: artifacts/<task>)"),
+    ("training.wandb_run_name=  ", "retrieval.training.wandb_run_name", "'  ' (or null: W&B picks one)"),
+    ("training.wandb_project=\t", "retrieval.training.wandb_project", "'\\t' (e.g. recjobs)"),
+    ("training.checkpoint= ", "retrieval.training.checkpoint", "' ' (e.g. model.pt)"),
+    ("columns.label_col= ", "retrieval.columns.label_col", "' ' (or null to leave it unset)"),
+    ("columns.user_id= ", "retrieval.columns.user_id", "' ' (e.g. user_id)"),
+    ("columns.item_cat_cols=[category, ' ']", "retrieval.columns.item_cat_cols[1]", "' ' (e.g. category)"),
+    ("dataset.name= ", "dataset.name", "' ' (e.g. synth)"),
+    ("shared.encoder_cache= ", "shared.encoder_cache", "' ' (e.g. encoders.json)"),
+    (
+        "dataset.paths={users: ' ', items: i.parquet, interactions_train: t.parquet, interactions_val: v.parquet}",
+        "dataset.paths.users",
+        "' ' (a local path or a URL)",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("item", "key", "shown"), BLANK_SETS, ids=[c[1] for c in BLANK_SETS])
+def test_a_blank_name_or_path_is_refused_naming_the_key(capsys, item, key, shown):
+    assert error(capsys, "resolve", "retrieval", "--set", item) == (
+        f"error: {key}: must not be empty or blank, got string {shown}"
+    )
+
+
+def test_a_blank_name_in_a_config_file_is_refused_too(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("retrieval:\n  training:\n    artifact_dir: '   '\n")
+    assert error(capsys, "resolve", "retrieval", "--config", str(config)) == (
+        "error: retrieval.training.artifact_dir: must not be empty or blank, got string '   ' "
+        "(or null: artifacts/<task>)"
+    )
+
+
 def test_empty_paths_are_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert error(capsys, "resolve", "retrieval", "--set", "training.artifact_dir=") == (
-        "error: retrieval.training.artifact_dir: must not be empty, got string '' (a directory "
-        "such as runs/retrieval, or null for artifacts/retrieval)"
+        "error: retrieval.training.artifact_dir: must not be empty or blank, got string '' (or "
+        "null: artifacts/<task>)"
     )
     assert error(capsys, "train", "retrieval", "--run-dir", "") == (
         "error: recjobs train: argument --run-dir: an empty path; name a file or directory "

@@ -72,7 +72,10 @@ CONFIG_FILES = [
     ("retrieval:\n  training:\n    batch_size: 010\n", {"retrieval.training.batch_size": 10}),
     ("retrieval:\n  training:\n    batch_size: 0o20\n", {"retrieval.training.batch_size": 16}),
     ("retrieval:\n  training:\n    batch_size: 0x20\n", {"retrieval.training.batch_size": 32}),
-    ("retrieval:\n  training:\n    batch_size: 1_024\n", {"retrieval.training.batch_size": 1024}),
+    (
+        "retrieval:\n  training:\n    batch_size: 1_024\n",
+        "error: retrieval.training.batch_size: expected an integer, got string '1_024' (YAML 1.1 read 1_024 as 1024, YAML 1.2 (what recjobs reads) as text: write 1024)",
+    ),
     (
         "retrieval:\n  training:\n    batch_size: 0b101\n",
         "error: retrieval.training.batch_size: expected an integer, got string '0b101'",
@@ -330,7 +333,7 @@ VALUES = [
     ),
     (
         "retrieval --set dataset.synth.users=2147483648",
-        "error: dataset.synth.users: must be in [1, 100000000], got 2147483648",
+        "error: dataset.synth.users: must be in [2, 100000000], got 2147483648",
     ),
     (
         "retrieval --set model.embedding_dim=1000000",
@@ -398,7 +401,7 @@ PATHS = [
     ),
     (
         "retrieval --set training.checkpoint=",
-        "error: retrieval.training.checkpoint: must be a plain file name inside the run dir's model/, got string '' (no '/', '..' or control characters; e.g. model.pt)",
+        "error: retrieval.training.checkpoint: must not be empty or blank, got string '' (e.g. model.pt)",
     ),
     (
         "retrieval --set training.checkpoint=..",

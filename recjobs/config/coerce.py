@@ -148,13 +148,47 @@ class _OutOfRange(Exception):
         return _OutOfRange(self.problem, step + self.at)
 
 
+_YAML11_TRUE = ("yes", "Yes", "YES", "on", "On", "ON")
+_YAML11_FALSE = ("no", "No", "NO", "off", "Off", "OFF")
+_UNDERSCORED = re.compile(r"[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?")
+
+
+def yaml11_reading(value: Any) -> str | None:
+    """What YAML 1.1 (PyYAML, and recjobs before it read YAML 1.2) made of a value that
+    recjobs now reads as text, written as it should be: 'true' for `yes`, '1000' for `1_000`;
+    None for any other value."""
+    if not isinstance(value, str):
+        return None
+    if value in _YAML11_TRUE or value in _YAML11_FALSE:
+        return "true" if value in _YAML11_TRUE else "false"
+    if "_" in value and len(value) <= MAX_SHOWN and _UNDERSCORED.fullmatch(value):
+        return value.replace("_", "").lstrip("+")
+    return None
+
+
+def yaml11_hint(value: Any) -> str | None:
+    """The fix for a value YAML 1.1 read as a boolean or number and YAML 1.2 reads as text."""
+    reading = yaml11_reading(value)
+    if reading is None:
+        return None
+    return (
+        f"YAML 1.1 read {value} as {reading}, YAML 1.2 (what recjobs reads) as text: "
+        f"write {reading}"
+    )
+
+
 def coerce(value: Any, hint: Any, where: str, hint_text: str | None = None) -> Any:
     """Return `value` converted to `hint`, or raise ConfigError naming `where`."""
+    if hint is Any and yaml11_reading(value) is not None:
+        # Nothing types it: torch would get the text 'yes' (true in Python) for a flag.
+        raise ConfigError(where, f"{show(value)} is ambiguous", yaml11_hint(value))
     try:
         return _coerce(value, hint)
     except _Mismatch:
         raise ConfigError(
-            where, f"expected {describe(hint)}, got {show(value)}", hint_text
+            where,
+            f"expected {describe(hint)}, got {show(value)}",
+            yaml11_hint(value) or hint_text,
         ) from None
     except _OutOfRange as exc:
         raise ConfigError(where + exc.at, exc.problem, hint_text) from None

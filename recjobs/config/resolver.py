@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from recjobs.config.coerce import (
     did_you_mean,
     key_text,
     show,
+    yaml11_hint,
 )
 from recjobs.config.schema import (
     ARCHS,
@@ -38,12 +40,14 @@ from recjobs.config.schema import (
     TASK_DEFAULTS,
     TASK_ONLY_KEYS,
     TASKS,
+    DataPaths,
     DatasetConfig,
     EarlyStopping,
     ResolvedConfig,
     SharedConfig,
     TaskConfig,
     TrainingConfig,
+    synth_density_problem,
 )
 from recjobs.errors import ConfigError
 from recjobs.file_kind import require_regular
@@ -62,32 +66,36 @@ MAX_NUMBER_CHARS = 100  # a YAML integer or float literal; int64 needs 20
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 numbers, no duplicate keys and only scalar keys.
+    """SafeLoader with YAML 1.2's numbers and booleans, no duplicate keys, only scalar keys.
 
     PyYAML follows YAML 1.1: a float needs a dot (`eps: 1e-8` would be the string "1e-8" and
-    crash the optimizer), `1:30` is the base-60 integer 90 and `010` the octal 8. Here numbers
-    read as YAML 1.2 (and Python) read them: `1e-8` is a float, `010` is 10, `0o10` is 8, and
-    `1:30` is a string (which the schema then refuses). A duplicate key would silently keep the
-    last value; a list as a key cannot be a config key and would crash the duplicate check.
+    crash the optimizer), `1:30` is the base-60 integer 90, `010` the octal 8, `1_000` is 1000
+    and yes/no/on/off are booleans. Here plain scalars read as YAML 1.2's core schema reads
+    them, in files and in --set alike: `1e-8` is a float, `010` is 10, `0o10` is 8, `0x10` 16,
+    and `1:30`, `1_000` and `yes` are text, which a number or boolean key then refuses, saying
+    what to write (coerce.yaml11_reading). A duplicate key would silently keep the last value;
+    a list as a key cannot be a config key and would crash the duplicate check.
     """
 
 
 _FLOAT = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-    |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+    r"""^(?:[-+]?[0-9]+\.[0-9]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?[0-9]+(?:[eE][-+]?[0-9]+)
+    |[-+]?\.[0-9]+(?:[eE][-+]?[0-9]+)?
     |[-+]?\.(?:inf|Inf|INF)
     |\.(?:nan|NaN|NAN))$""",
     re.X,
 )
-_INT = re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+)$")
-_NUMBER_TAGS = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int")
+_INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+_BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
+_YAML12_TAGS = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool")
 _Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag not in _NUMBER_TAGS]
+    k: [(tag, rx) for tag, rx in v if tag not in _YAML12_TAGS]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("tTfF"))
 
 
 def _number_text(loader: _Loader, node: yaml.ScalarNode, what: str) -> str:
@@ -250,16 +258,40 @@ def parse_value(text: str, where: str = "--set") -> Any:
     Text that is not YAML at all (`a: b: c`) stays a string for the schema to judge; YAML that
     parses but cannot be a value (a list as a key, a duplicate key) or is too big is an error.
     """
-    if text == "":
-        return ""
+    if not text.strip():
+        # YAML reads '  ' as null: `--set training.artifact_dir=' '` would quietly mean the
+        # default. As text, the schema judges it (every string key refuses a blank one).
+        return text
     try:
-        return _load(text)
+        value = _load(text)
     except yaml.constructor.ConstructorError as exc:
         raise ConfigError(where, _yaml_problem(exc)) from None
     except yaml.YAMLError:
         return text
     except _TooBig as exc:
         raise ConfigError(where, f"beyond the limits of a config: {exc}", _LIMITS_HINT) from None
+    if _ends_in_comment(text):
+        # In a file a comment shows as one; typed on a command line, `run #3` read as 'run'
+        # and `#3` as null without a word.
+        raise ConfigError(
+            where,
+            f"{brief(text)} ends in a YAML comment (a # at the start or after a space), so it "
+            f"would read as {show(value)}",
+            "quote the value to keep the #, e.g. --set \"training.wandb_run_name='run #3'\"",
+        )
+    return value
+
+
+def _ends_in_comment(text: str) -> bool:
+    """Whether YAML drops part of `text` as a comment: something after its last token."""
+    try:
+        tokens = list(yaml.scan(text, Loader=_Loader))
+    except yaml.YAMLError:
+        return False
+    end = max(
+        (t.end_mark.index for t in tokens if not isinstance(t, yaml.StreamEndToken)), default=0
+    )
+    return text[end:].lstrip().startswith("#")
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
@@ -360,8 +392,9 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--optimizer-args",
         nargs="+",
+        action="extend",  # given again, it adds (argparse's default dropped the first list)
         metavar="K=V",
-        help="optimizer keyword arguments, e.g. momentum=0.9",
+        help="optimizer keyword arguments, e.g. momentum=0.9; each key once",
     )
     g.add_argument(
         "--scheduler", metavar="NAME", help="any torch.optim.lr_scheduler class, or 'none'"
@@ -369,8 +402,9 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--scheduler-args",
         nargs="+",
+        action="extend",
         metavar="K=V",
-        help="scheduler keyword arguments, e.g. step_size=10",
+        help="scheduler keyword arguments, e.g. step_size=10; each key once",
     )
     g.add_argument(
         "--scheduler-interval",
@@ -397,7 +431,7 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY=VALUE",
         help="any config key, relative to the task section (training.batch_size=2048) "
-        "or absolute (shared.seed=1)",
+        "or absolute (shared.seed=1); repeatable, a later one of the same key wins",
     )
 
 
@@ -412,12 +446,23 @@ def _split_kv(item: str, flag: str) -> tuple[str, Any]:
     return key, parse_value(text, f"{flag} {_flag_key(key)}")
 
 
+def _given_twice(flag: str, key: str, first: str, second: str) -> ConfigError:
+    """A KEY=VALUE flag that names one key twice: argparse keeps both, and the last would win
+    without a word."""
+    return ConfigError(
+        f"{flag} {key}",
+        f"given twice ({brief(first)} and {brief(second)})",
+        "give each key once",
+    )
+
+
 def _flag_key(key: str) -> str:
     """A KEY of a KEY=VALUE flag as an error message names it: as typed when short."""
     return key if len(key) <= MAX_SHOWN and key.isprintable() else brief(key)
 
 
-def _apply_set(raw: dict[str, Any], task: str, item: str) -> None:
+def _apply_set(raw: dict[str, Any], task: str, item: str) -> tuple[str, ...]:
+    """Apply one `--set KEY=VALUE`; return the full dotted path it set."""
     key, value = _split_kv(item, "--set")
     where = f"--set {_flag_key(key)}"
     parts = key.split(".")
@@ -468,6 +513,7 @@ def _apply_set(raw: dict[str, Any], task: str, item: str) -> None:
         if isinstance(opt, dict):
             opt.pop("lr", None)
     node[parts[-1]] = value
+    return tuple(parts)
 
 
 def _sections(task: str) -> set[tuple[str, ...]]:
@@ -483,14 +529,23 @@ def _sections(task: str) -> set[tuple[str, ...]]:
 
 def apply_overrides(raw: dict[str, Any], task: str, ov: Overrides) -> dict[str, Any]:
     """Apply CLI overrides to the raw file dict (a copy is returned)."""
+    return _apply_overrides(raw, task, ov)[0]
+
+
+def _apply_overrides(
+    raw: dict[str, Any], task: str, ov: Overrides
+) -> tuple[dict[str, Any], set[tuple[str, ...]]]:
+    """apply_overrides, and the dotted paths --set set."""
     raw = copy.deepcopy(raw)
     if raw.get(task) is None:
         raw[task] = {}
     section = raw[task]
     if not isinstance(section, dict):
         raise ConfigError(task, f"expected a mapping, got {show(section)}")
-    for item in ov.sets:
-        _apply_set(raw, task, item)
+    # A later --set of a key replaces an earlier one (documented): a script adds its own
+    # settings to a base list. Within one --optimizer-args or --scheduler-args a key given
+    # twice is refused (_override_component).
+    set_paths = {_apply_set(raw, task, item) for item in ov.sets}
     if raw[task].get("training") is None:
         raw[task]["training"] = {}
     training = raw[task]["training"]
@@ -520,7 +575,7 @@ def apply_overrides(raw: dict[str, Any], task: str, ov: Overrides) -> dict[str, 
         )
     if ov.mixed_precision is not None:
         training["mixed_precision"] = ov.mixed_precision
-    return raw
+    return raw, set_paths
 
 
 def _override_component(
@@ -549,8 +604,12 @@ def _override_component(
                 f"{flag}-args", f"the config's {flag[2:]} is {show(current)}, not a mapping"
             )
         current = dict(current)
+        given: dict[str, str] = {}
         for item in args:
             key, value = _split_kv(item, f"{flag}-args")
+            if key in given:
+                raise _given_twice(f"{flag}-args", _flag_key(key), given[key], item)
+            given[key] = item
             if key in ("name", "interval"):
                 raise ConfigError(
                     f"{flag}-args {key}",
@@ -598,7 +657,32 @@ def _build_dataclass(
         else:
             values[name] = coerce(value, hint, key)
             _check_range(f, values[name], key, nullable=type(None) in typing.get_args(hint))
+            _check_not_blank(f, values[name], key)
     return cls(**values)
+
+
+def _check_not_blank(f: dataclasses.Field, value: Any, where: str) -> None:
+    """Every string of the schema is a name or a path: '' or '  ' would name nothing (the
+    working directory, a column nobody has) or be taken for the default without a word."""
+    texts = [value] if isinstance(value, str) else value if isinstance(value, tuple) else []
+    for i, text in enumerate(texts):
+        if isinstance(text, str) and not text.strip():
+            at = where if isinstance(value, str) else f"{where}[{i}]"
+            _check(False, at, f"must not be empty or blank, got {show(text)}", _blank_hint(f))
+
+
+def _blank_hint(f: dataclasses.Field) -> str:
+    default = f.default if f.default is not dataclasses.MISSING else None
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    if isinstance(default, tuple) and default:
+        default = default[0]
+    if isinstance(default, str):
+        return f"e.g. {default}"
+    unset = f.metadata.get("doc", "").partition("null: ")[2]
+    if f.default is None:
+        return f"or null: {unset}" if unset else "or null to leave it unset"
+    return "a local path or a URL"
 
 
 def _schema_path(where: str) -> str:
@@ -657,7 +741,9 @@ def _mixed_precision(value: Any, where: str) -> str:
     if isinstance(value, (bool, str)) and value in table:
         return table[value]
     raise ConfigError(
-        where, f"expected true, false, fp16, bf16 or off, got {show(value)}", "true means fp16"
+        where,
+        f"expected true, false, fp16, bf16 or off, got {show(value)}",
+        yaml11_hint(value) or "true means fp16",
     )
 
 
@@ -751,16 +837,7 @@ def _validate_section(task: str, section: TaskConfig, raw_section: dict[str, Any
             f"{p}.{key}",
             f"expected a non-empty list of at most {most} positive integers, got {brief(dims)}",
         )
-    for key in ("user_id", "item_id", "interaction_user_col", "interaction_item_col"):
-        _check(bool(getattr(cols, key)), f"{p}.columns.{key}", "must be a non-empty column name")
     _check_file_name(tr.checkpoint, f"{p}.training.checkpoint", "model.pt")
-    # '' would quietly mean the default, artifacts/<task>: a run written where nobody looks.
-    _check(
-        tr.artifact_dir is None or tr.artifact_dir.strip() != "",
-        f"{p}.training.artifact_dir",
-        f"must not be empty, got {show(tr.artifact_dir)}",
-        f"a directory such as runs/{task}, or null for artifacts/{task}",
-    )
 
     metrics = validation_metrics(task, tr)
     es = tr.early_stopping
@@ -825,6 +902,10 @@ def _task_section(task: str, raw: dict[str, Any]) -> TaskConfig:
 def _early_stopping(value: Any, where: str) -> EarlyStopping:
     if isinstance(value, bool):
         return EarlyStopping(enabled=value)
+    if yaml11_hint(value):
+        raise ConfigError(
+            where, f"expected true, false or a mapping, got {show(value)}", yaml11_hint(value)
+        )
     return _build_dataclass(EarlyStopping, value, where)
 
 
@@ -841,14 +922,37 @@ _TRAINING_SPECIAL = {
 def resolve_dict(
     raw: dict[str, Any], task: str, overrides: Overrides | None = None
 ) -> ResolvedConfig:
-    """Resolve an already-loaded config mapping (a file's content or a resolved config)."""
+    """Resolve an already-loaded config mapping (a resolved config: --config-json, a run's
+    saved config.yaml). Its relative dataset paths are read from the working directory."""
+    return _resolve_raw(raw, task, overrides, {})
+
+
+def _resolve_raw(
+    raw: dict[str, Any],
+    task: str,
+    overrides: Overrides | None,
+    file_paths: dict[str, tuple[str, str]],
+) -> ResolvedConfig:
+    """resolve_dict, with the config file's relative dataset paths already anchored at its
+    folder (`file_paths`: role -> (as written, absolute))."""
     if task not in TASKS:
         raise ConfigError("task", f"unknown task {brief(task)}", "one of " + ", ".join(TASKS))
     if not isinstance(raw, dict):
         raise ConfigError("config", f"expected a mapping at the top level, got {show(raw)}")
     _check_top_level(raw)
-    raw = apply_overrides(raw, task, overrides or Overrides())
+    raw, set_paths = _apply_overrides(raw, task, overrides or Overrides())
     dataset = _build_dataclass(DatasetConfig, _or_empty(raw.get("dataset")), "dataset")
+    if dataset.paths is None:  # the synthetic data set trains: its size must make one
+        synth = dataset.synth
+        problem = synth_density_problem(synth.users, synth.items, synth.interactions)
+        _check(problem is None, "dataset.synth.interactions", problem or "", _DENSITY_HINT)
+    # What --set gave is read from the working directory, even where the file had the role.
+    file_paths = {
+        role: given
+        for role, given in file_paths.items()
+        if ("dataset", "paths") not in set_paths and ("dataset", "paths", role) not in set_paths
+    }
+    dataset, relative = _absolute_data_paths(dataset, file_paths)
     shared = _build_dataclass(SharedConfig, _or_empty(raw.get("shared")), "shared")
     _check_file_name(shared.encoder_cache, "shared.encoder_cache", "encoders.json")
     section = _task_section(task, raw)
@@ -858,7 +962,105 @@ def resolve_dict(
         f"is the same file as {task}.training.checkpoint ({section.training.checkpoint})",
         "give the weights and the vocabularies different names",
     )
-    return ResolvedConfig(task=task, dataset=dataset, shared=shared, section=section)
+    return ResolvedConfig(
+        task=task, dataset=dataset, shared=shared, section=section, relative_paths=relative
+    )
+
+
+# --------------------------------------------------------------------------- dataset paths
+#
+# A relative dataset path in a config file is read from the file's folder, so that a data set
+# folder with its config.yaml (`recjobs data synth --out D` writes `users: users.parquet`) can
+# be copied or moved and still trains on its own files; one given on the command line (--set)
+# is read from the working directory. The resolved config holds absolute paths: what a run
+# saves, and what a TorchX job receives, names the same files wherever it is read.
+
+
+def _local_relative(path: Any) -> bool:
+    """A path to anchor: a relative local path (not a URL, not blank: the schema refuses that)."""
+    return (
+        isinstance(path, str) and bool(path.strip()) and "://" not in path
+    ) and not os.path.isabs(path)
+
+
+def _config_file_paths(raw: dict[str, Any], config_path: str | Path) -> dict[str, tuple[str, str]]:
+    """The relative dataset paths of a config file, anchored at the file's folder:
+    role -> (as written, absolute). A path that meant another file before (when relative
+    paths were read from the working directory) is refused: see _check_same_file."""
+    dataset = raw.get("dataset")
+    paths = dataset.get("paths") if isinstance(dataset, dict) else None
+    if not isinstance(paths, dict):
+        return {}
+    folder = Path(config_path).absolute().parent
+    found = {}
+    for role, text in paths.items():
+        if _local_relative(text):
+            beside = folder / text
+            _check_same_file(role, text, folder, Path(text).absolute(), config_path)
+            found[role] = (text, str(beside))
+    return found
+
+
+def _check_same_file(role: Any, text: str, folder: Path, here: Path, config: str | Path) -> None:
+    """A config that worked before this rule must not silently change meaning: refuse a path
+    that is found from the working directory (its old reading, `here`) but names nothing, or
+    another file, from the config's folder (its new one)."""
+    beside = folder / text
+    if beside == here or not here.exists():
+        return
+    if beside.exists():
+        try:
+            if os.path.samefile(beside, here):
+                return
+        except OSError:
+            pass
+        problem, hint = (
+            "names another file",
+            f"write the one you mean as an absolute path: {here} or {beside}",
+        )
+    else:
+        problem = "does not exist"
+        hint = f"write {os.path.relpath(here, folder)} (from the config's folder) or {here}"
+    raise ConfigError(
+        f"dataset.paths.{key_text(role)}",
+        f"{brief(text)} in {config} is read from the config file's folder: {beside}, which "
+        f"{problem}; from the working directory, as before, it is {here}",
+        hint,
+    )
+
+
+def _absolute_data_paths(
+    dataset: DatasetConfig, file_paths: dict[str, tuple[str, str]]
+) -> tuple[DatasetConfig, dict[str, str]]:
+    """The dataset with absolute local paths (relative ones read from the working directory:
+    given by --set or in a resolved config; a config file's are already anchored), and which
+    were relative as given (role -> text): a container does not see this machine's files."""
+    if dataset.paths is None:
+        return dataset, {}
+    absolute, relative = {}, {}
+    for role, path in dataclasses.asdict(dataset.paths).items():
+        if _local_relative(path):
+            relative[role], path = path, str(Path(path).absolute())
+        elif role in file_paths and path == file_paths[role][1]:
+            relative[role] = file_paths[role][0]
+        absolute[role] = path
+    return dataclasses.replace(dataset, paths=DataPaths(**absolute)), relative
+
+
+def with_absolute_paths(dataset: Any) -> Any:
+    """A saved config's `dataset` section (a checkpoint's) with its relative local paths read
+    from the working directory, as they were read when it was saved (older versions saved
+    them as given); anything else as it is."""
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("paths"), dict):
+        return dataset
+    paths = {
+        role: str(Path(path).absolute()) if _local_relative(path) else path
+        for role, path in dataset["paths"].items()
+    }
+    return {**dataset, "paths": paths}
+
+
+_DENSITY_HINT = "fewer interactions, or more users or items"
 
 
 def _check_top_level(raw: dict[str, Any]) -> None:
@@ -885,4 +1087,8 @@ def resolve(
             f"no {task}: section (found {present})",
             f"add a top-level {task}: mapping",
         )
-    return resolve_dict(raw, task, overrides)
+    file_paths = _config_file_paths(raw, config_path) if config_path is not None else {}
+    if file_paths:
+        paths = {**raw["dataset"]["paths"], **{r: a for r, (_, a) in file_paths.items()}}
+        raw = {**raw, "dataset": {**raw["dataset"], "paths": paths}}
+    return _resolve_raw(raw, task, overrides, file_paths)

@@ -25,6 +25,25 @@ INTERVALS = ("epoch", "step")  # when an LR scheduler steps (`interval`, --sched
 MAX_LAYERS = 32  # entries of hidden_dims / scorer_hidden_dims
 MAX_EVAL_K = 10  # entries of eval_k
 MAX_WIDTH = 65536  # embedding_dim and each hidden layer
+# The smallest synthetic data set that trains (SynthSize; `recjobs data synth` shares them).
+MIN_SYNTH_USERS, MIN_SYNTH_ITEMS, MIN_SYNTH_INTERACTIONS = 2, 2, 10
+
+
+def synth_density_problem(users: int, items: int, interactions: int) -> str | None:
+    """Why a synthetic data set this dense would not train, or None.
+
+    The generator draws each (user, item) pair at most once (it cannot, past every pair), and
+    ranking's validation draws negatives among the items a user does not have: with every pair
+    taken there are none, and the AUC is not a number. At most half of the pairs leaves plenty.
+    """
+    most = users * items // 2
+    if interactions <= most:
+        return None
+    return (
+        f"{interactions} interactions among {users} users x {items} items are more than half "
+        f"of their {users * items} user-item pairs (at most {most}): a pair occurs once, and "
+        "ranking's validation needs items a user does not have"
+    )
 
 
 @dataclass(frozen=True)
@@ -94,7 +113,9 @@ POSITIVE = {"low_open": True}  # for floats: (0, inf)
 
 @dataclass(frozen=True)
 class DataPaths:
-    """Where the four tables live: local paths (relative to the working directory) or URLs."""
+    """Where the four tables live: local paths or URLs. A relative path in a config file is
+    read from the file's folder, one given with --set from the working directory; the resolved
+    config holds absolute paths (`recjobs.config.resolver`, "dataset paths")."""
 
     users: str = option(doc="users table (Parquet or CSV): the user id column and its categories")
     items: str = option(doc="items table: the item id column and its categories")
@@ -108,12 +129,19 @@ class DataPaths:
 class SynthSize:
     """Size of the built-in synthetic data set used when `dataset.paths` is null."""
 
-    # Generated in memory (some 50 bytes per interaction, 100 per user or item): the bounds
-    # keep a typo from asking for terabytes (docs/reliability.md, "Bounds and blocking paths").
-    users: int = ranged(2000, 1, 100_000_000, doc="synthetic users")
-    items: int = ranged(500, 1, 100_000_000, doc="synthetic items")
+    # Generated in memory (some 50 bytes per interaction, 100 per user or item): the upper
+    # bounds keep a typo from asking for terabytes (docs/reliability.md, "Bounds and blocking
+    # paths"). The lower ones are the smallest data set that trains: a second user and item
+    # (one item is every in-batch negative and every sampled negative), and interactions for
+    # both splits (15% validation: 8 training, 2 validation rows) and a batch of 2 or more;
+    # with at most half of the user-item pairs taken (synth_density_problem).
+    users: int = ranged(2000, MIN_SYNTH_USERS, 100_000_000, doc="synthetic users")
+    items: int = ranged(500, MIN_SYNTH_ITEMS, 100_000_000, doc="synthetic items")
     interactions: int = ranged(
-        60000, 1, 1_000_000_000, doc="synthetic interactions (train and validation together)"
+        60000,
+        MIN_SYNTH_INTERACTIONS,
+        1_000_000_000,
+        doc="synthetic interactions (train and validation together)",
     )
 
 
@@ -122,8 +150,11 @@ class DatasetConfig:
     name: str = option("synth", doc="a name for the data set (logged; not interpreted)")
     paths: DataPaths | None = option(
         None,
-        doc="the four tables; null trains on the built-in synthetic data generated from "
-        "shared.seed",
+        doc="the four tables, local paths or URLs; null trains on the built-in synthetic data "
+        "generated from shared.seed. A relative path in a config file is read from the file's "
+        "folder (a data set folder with its config.yaml can be copied or moved), one given with "
+        "--set from the working directory; the resolved config (what a run saves, what a TorchX "
+        "job receives) holds absolute paths",
     )
     synth: SynthSize = option(doc="size of the synthetic data set", factory=SynthSize)
 
@@ -362,6 +393,9 @@ class ResolvedConfig:
     dataset: DatasetConfig
     shared: SharedConfig
     section: TaskConfig
+    # dataset.paths.* that were given as relative paths (role -> the text as given), now
+    # absolute on this machine: a container job cannot see them. Not part of the config.
+    relative_paths: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def columns(self) -> ColumnsConfig:

@@ -227,11 +227,13 @@ def write_dataset_dir(
     """Write the four tables as parquet plus a ready-to-train config.yaml; return its path.
 
     Used by the synthetic generator and the MovieLens converter, whose tables share the column
-    names user_id, item_id, timestamp and rating. Paths in the config are joined from `out_dir`
-    exactly as given, so a relative `out_dir` gives a config usable from the same directory.
+    names user_id, item_id, timestamp and rating. The config names the tables by their file
+    names (`users: users.parquet`), which a config file reads from its own folder: the folder
+    can be copied or moved and its config still trains on its own tables.
     """
     roles = ("users", "items", "interactions_train", "interactions_val")
-    paths = {role: os.path.join(out_dir, f"{role}.parquet") for role in roles}
+    names = {role: f"{role}.parquet" for role in roles}
+    paths = {role: os.path.join(out_dir, name) for role, name in names.items()}
 
     def columns(label_col: str | None) -> dict[str, Any]:
         return {
@@ -246,7 +248,7 @@ def write_dataset_dir(
         }
 
     config = {
-        "dataset": {"name": name, "paths": paths},
+        "dataset": {"name": name, "paths": names},
         "shared": {"seed": seed},
         "retrieval": {
             "columns": columns(None),

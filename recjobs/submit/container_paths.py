@@ -121,8 +121,8 @@ def check(app: Any, scheduler: str, ephemeral_outputs: bool) -> list[str]:
             if not _absolute(path):
                 raise UserError(
                     key,
-                    f"{path!r} is relative: the container does not see this machine's working "
-                    "directory",
+                    f"{path!r} is relative: the container sees neither this machine's working "
+                    "directory nor its config file's folder",
                     f"mount it, e.g. --mounts {EXAMPLE_DATA_MOUNT[scheduler]}, and give the path "
                     "inside the container: /data/...",
                 )

@@ -138,30 +138,92 @@ def parse_flag(value: str | bool, flag: str) -> bool:
     )
 
 
-def parse_env(text: str | dict[str, str] | None) -> dict[str, str] | None:
-    """`--env FOO=1,BAR=2` as TorchX reads it, but a word without `=` is one error line
-    (TorchX's own reading raises a ValueError traceback), and so are names that are not
-    environment variable names."""
-    if text is None or isinstance(text, dict):
-        env = text
-    else:
-        from torchx.util.types import to_dict
+# What torchrun sets in each process it starts (torch.distributed.elastic's local agent); a
+# value from --env would either be replaced or, where it is not, give every process the same
+# rank and break the rendezvous. -j says how many processes there are.
+TORCHRUN_SETS = (
+    "RANK",
+    "LOCAL_RANK",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "ROLE_NAME",
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_WORLD_SIZE",
+    "ROLE_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+TORCHRUN_PREFIX = "TORCHELASTIC_"
+_ENV_EXAMPLE = "e.g. FOO=1,BAR=2"
 
-        try:
-            env = to_dict(text)
-        except ValueError:
-            raise UserError(
-                "--env",
-                f"expected NAME=VALUE[,NAME=VALUE...], got {text[:80]!r}",
-                "e.g. FOO=1,BAR=2",
-            ) from None
-    for name, value in (env or {}).items():
+
+def parse_env(text: str | dict[str, str] | None) -> dict[str, str] | None:
+    """`--env FOO=1,BAR=2` as TorchX reads it (`,` or `;` between items; a value may hold
+    commas, `A=1,2,B=3`), but what TorchX would read silently wrong or with a traceback is one
+    error line: a word without `=`, an empty item (`A=1,,B=2`: TorchX makes A `1,`), an item
+    without a value (`A=1,B=`: TorchX makes A `1,B`), a name given twice (TorchX keeps the
+    last), names that are not environment variable names, and what torchrun sets itself."""
+    if text is None:
+        return None
+    env = dict(text) if isinstance(text, dict) else _env_items(text)
+    for name, value in env.items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) or len(name) > MAX_TEXT:
             raise UserError("--env", f"{name[:80]!r} is not an environment variable name")
         if len(value) > MAX_TEXT or "\0" in value:
             raise UserError(
                 "--env", f"the value of {name} is longer than {MAX_TEXT} characters or holds a NUL"
             )
+        if name in TORCHRUN_SETS or name.startswith(TORCHRUN_PREFIX):
+            raise UserError(
+                f"--env {name}",
+                "set by torchrun for each process; a value here would give every process the "
+                "same one",
+                "leave it out: -j [MIN:]NODESxPROCS sets the job's processes",
+            )
+    return env
+
+
+def _env_items(text: str) -> dict[str, str]:
+    """NAME=VALUE items as TorchX's `to_dict` splits them: between two `=`, the last `,` or
+    `;` ends one value and starts the next name."""
+    pieces = [piece.strip() for piece in text.split("=")]
+    if len(pieces) < 2 or not pieces[0]:
+        raise UserError(
+            "--env", f"expected NAME=VALUE[,NAME=VALUE...], got {text[:80]!r}", _ENV_EXAMPLE
+        )
+    names, values = [pieces[0]], []
+    for piece in pieces[1:-1]:
+        cut = max(piece.rfind(","), piece.rfind(";"))
+        if cut == -1:  # `A=x=y`: a value with `=`, or a missing delimiter before a name
+            raise UserError(
+                "--env",
+                f"expected NAME=VALUE[,NAME=VALUE...], got {text[:80]!r} ({piece[:40]!r} is "
+                "neither a value followed by a name nor a name)",
+                _ENV_EXAMPLE,
+            )
+        values.append(piece[:cut].strip())
+        names.append(piece[cut + 1 :].strip())
+    values.append(pieces[-1])
+    env: dict[str, str] = {}
+    for name, value in zip(names, values):
+        if not name:
+            raise UserError("--env", f"an item without a name in {text[:80]!r}", _ENV_EXAMPLE)
+        if re.search(r"^[,;]|[,;]\s*[,;]|[,;]$", value):
+            raise UserError(
+                "--env",
+                f"an empty item in {text[:80]!r} (after {name}=)",
+                "separate items with one comma: " + _ENV_EXAMPLE,
+            )
+        if value == "":
+            raise UserError(f"--env {name}", "has no value", f"write {name}='' for an empty value")
+        if name in env:
+            raise UserError(
+                f"--env {name}",
+                f"given twice ({env[name][:40]!r} and {value[:40]!r})",
+                "give each variable once",
+            )
+        env[name] = "" if value in ("''", '""') else value
     return env
 
 
@@ -191,6 +253,15 @@ def with_wandb(overrides: Overrides, project: str | None) -> Overrides:
         return overrides
     if not project.strip():
         raise UserError("--wandb_project", "must not be empty")
+    for item in overrides.sets:
+        key = item.partition("=")[0].strip()
+        for own in ("training.use_wandb", "training.wandb_project"):
+            if key in (own, *(f"{task}.{own}" for task in TASKS)):
+                raise UserError(
+                    "--wandb_project",
+                    f"sets {own}, which the overrides set too (--set {key})",
+                    "use one of them",
+                )
     sets = [*overrides.sets, "training.use_wandb=true", f"training.wandb_project={project}"]
     return dataclasses.replace(overrides, sets=sets)
 
@@ -399,18 +470,37 @@ def _mounts(
 
 # What each mount type needs (TorchX's parse_mounts reports a missing one as KeyError('dst')).
 _MOUNT_NEEDS = {"bind": ("src", "dst"), "volume": ("src", "dst"), "device": ("src",)}
-_MOUNT_KEY_NAMES = {"source": "src", "destination": "dst", "target": "dst"}
+_MOUNT_KEY_NAMES = {
+    "source": "src",
+    "destination": "dst",
+    "target": "dst",
+    "read_only": "readonly",
+}
 
 
 def _check_mount_keys(mounts: list[str]) -> None:
-    """Each mount's missing or empty src/dst, named with an example of the whole mount."""
+    """Each mount's missing or empty src/dst, named with an example of the whole mount; an
+    empty item, and a key given twice in one mount (TorchX keeps the last)."""
     groups: list[dict[str, str]] = []
     for opt in mounts:
+        if not opt.strip():
+            raise UserError(
+                "--mounts",
+                f"an empty item in {','.join(mounts)[:120]!r}",
+                "separate items with one comma, e.g. type=volume,src=recjobs-runs,dst=/runs",
+            )
         key, _, value = opt.partition("=")
         if key == "type":
             groups.append({"type": value})
         elif groups:
-            groups[-1][_MOUNT_KEY_NAMES.get(key, key)] = value
+            name = _MOUNT_KEY_NAMES.get(key, key)
+            if name in groups[-1]:
+                raise UserError(
+                    f"--mounts {name}",
+                    f"given twice in one mount ({groups[-1][name][:60]!r} and {value[:60]!r})",
+                    "give each key once; start another mount with type=",
+                )
+            groups[-1][name] = value
     for group in groups:
         kind = group["type"]
         missing = [k for k in _MOUNT_NEEDS.get(kind, ()) if not group.get(k)]
@@ -493,6 +583,8 @@ def train_app(
         raise UserError("--max_retries", f"must be 0 or more, got {max_retries}")
     run_dir = DEFAULT_RUN_DIR if run_dir is None else run_dir
     _local_path(run_dir, "--run_dir", "the trainer")
+    if config is not None and not config.strip():  # not "no config": the built-in defaults
+        raise UserError("--config", "an empty path", "name a YAML file, or leave --config out")
     job_env = _env(env, wandb_mode)
     role_mounts = _mounts(mounts)
 
@@ -516,6 +608,9 @@ def train_app(
     if cfg.training.use_wandb and wandb_mode not in _WANDB_KEYLESS:
         secret_env.request(role.metadata, [secret_env.WANDB_API_KEY])
     data = dataclasses.asdict(cfg.dataset.paths) if cfg.dataset.paths else {}
+    # A path given relative (to the config file's folder, or by --set to the working
+    # directory) is absolute on this machine in the resolved config; a container has neither.
+    data.update(cfg.relative_paths)
     container_paths.record(
         role.metadata,
         writes={"--run_dir": run_dir},
@@ -571,6 +666,9 @@ def recommend_app(
     out = DEFAULT_RUN_DIR if out is None else out
     for flag, path in (("--model_dir", model_dir), ("--out", out)):
         _local_path(path, flag, "recjobs recommend")
+    for flag, path in (("--users", users), ("--candidates", candidates)):
+        if path is not None and not path.strip():  # '' would quietly mean "none given"
+            raise UserError(flag, "an empty path", f"name a file, or leave {flag} out")
     if not candidates and model_task(model_dir) == "ranking":
         raise UserError(
             "--candidates",

@@ -8,6 +8,7 @@ line (exit 2) naming the variable, never a traceback from int() or torch.distrib
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from recjobs.errors import UserError
@@ -16,6 +17,7 @@ from recjobs.errors import UserError
 # (recjobs.submit.launch.MAX_PROCESSES is the same number).
 MAX_WORLD_SIZE = 4096
 
+_WHOLE_NUMBER = re.compile(r"[-+]?[0-9]+")
 _HINT = "torchrun sets it; unset it to run as a single process"
 
 
@@ -25,10 +27,13 @@ def env_int(name: str, default: int, low: int, high: int) -> int:
     text = os.environ.get(name, "").strip()
     if not text:
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise UserError(name, f"must be a whole number, got {text[:40]!r}", _HINT) from None
+    # ASCII digits only, as torchrun writes them: int() would also take '٣' (an Arabic-Indic
+    # three), '1_0' and full-width digits, which no launcher sets and nothing else reads alike.
+    if not _WHOLE_NUMBER.fullmatch(text):
+        raise UserError(name, f"must be a whole number in ASCII digits, got {text[:40]!r}", _HINT)
+    if len(text) > 18:  # far out of range; int() of thousands of digits is slow or refused
+        raise UserError(name, f"must be between {low} and {high}, got {text[:40]!r}", _HINT)
+    value = int(text)
     if not low <= value <= high:
         raise UserError(name, f"must be between {low} and {high}, got {value}", _HINT)
     return value

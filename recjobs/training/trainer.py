@@ -39,6 +39,7 @@ from recjobs.config.optim import (
     clip_grad_norm,
     sparse_decision,
 )
+from recjobs.config.resolver import with_absolute_paths
 from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, epoch_batches, load_task_data, steps_per_epoch
 from recjobs.data.synth import GenerationStopped
@@ -1075,6 +1076,9 @@ def _check_same_run(saved: dict[str, Any], cfg: ResolvedConfig) -> None:
             "checkpoints/last.pt", f"was not written by a {task} run", "use another --run-dir"
         )
     diffs = []
+    # A run saved by a version that kept relative dataset paths read them from the working
+    # directory; resolved configs now hold them absolute.
+    saved = {**saved, "dataset": with_absolute_paths(saved.get("dataset"))}
     for section in ("dataset", "shared"):
         if saved[section] != current[section]:
             diffs += [
