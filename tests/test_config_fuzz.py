@@ -27,6 +27,7 @@ from recjobs.config.optim import (
 )
 from recjobs.config.resolver import resolve
 from recjobs.config.schema import (
+    TASK_ONLY_KEYS,
     ColumnsConfig,
     DatasetConfig,
     EarlyStopping,
@@ -321,7 +322,8 @@ def numeric_keys() -> list[tuple[str, str, Range, type, bool, bool]]:
             args = typing.get_args(hint)
             kind = int if int in (hint, *args) or "int" in str(hint) else float
             # Ranking for its own keys, and for batch_size, which retrieval needs >= 2.
-            ranking = ("negatives_per_pos", "scorer_hidden_dims", "cross_layers", "batch_size")
+            only = TASK_ONLY_KEYS["ranking"]
+            ranking = (*only["training"], *only["model"], "batch_size")
             task = "ranking" if f.name in ranking else "retrieval"
             is_list = typing.get_origin(hint) is tuple
             keys.append(

@@ -689,7 +689,7 @@ def test_write_dataset_layout(tmp_path, monkeypatch):
     assert config["ranking"]["columns"]["label_col"] == "rating"
     assert config["ranking"]["columns"]["item_cat_cols"] == ["category", "price_band", "style"]
     assert config["retrieval"]["training"]["loss_func"] == "cross_entropy"
-    assert config["ranking"]["training"]["negatives_per_pos"] == 4
+    assert config["ranking"]["training"]["negatives_per_pos"] == 8
     assert config["ranking"]["model"]["scorer_hidden_dims"] == [128, 64]
     data = load_task_data(resolve("ranking", config_path))
     assert data.n_users == 50 and data.n_items == 20
