@@ -89,7 +89,13 @@ def test_ranking_auc_well_above_chance(tmp_path, arch):
 
 
 def test_ranking_mse_beats_predicting_the_mean(tmp_path):
-    config = cfg("ranking", "training.loss_func=mse", "training.max_epochs=4", "training.lr=0.01")
+    config = cfg(
+        "ranking",
+        "training.loss_func=mse",
+        "training.max_epochs=4",
+        "training.lr=0.01",
+        "training.scheduler=null",  # a constant lr, whatever quickstart's ranking schedule is
+    )
     trainer.train(config, tmp_path)
     data = load_task_data(config)
     constant = float((data.val_labels - data.train_labels.mean()).pow(2).mean().sqrt())
@@ -447,8 +453,8 @@ def record_steps(monkeypatch, task_class) -> list[tuple[float, int]]:
     steps: list[tuple[float, int]] = []
     real = task_class.loss
 
-    def loss(self, model, batch):
-        value = real(self, model, batch)
+    def loss(self, model, batch, **options):
+        value = real(self, model, batch, **options)
         if model.training:  # not validation's val/loss
             examples = len(batch["labels"] if "labels" in batch else batch["users"])
             steps.append((float(value), examples))

@@ -115,6 +115,10 @@ def generate_tables(
             if stop_requested():
                 raise GenerationStopped
             worker.join(POLL_S)
+        # A signal that came while the data was generated stops the command even when the
+        # worker finished before this thread looked again (small data on a busy machine).
+        if stop_requested():
+            raise GenerationStopped
     finally:
         abandoned.set()  # however this thread leaves: the worker stops at its next step
     if "error" in done:
