@@ -155,23 +155,17 @@ def _closed_pipe_run(argv: list[str]) -> subprocess.CompletedProcess:
         os.close(write_end)
 
 
+# A data set small enough to write in a moment, for the commands that write one.
+SMALL_SYNTH = ["data", "synth", "--out", "{tmp}/data", "--users", "50", "--items", "20"]
+SMALL_SYNTH += ["--interactions", "400"]
+
+
 @pytest.mark.parametrize(
     "argv",
     [
         ["resolve", "retrieval"],
         ["config-reference"],
-        [
-            "data",
-            "synth",
-            "--out",
-            "{tmp}/data",
-            "--users",
-            "50",
-            "--items",
-            "20",
-            "--interactions",
-            "400",
-        ],
+        SMALL_SYNTH,
         ["status", "{tmp}"],
     ],
     ids=lambda argv: argv[0],
@@ -227,18 +221,7 @@ def _run_with(argv: list[str], stdout: str | None, stderr: str | None, tmp_path:
         ["config-reference"],
         ["--help"],
         ["status", "{tmp}"],
-        [
-            "data",
-            "synth",
-            "--out",
-            "{tmp}/data",
-            "--users",
-            "50",
-            "--items",
-            "20",
-            "--interactions",
-            "400",
-        ],
+        SMALL_SYNTH,
     ],
     ids=lambda argv: argv[0],
 )
