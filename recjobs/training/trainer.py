@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -495,6 +496,8 @@ class TrainingRun:
             log.warning("no checkpoint in %s: starting a new run", rundir.path)
         self.started = time.perf_counter()
         self.elapsed_before = float(checkpoint.get("elapsed_s", 0.0)) if checkpoint else 0.0
+        # A mid-epoch checkpoint of another world size: its epoch ends before training goes on.
+        self.cut_epoch = False
         metrics_lines = self._resume(checkpoint) if checkpoint is not None else 0
         # Everything is set up and restored (a failure so far leaves the run directory as it
         # was); only now is it written to.
@@ -552,7 +555,7 @@ class TrainingRun:
 
     def _resume(self, checkpoint: dict[str, Any]) -> int:
         """Restore the checkpoint's states (reading only); the metrics lines it covers."""
-        epoch, batch_in_epoch, step, metrics_lines = _restore_states(
+        epoch, batch_in_epoch, step, metrics_lines, saved_world = _restore_states(
             checkpoint,
             self.rundir,
             self.ddp,
@@ -578,7 +581,72 @@ class TrainingRun:
                     self.loss_sum.copy_(window["sum"] * self.full_batch)
                     self.loss_examples = int(window["count"]) * self.full_batch
         log.info("resumed from %s at epoch %d, step %d", self.rundir.last, epoch, step)
+        if saved_world != self.ddp.world_size:
+            self._map_world(saved_world)
         return metrics_lines
+
+    def _map_world(self, saved_world: int) -> None:
+        """Continue a checkpoint written by `saved_world` processes at this world size.
+
+        The epoch's permutation does not depend on the world size, but its split into rank
+        shards does: a checkpoint taken at an epoch boundary continues exactly (the next epoch
+        is split among this world's ranks); one taken mid-epoch ends that epoch where it was
+        taken (`run` validates and checkpoints it first), so none of its examples is trained
+        twice and the rest of them wait for the next epochs. The ranks' random streams (dropout,
+        negative samplers) of the old world do not map onto the new ranks: each rank is seeded
+        from (seed, rank, epoch). batch_size stays per process, so the global batch becomes
+        batch_size x world size; the learning rate is the configured one (not rescaled). A
+        per-step schedule is laid out again for this world's steps per epoch and moved to the
+        epoch boundary the run continues from.
+        """
+        training, progress, world = self.cfg.training, self.progress, self.ddp.world_size
+        self.cut_epoch = progress.batch_in_epoch > 0
+        boundary = progress.epoch + self.cut_epoch
+        if _per_step(self.schedule) and training.max_steps:
+            raise CheckpointError(
+                str(self.rundir.last),
+                f"was written by {saved_world} processes, not {world}, and its per-step "
+                f"scheduler ends at max_steps ({training.max_steps}), a count of steps whose size "
+                "changes with the world",
+                f"resume with {saved_world} processes, or set training.max_epochs instead of "
+                "max_steps",
+            )
+        if _per_step(self.schedule):
+            for opt in self.optimizers.all:  # the schedule is replayed from its start
+                for group in opt.param_groups:
+                    group["lr"] = group.get("initial_lr", group["lr"])
+            self.schedule = build_scheduler(
+                self.optimizers.all,
+                training.scheduler,
+                self.per_epoch,
+                training.max_epochs,
+                training.max_steps,
+            )
+            for _ in range(boundary * self.per_epoch):
+                self.schedule.after_step()
+        left = self.per_epoch * max(training.max_epochs - boundary, 0)
+        self.total_steps = min(progress.step + left, training.max_steps or sys.maxsize)
+        seed, rank = self.cfg.shared.seed, self.ddp.rank
+        torch.manual_seed(rank_seed(seed, rank, boundary, 0))  # dropout (and CUDA's generators)
+        negatives = getattr(self.task, "generator", None)  # both tasks' negative samplers
+        if negatives is not None:
+            negatives.manual_seed(rank_seed(seed, rank, boundary, 1))
+        batch = training.batch_size
+        cut = (
+            f"epoch {progress.epoch} ends at the checkpoint (step {progress.step}, "
+            f"{progress.batch_in_epoch} steps into it; its other examples are not trained in "
+            "it), then "
+            if self.cut_epoch
+            else ""
+        )
+        message = (
+            f"resumed at world {world} (was {saved_world}): {cut}epoch {boundary} on at "
+            f"{self.per_epoch} steps per epoch, global batch {batch * world} "
+            f"(was {batch * saved_world}; batch_size {batch} per process), learning rate as "
+            "configured"
+        )
+        if self.ddp.is_main:
+            self.say_always(message)
 
     def say_always(self, message: str) -> None:
         """An INFO line train.log holds at any log level: how the run started and ended."""
@@ -610,6 +678,9 @@ class TrainingRun:
         if _signalled_before_start(self.stop, self.ddp):  # e.g. Ctrl-C while the data loaded
             self.preempted(f"at step {progress.step}, before training started")
         try:
+            if self.cut_epoch:  # resumed at another world size from mid-epoch (_map_world)
+                self.cut_epoch = False
+                self.end_epoch()
             while (
                 progress.epoch < training.max_epochs
                 and progress.step < self.total_steps
@@ -918,26 +989,41 @@ def _restore_states(
     schedule: Any,
     scaler: torch.amp.GradScaler,
     early: EarlyStopping,
-) -> tuple[int, int, int, int]:
-    """Load a checkpoint's states; (epoch, batch in epoch, step, metrics lines) it stopped at."""
+) -> tuple[int, int, int, int, int]:
+    """Load a checkpoint's states; (epoch, batch in epoch, step, metrics lines) it stopped at
+    and the world size that wrote it. At another world size the ranks' random states (dropout,
+    negative samplers) and a per-step schedule are left for `TrainingRun._map_world`."""
     with _unusable_checkpoint(rundir):
         model.load_state_dict(checkpoint["model"])
         optimizers.load_state_dict(checkpoint["optimizers"])
-        schedule.load_state_dict(checkpoint["scheduler"])
+        saved_world = len(checkpoint["ranks"])
+        if saved_world < 1:
+            raise ValueError("the checkpoint holds no rank states")
+        if saved_world == ddp.world_size or not _per_step(schedule):
+            schedule.load_state_dict(checkpoint["scheduler"])
+        # else: a per-step schedule is laid out again for this world (TrainingRun._map_world)
         scaler.load_state_dict(checkpoint["scaler"])
         early.load_state_dict(checkpoint["early_stopping"])
-        if ddp.world_size != len(checkpoint["ranks"]):
-            raise CheckpointError(
-                str(rundir.last),
-                f"was written by {len(checkpoint['ranks'])} processes, not {ddp.world_size}",
-                "resume with the same -j/--nproc_per_node",
-            )
-        own = checkpoint["ranks"][ddp.rank]
-        set_rng_state(own["rng"])
-        task.load_state_dict(own["task"])
+        if saved_world == ddp.world_size:  # an exact resume: each rank its own random streams
+            own = checkpoint["ranks"][ddp.rank]
+            set_rng_state(own["rng"])
+            task.load_state_dict(own["task"])
         fields = ("epoch", "batch_in_epoch", "step", "metrics_lines")
         epoch, batch_in_epoch, step, lines = (int(checkpoint[f]) for f in fields)
-    return epoch, batch_in_epoch, step, lines
+    return epoch, batch_in_epoch, step, lines, saved_world
+
+
+def _per_step(schedule: Any) -> bool:
+    """Whether the schedule steps with every optimizer step (its position depends on the steps
+    per epoch, and so on the world size); ReduceLROnPlateau follows validations instead."""
+    return bool(schedule.schedulers) and schedule.interval == "step" and schedule.monitor is None
+
+
+def rank_seed(seed: int, rank: int, epoch: int, stream: int) -> int:
+    """A well-mixed 63-bit seed for one rank's random stream from an epoch on: what a resume at
+    another world size gives each rank instead of a saved state it does not have."""
+    words = [seed % 2**64, rank, epoch, stream]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0]) & (2**63 - 1)
 
 
 @contextlib.contextmanager
