@@ -433,3 +433,39 @@ def test_local_docker_recommend_job_binds_the_runs_directory(bind_src):
         "--parts",
         "csv",
     ]
+
+
+def test_elastic_nodes_submit_the_minimum_as_the_volcano_jobs_min_available():
+    """`-j 1:2x1`: the Job starts (or restarts after losing a pod) with one pod, and torchrun
+    in each pod accepts one or two nodes; a fixed `-j 2x1` needs both."""
+    elastic = dryrun(
+        "kubernetes", "--task", "retrieval", "-j", "1:2x1", cfg="ephemeral_outputs=True"
+    )
+    assert elastic["spec"]["minAvailable"] == 1
+    assert [t["minAvailable"] for t in elastic["spec"]["tasks"]] == [1, 0]
+    for task in elastic["spec"]["tasks"]:
+        words = " ".join(task["template"]["spec"]["containers"][0]["command"])
+        assert " --nnodes 1:2 --nproc_per_node 1 " in words
+    fixed = dryrun("kubernetes", "--task", "retrieval", "-j", "2x1", cfg="ephemeral_outputs=True")
+    assert fixed["spec"]["minAvailable"] == 2
+    assert "minAvailable" not in fixed["spec"]["tasks"][0] or all(
+        t["minAvailable"] == 1 for t in fixed["spec"]["tasks"]
+    )
+
+
+@pytest.mark.parametrize(
+    "nodes, line",
+    [
+        ("0:2x1", "error: -j: nodes and processes must be at least 1, got '0:2x1'"),
+        ("2:1x1", "error: -j: minimum nodes 2 exceed maximum nodes 1"),
+    ],
+)
+def test_elastic_nodes_out_of_order_are_refused_at_submit(nodes, line):
+    cmd = [str(BIN / "torchx"), "run", "-s", "kubernetes", "--dryrun", "--workspace", ""]
+    cmd += ["components/train.py:train", "--task", "retrieval", "-j", nodes]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    ours = [x for x in done.stderr.strip().splitlines() if not x.startswith("torchx ")]
+    assert ours == [line]  # besides torchx's own log lines (the .torchxconfig it read)
+    assert "SCHEDULER REQUEST" not in done.stdout

@@ -169,7 +169,9 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
         for line in retry_notes(app):
             print(line, file=sys.stderr)
         secret = str(options.get("wandb_secret") or DEFAULT_WANDB_SECRET)
-        for task in info.request.resource["spec"]["tasks"]:  # type: ignore[index]
+        spec = info.request.resource["spec"]  # type: ignore[index]
+        spec["minAvailable"] = min_available(app)
+        for task in spec["tasks"]:
             pod = task["template"]
             role = app.roles[int(pod.metadata.labels[LABEL_ROLE_INDEX])]
             _edit_pod(pod, tolerations, node_selector, secret_env.requested(role.metadata), secret)
@@ -218,6 +220,20 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
             return CoreV1Api(self._api_client()).list_namespaced_event(namespace).items
         except ApiException:  # the job's status is still worth printing without its reasons
             return []
+
+
+def min_available(app: AppDef) -> int:
+    """The pods the Volcano Job needs to start (and to keep running): `-j MIN:MAXxP`'s MIN.
+
+    TorchX marks the first MIN tasks of an elastic role `minAvailable: 1` and the others 0;
+    the Job's own `minAvailable` is what gang scheduling reads. Left out, Volcano's webhook
+    derives it from the tasks' marks, a version-dependent default; written here, the dry run
+    shows it and `-j 1:2x1` starts, or restarts after losing a pod, with one pod. torchrun in
+    those pods gets `--nnodes MIN:MAX` (launch.Nodes), so the rendezvous accepts the same range.
+    """
+    return sum(
+        role.num_replicas if role.min_replicas is None else role.min_replicas for role in app.roles
+    )
 
 
 def retry_notes(app: AppDef) -> list[str]:

@@ -77,6 +77,14 @@ class Nodes:
 
     @property
     def torchrun_nnodes(self) -> str:
+        """torchrun's --nnodes: the same MIN:MAX range as the Volcano Job's minAvailable (MIN)
+        and its pods (MAX), so a job that starts or restarts with MIN pods trains at that world
+        size (resuming its checkpoint at another world size, see trainer._map_world)."""
+        return self.spelled_nodes
+
+    @property
+    def spelled_nodes(self) -> str:
+        """The nodes as -j spells them: `2`, or `1:4` when elastic."""
         if self.min_nodes == self.max_nodes:
             return str(self.max_nodes)
         return f"{self.min_nodes}:{self.max_nodes}"
@@ -577,7 +585,7 @@ def train_app(
         raise UserError(
             "-j",
             f"{nodes.nproc_per_node} processes per node but {resource.gpu} GPU(s) per node",
-            f"use -j {nodes.max_nodes}x{resource.gpu} (one process per GPU)",
+            f"use -j {nodes.spelled_nodes}x{resource.gpu} (one process per GPU)",
         )
     if max_retries < 0:
         raise UserError("--max_retries", f"must be 0 or more, got {max_retries}")
