@@ -140,6 +140,106 @@ def measure_bare(a: argparse.Namespace) -> dict:
     }
 
 
+# The seed-shaped config of the single-rank parity check: the built-in retrieval defaults (3
+# categorical columns per tower, embedding 64, MLP [128, 64], batch 1024, Adam, temperature 0.05)
+# on the default synthetic data, logging every 10 steps, no eval steps.
+PARITY_SETS = ["training.log_steps=10", "training.eval_steps=0"]
+PARITY_BLOCK = 20  # steps per alternating block: about a second here, both sides see one load
+
+
+def measure_parity(a: argparse.Namespace) -> dict:
+    """The trainer against a bare loop in the same process, alternating blocks of steps.
+
+    The real `trainer.train` runs; every PARITY_BLOCK of its steps, a bare forward/backward/step
+    loop over its own copy of the model and optimizers runs as many steps on batches prepared in
+    advance. The trainer's block is timed from its first step to the next block's first step, so
+    everything the loop does in between (logging, the per-epoch checkpoint, the next epoch's
+    batches) counts; validation is replaced by a no-op here (measured by "eval"). Alternating
+    blocks cancel the drift of a machine shared with other work, which separate processes do
+    not (back-to-back processes on this machine differed by 2x).
+    """
+    import torch
+
+    from recjobs.config.optim import build_optimizers, sparse_decision
+    from recjobs.models import build_model
+    from recjobs.training import tasks, trainer
+
+    cfg = _config(a.task, a.users, a.items, a.interactions, a.batch, a.steps, a.set)
+    for cls in (tasks.RetrievalTask, tasks.RankingTask):
+        cls.evaluate = lambda self, model: collections.defaultdict(lambda: float("nan"))
+    tr = cfg.training
+    state = {"count": 0, "start": None, "examples": 0}
+    blocks: list[tuple[float, float]] = []  # (trainer examples/s, bare examples/s) per block
+    bare: dict = {}
+    real_step = trainer.TrainingRun.train_step
+
+    def bare_block(run: trainer.TrainingRun) -> float:
+        if not bare:  # built once, like the trainer's: same seed, same data, same shapes
+            sparse, _ = sparse_decision(
+                tr.sparse_embeddings,
+                run.data.user_cardinalities + run.data.item_cardinalities,
+                False,
+            )
+            model = build_model(
+                cfg.task,
+                cfg.model,
+                run.data.user_cardinalities,
+                run.data.item_cardinalities,
+                sparse=sparse,
+            ).to(run.device)
+            emb = tr.embedding_optimizer if sparse else None
+            bare.update(model=model, opts=build_optimizers(model, tr.optimizer, emb))
+            order = torch.randperm(
+                run.task.num_examples, generator=torch.Generator().manual_seed(0)
+            )
+            full = order[: PARITY_BLOCK * tr.batch_size].split(tr.batch_size)
+            bare["batches"] = [run.task.batch(idx.to(run.device)) for idx in full]
+        model, opts = bare["model"], bare["opts"]
+        start = time.perf_counter()
+        for batch in bare["batches"]:
+            loss = run.task.loss(model, batch)
+            opts.zero_grad()
+            loss.backward()
+            for opt in opts.all:
+                opt.step()
+        float(loss.detach())  # the device's queue drained (a no-op on the CPU)
+        return PARITY_BLOCK * tr.batch_size / (time.perf_counter() - start)
+
+    def timed_step(run: trainer.TrainingRun, idx, batches_in_epoch: int) -> None:
+        if state["count"] and state["count"] % PARITY_BLOCK == 0:
+            float(run.loss_sum)  # the trainer's steps finished (GPU)
+            seconds = time.perf_counter() - state["start"]
+            with run.clock_stopped():  # not the trainer's training time (its own records)
+                blocks.append((state["examples"] / seconds, bare_block(run)))
+            state["start"] = None
+        if state["start"] is None:
+            state["start"], state["examples"] = time.perf_counter(), 0
+        state["count"] += 1
+        state["examples"] += len(idx)
+        real_step(run, idx, batches_in_epoch)
+
+    trainer.TrainingRun.train_step = timed_step
+    with tempfile.TemporaryDirectory() as run_dir:
+        trainer.train(cfg, run_dir)
+        records = [
+            json.loads(line) for line in Path(run_dir, "metrics.jsonl").read_text().splitlines()
+        ]
+    blocks = blocks[1:]  # the first: warm-up of both
+    validated = {r["step"] for r in records if "train/lr" not in r}
+    epoch_rates = [
+        r["train/examples_per_s"] for r in records if "train/lr" in r and r["step"] in validated
+    ][1:]
+    bare_rate = statistics.median(b for _, b in blocks)
+    return {
+        "ratio": statistics.median(t / b for t, b in blocks),
+        "trainer_examples_per_s": statistics.median(t for t, _ in blocks),
+        "bare_examples_per_s": bare_rate,
+        "reported_ratio": statistics.median(epoch_rates) / bare_rate,
+        "blocks": len(blocks),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def measure_eval(a: argparse.Namespace) -> dict:
     """One full validation (the trainer's `task.evaluate`) on a trained-from-scratch model."""
     import torch
@@ -288,6 +388,7 @@ def measure_matmul(a: argparse.Namespace) -> dict:
 MEASURES = {
     "trainer": measure_trainer,
     "bare": measure_bare,
+    "parity": measure_parity,
     "eval": measure_eval,
     "first_step": measure_first_step,
     "prepare_recommend": prepare_recommend,

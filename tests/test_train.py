@@ -494,14 +494,18 @@ def test_retrieval_train_loss_weighs_examples_and_leaves_out_the_short_batch(
         examples = sum(n for _, n in window)
         seconds = sum(0.05 + n / 1000 for _, n in window)
         rate = (examples, seconds)
-        if len(counted) < log_steps and last_window is not None:  # too short on its own
+        if record["step"] % per_epoch == 0:  # an epoch's end: the whole epoch's rate
+            epoch = steps[record["step"] - per_epoch : record["step"]]
+            rate = (sum(n for _, n in epoch), sum(0.05 + n / 1000 for _, n in epoch))
+        elif len(counted) < log_steps and last_window is not None:  # too short on its own
             rate = (examples + last_window[0], seconds + last_window[1])
         assert record["train/examples_per_s"] == pytest.approx(rate[0] / rate[1], rel=1e-9)
         last_window = (examples, seconds)
     epoch_ends = [r for r in records if r["step"] % per_epoch == 0]
     # Full steps read 256 / 0.306 = 837 examples/s; the short batch alone would read
-    # 72 / 0.122 = 590, measured with the window before it at least 766.
+    # 72 / 0.122 = 590; the epoch (13 full steps and the short one) 3400 / 4.1 = 829.27.
     assert all(r["train/examples_per_s"] > 760 for r in records)
+    assert [r["train/examples_per_s"] for r in epoch_ends] == pytest.approx([3400 / 4.1] * 2)
     # log_steps=3: epoch 0's last window is steps 13-14 (one full batch), epoch 1's is step 28
     # alone (the short batch).
     expected_loss = [False, False] if log_steps == 1 else [True, False]

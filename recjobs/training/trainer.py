@@ -490,7 +490,6 @@ class TrainingRun:
         # before checkpoints.
         self.loss_sum = torch.zeros((), device=self.device)
         self.loss_examples = 0
-        self.step_counter = torch.zeros((), dtype=torch.long, device=self.device)
         self.first_bad_step = torch.zeros((), dtype=torch.long, device=self.device)
         if checkpoint is None and resume and ddp.is_main:
             log.warning("no checkpoint in %s: starting a new run", rundir.path)
@@ -510,9 +509,11 @@ class TrainingRun:
         self.tracker.truncate(metrics_lines)
         # train/examples_per_s: examples and full batches since the last record, timed from
         # `tick` (validation and checkpoints excluded); a short window is measured together
-        # with the previous record's (`rate_window`).
+        # with the previous record's (`rate_window`); the epoch-end record gives the epoch's
+        # rate (`epoch_window`: this epoch's earlier records in this process).
         self.examples, self.full_batches, self.tick = 0, 0, time.perf_counter()
         self.rate_window: tuple[int, float] | None = None
+        self.epoch_window: tuple[int, float] = (0, 0.0)
         self.last_scale = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
 
     def _build_model_and_optimizers(self) -> None:
@@ -567,7 +568,6 @@ class TrainingRun:
             self.early,
         )
         self.progress = Progress(epoch, batch_in_epoch, step)
-        self.step_counter.fill_(step)
         if self.rundir.best.exists():
             with _what_to_do(run_status.damaged_best(self.rundir, self.cfg.task)):
                 self.best_state = load_checkpoint(self.rundir.best)["model"]
@@ -677,6 +677,9 @@ class TrainingRun:
         self.model.train()
         if _signalled_before_start(self.stop, self.ddp):  # e.g. Ctrl-C while the data loaded
             self.preempted(f"at step {progress.step}, before training started")
+        # Training time starts now, not when __init__ ended: rank 0 waited above for the other
+        # ranks to load their data, which a short first window would count as training.
+        self.tick = time.perf_counter()
         try:
             if self.cut_epoch:  # resumed at another world size from mid-epoch (_map_world)
                 self.cut_epoch = False
@@ -743,13 +746,13 @@ class TrainingRun:
         progress.step += 1
         progress.batch_in_epoch += 1
         full = len(idx) == self.full_batch
-        self.track_loss(loss.detach(), len(idx), self.counts_toward_loss(full))
+        self.track_loss(loss.detach(), len(idx), self.counts_toward_loss(full), progress.step)
         self.examples += len(idx)
         self.full_batches += full
         self.bar.update(1)
 
         if logging_now:  # the loop's only host sync: at log steps
-            self.log_training(lr_record)
+            self.log_training(lr_record, ends_epoch)
         if training.eval_steps and progress.step % training.eval_steps == 0:
             with self.clock_stopped():  # examples/s measures training, not validation
                 self.validate(end_of_epoch=False)
@@ -777,18 +780,19 @@ class TrainingRun:
         """
         return full or not self.task.loss_depends_on_batch_size
 
-    def track_loss(self, loss: torch.Tensor, examples: int, counted: bool) -> None:
+    def track_loss(self, loss: torch.Tensor, examples: int, counted: bool, step: int) -> None:
+        """Add the step's loss to the window and remember the first step whose loss was not
+        finite, on the device (queued, never waited for). Five small ops a step, where this
+        took eight: the step is a Python number the kernel takes as an argument, not a tensor
+        counted up on the device."""
         if counted:  # weighted by examples: the mean per example over the window
-            self.loss_sum += loss.float() * examples
+            self.loss_sum.add_(loss.float(), alpha=examples)
             self.loss_examples += examples
-        self.step_counter += 1
         self.first_bad_step = torch.where(
-            (self.first_bad_step == 0) & ~torch.isfinite(loss),
-            self.step_counter,
-            self.first_bad_step,
+            torch.isfinite(loss) | (self.first_bad_step != 0), self.first_bad_step, step
         )
 
-    def log_training(self, lr_record: dict[str, float]) -> None:
+    def log_training(self, lr_record: dict[str, float], ends_epoch: bool = False) -> None:
         """A train/ record: the mean loss since the last one, the LRs, the throughput.
 
         train/loss is left out when no step since the last record counts toward it (a
@@ -801,7 +805,7 @@ class TrainingRun:
             loss = self.loss_sum / self.loss_examples
             record["train/loss"] = _mean_over_ranks(loss, self.ddp)
         record.update(lr_record)
-        record["train/examples_per_s"] = self.examples_per_s()
+        record["train/examples_per_s"] = self.examples_per_s(ends_epoch)
         if self.scaler.is_enabled():  # fp16: overflowing steps are skipped, not fatal
             scale = self.scaler.get_scale()
             record["train/grad_scale"] = scale
@@ -819,19 +823,28 @@ class TrainingRun:
         self.loss_examples, self.examples, self.full_batches = 0, 0, 0
         self.tick = time.perf_counter()
 
-    def examples_per_s(self) -> float:
-        """Examples per second of training (all ranks) since the last record.
+    def examples_per_s(self, ends_epoch: bool = False) -> float:
+        """Examples per second of training (all ranks) since the last record, or over the
+        epoch at its end (of the run, when it ends mid-epoch).
 
-        A window shorter than log_steps full batches (an epoch's end soon after a record, or
-        only its short last batch) is too short to say much: it is measured together with the
-        previous record's window.
+        A window shorter than log_steps full batches (the first steps of an epoch, or only its
+        short last batch) is too short to say much: it is measured together with the previous
+        record's window. An epoch-end record is the epoch's rate: all its examples trained by
+        this process over their training time (a one-step window at an epoch's end no longer
+        stands for the epoch).
         """
         examples, seconds = self.examples, time.perf_counter() - self.tick
-        meaningful = min(self.cfg.training.log_steps, self.full_batches_per_epoch)
         window = (examples, seconds)
-        if self.full_batches < meaningful and self.rate_window is not None:
-            examples, seconds = examples + self.rate_window[0], seconds + self.rate_window[1]
-        self.rate_window = window
+        epoch = (self.epoch_window[0] + examples, self.epoch_window[1] + seconds)
+        if ends_epoch:
+            examples, seconds = epoch
+            epoch = (0, 0.0)
+        else:
+            meaningful = min(self.cfg.training.log_steps, self.full_batches_per_epoch)
+            if self.full_batches < meaningful and self.rate_window is not None:
+                examples += self.rate_window[0]
+                seconds += self.rate_window[1]
+        self.rate_window, self.epoch_window = window, epoch
         return examples * self.ddp.world_size / max(seconds, 1e-9)
 
     def end_epoch(self) -> None:
