@@ -50,25 +50,30 @@ def main() -> None:
         result = {"metrics": task.evaluate(model), "baseline": task.baseline()}
         result["scored"] = scored if cfg.task == "retrieval" else [len(task.val[0])]
     else:
-        batch_size = cfg.training.batch_size
-        idx = torch.arange(rank * batch_size, (rank + 1) * batch_size)
-        drawn: list[torch.Tensor] = []
-        real_randint = torch.randint
-
-        def spy_randint(*args, **kwargs):
-            drawn.append(real_randint(*args, **kwargs))
-            return drawn[-1]
-
-        torch.randint = spy_randint
-        trained = DistributedDataParallel(model)
-        loss = task.loss(trained, task.batch(idx))
-        loss.backward()
-        torch.randint = real_randint
-        result = {"loss": loss.item(), "mixed": [d.tolist() for d in drawn]}
-        grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-        torch.save(grads, Path(out) / f"grads{rank}.pt")
+        result = _global_step(task, model, cfg.training.batch_size, rank, Path(out))
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
+
+
+def _global_step(task, model, batch_size: int, rank: int, out: Path) -> dict:
+    """In a function of its own so that the DDP model is freed when it returns: a DDP Reducer
+    freed after destroy_process_group deadlocks with gloo's threads at exit (see trainer.train)."""
+    idx = torch.arange(rank * batch_size, (rank + 1) * batch_size)
+    drawn: list[torch.Tensor] = []
+    real_randint = torch.randint
+
+    def spy_randint(*args, **kwargs):
+        drawn.append(real_randint(*args, **kwargs))
+        return drawn[-1]
+
+    torch.randint = spy_randint
+    trained = DistributedDataParallel(model)
+    loss = task.loss(trained, task.batch(idx))
+    loss.backward()
+    torch.randint = real_randint
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    torch.save(grads, out / f"grads{rank}.pt")
+    return {"loss": loss.item(), "mixed": [d.tolist() for d in drawn]}
 
 
 if __name__ == "__main__":

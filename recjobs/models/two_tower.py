@@ -176,32 +176,53 @@ def in_batch_softmax_loss(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    rows = torch.arange(batch, device=user_emb.device)
-    target = rows + positive_offset
+    target = torch.arange(positive_offset, positive_offset + batch, device=user_emb.device)
+    for name, value in (("log_q", log_q), ("item_ids", item_ids)):
+        if value is not None and value.shape != (n_cand,):
+            raise ValueError(f"{name} must be [{n_cand}], got {tuple(value.shape)}")
+    # The extra candidates join as more columns: one matmul, one bias, one mask for all.
+    candidates, candidate_ids = item_emb, item_ids
+    if extra_emb is not None:
+        candidates = torch.cat([item_emb, extra_emb])
+        if item_ids is not None:
+            # Without extra_ids the extra columns are never masked: -1 is no item id.
+            extra = extra_ids if extra_ids is not None else torch.full_like(item_ids[:1], -1)
+            candidate_ids = torch.cat([item_ids, extra.expand(len(extra_emb))])
+    # 1/temperature scales the [B, D] user side, not the [B, C] logits: one pass less.
     # Softmax in float32 even under autocast: logits of unit vectors / 0.05 reach ±20, and bf16
     # logsumexp over thousands of columns loses the differences the loss is made of.
-    logits = (user_emb @ item_emb.T).float() / temperature
-    if log_q is not None:
-        if log_q.shape != (n_cand,):
-            raise ValueError(f"log_q must be [{n_cand}], got {tuple(log_q.shape)}")
-        logits = logits - log_q.to(logits.dtype).unsqueeze(0)
-    positive_ids = None
-    if item_ids is not None:
-        if item_ids.shape != (n_cand,):
-            raise ValueError(f"item_ids must be [{n_cand}], got {tuple(item_ids.shape)}")
-        positive_ids = item_ids[positive_offset : positive_offset + batch]
-        same = positive_ids.unsqueeze(1) == item_ids.unsqueeze(0)
-        same[rows, target] = False
+    logits = ((user_emb / temperature) @ candidates.T).float()
+    if log_q is not None or (extra_emb is not None and extra_log_q is not None):
+        bias = torch.zeros(len(candidates), device=logits.device, dtype=logits.dtype)
+        if log_q is not None:
+            bias[:n_cand] = log_q.to(bias.dtype)
+        if extra_emb is not None and extra_log_q is not None:
+            bias[n_cand:] = extra_log_q
+        # In place: the matmul's backward does not need its output, and a [B, C] copy is
+        # what this loss spends its time on.
+        logits = logits.sub_(bias) if logits.dtype == torch.float32 else logits - bias
+    if candidate_ids is not None:
+        rows, cols = _accidental_hits(candidate_ids[target], candidate_ids, target)
         # -inf, not a large negative number: exp(-inf) is exactly 0 and the target is never
         # masked, so every row's logsumexp stays finite.
-        logits = logits.masked_fill(same, float("-inf"))
-    if extra_emb is not None:
-        extra = (user_emb @ extra_emb.T).float() / temperature
-        if extra_log_q is not None:
-            extra = extra - extra_log_q
-        if extra_ids is not None and positive_ids is not None:
-            extra = extra.masked_fill(
-                positive_ids.unsqueeze(1) == extra_ids.unsqueeze(0), float("-inf")
-            )
-        logits = torch.cat([logits, extra], dim=1)
+        logits = logits.index_put_((rows, cols), torch.tensor(float("-inf"), device=logits.device))
     return F.cross_entropy(logits, target)
+
+
+def _accidental_hits(
+    positive_ids: Tensor, candidate_ids: Tensor, target: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(row, column) of every candidate that is the same item as the row's positive, the
+    positive's own column excepted. Found by sorting the C candidate ids and looking each row's
+    positive up (O(C log C + hits)), not by comparing a [B, C] matrix: a batch holds few
+    repeats, and the dense comparison and fill cost more than the softmax's matmul."""
+    order = torch.argsort(candidate_ids)
+    ordered = candidate_ids[order]
+    first = torch.searchsorted(ordered, positive_ids)
+    counts = torch.searchsorted(ordered, positive_ids, right=True) - first
+    rows = torch.repeat_interleave(torch.arange(len(positive_ids), device=counts.device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    within = torch.arange(len(rows), device=counts.device) - starts.repeat_interleave(counts)
+    cols = order[first.repeat_interleave(counts) + within]
+    keep = cols != target[rows]
+    return rows[keep], cols[keep]

@@ -11,10 +11,10 @@ NCCL exactly when it trains on CUDA, so a task's tensors are always on the right
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_autograd
 from torch import Tensor
 
 
@@ -46,6 +46,16 @@ def all_reduce_sum(values: Tensor, ranks: Ranks) -> Tensor:
     return values
 
 
+def all_gather_equal(rows: Tensor, ranks: Ranks) -> Tensor:
+    """Every rank's `rows`, the same shape on every rank, concatenated in rank order (no
+    gradient; one collective)."""
+    if ranks.world_size == 1:
+        return rows
+    pieces = [torch.empty_like(rows) for _ in range(ranks.world_size)]
+    dist.all_gather(pieces, rows.contiguous())
+    return torch.cat(pieces)
+
+
 def all_gather_rows(rows: Tensor, ranks: Ranks) -> Tensor:
     """Every rank's `rows` concatenated along dim 0 in rank order (no gradient).
 
@@ -59,17 +69,41 @@ def all_gather_rows(rows: Tensor, ranks: Ranks) -> Tensor:
     ]
     dist.all_gather(lengths, torch.tensor([len(rows)], device=rows.device))
     counts = [int(n) for n in lengths]
-    padded = torch.zeros((max(counts), *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    longest = max(counts)
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
     padded[: len(rows)] = rows
-    pieces = [torch.empty_like(padded) for _ in range(ranks.world_size)]
-    dist.all_gather(pieces, padded)
+    pieces = all_gather_equal(padded, ranks).split(longest)
     return torch.cat([piece[:n] for piece, n in zip(pieces, counts, strict=True)])
 
 
 def all_gather_with_grad(rows: Tensor, ranks: Ranks) -> Tensor:
     """Every rank's `rows` (the same shape on every rank) concatenated in rank order, with
     autograd: the backward pass sends each rank the sum over all ranks of the gradient of its
-    piece (a reduce-scatter), so the losses of the other ranks train this rank's rows too."""
+    piece, so the losses of the other ranks train this rank's rows too."""
     if ranks.world_size == 1:
         return rows
-    return torch.cat(dist_autograd.all_gather(rows))
+    return _GatherWithGrad.apply(rows, ranks.rank, ranks.world_size)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """torch.distributed.nn.functional.all_gather does this too, but torch 2.13 deprecates it
+    for a private module; this is the same two collectives on the public API."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: Tensor, rank: int, world_size: int) -> Tensor:
+        ctx.rank, ctx.rows = rank, len(rows)
+        pieces = [torch.empty_like(rows) for _ in range(world_size)]
+        dist.all_gather(pieces, rows.contiguous())
+        return torch.cat(pieces)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        grad = grad.contiguous()
+        if dist.get_backend() == dist.Backend.NCCL:  # reduce-scatter: each rank its own piece
+            mine = torch.empty((ctx.rows, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+            dist.reduce_scatter_tensor(mine, grad)
+            return mine, None, None
+        # gloo has no reduce-scatter: the sum of the whole gradient, then this rank's piece.
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None, None

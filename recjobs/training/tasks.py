@@ -26,6 +26,7 @@ from recjobs.models import in_batch_softmax_loss
 from recjobs.training import metrics
 from recjobs.training.distributed import (
     Ranks,
+    all_gather_equal,
     all_gather_rows,
     all_gather_with_grad,
     all_reduce_sum,
@@ -129,7 +130,7 @@ class RetrievalTask:
             # DDP, is that of the mean loss over the whole global batch (docs/performance.md).
             world = self.ranks.world_size
             item_emb = all_gather_with_grad(item_emb, self.ranks).view(world, len(ids), -1)
-            ids = all_gather_rows(ids, self.ranks).view(world, len(ids))
+            ids = all_gather_equal(ids, self.ranks).view(world, len(ids))
             offset = self.ranks.rank * len(items)
         else:
             item_emb, ids = item_emb.unsqueeze(0), ids.unsqueeze(0)
