@@ -29,9 +29,12 @@ TINY = [
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["retrieval", "ranking"])
-def test_two_process_ddp_job(tmp_path, task):
-    config = resolve(task, ROOT / "config" / "quickstart.yaml", Overrides(sets=TINY))
+@pytest.mark.parametrize(
+    "task, negatives", [("retrieval", "local"), ("retrieval", "global"), ("ranking", None)]
+)
+def test_two_process_ddp_job(tmp_path, task, negatives):
+    sets = TINY + ([f"training.negatives={negatives}"] if negatives else [])
+    config = resolve(task, ROOT / "config" / "quickstart.yaml", Overrides(sets=sets))
     out = tmp_path / "out"
     out.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -58,12 +61,16 @@ def test_two_process_ddp_job(tmp_path, task):
         assert len(a) == len(b) == n // 2 and len(a | b) == n - n % 2
     assert ranks[0]["seen"][0] != ranks[0]["seen"][1]  # reshuffled per epoch
 
-    # Validation is over the full set on every rank: the same numbers on both ranks, and the
-    # same as evaluating these weights in one process (world size 1).
+    # Each rank validated its share and the shares were joined: the same numbers on both ranks,
+    # and the same as evaluating these weights in one process (world size 1). With global
+    # negatives val/loss takes batches of the global batch (2 x 128), as one process would.
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
     model = build_model(task, config.model, data.user_cardinalities, data.item_cardinalities)
     model.load_state_dict(weights[0])
     model.eval()
+    if negatives == "global":
+        sets = [*TINY, "training.batch_size=256"]
+        config = resolve(task, ROOT / "config" / "quickstart.yaml", Overrides(sets=sets))
     single = make_task(config, data, torch.device("cpu")).evaluate(model)
     assert single == pytest.approx(ranks[0]["metrics"], rel=1e-6)
 

@@ -305,6 +305,16 @@ class TrainingConfig:
         "the in-batch negatives of every row (each column with its own logQ term); 0: in-batch "
         "negatives only",
     )
+    # Retrieval only: whose batches are a rank's in-batch negatives under DDP (docs/performance.md,
+    # "Negatives from every rank"). local stays the default: an N-rank job then needs no
+    # collective beyond DDP's, and a config trains the same softmax at every world size.
+    negatives: Literal["local", "global"] = option(
+        "local",
+        doc="retrieval, several processes: local: each rank's softmax takes its negatives from "
+        "its own batch (batch_size candidates); global: from every rank's batch (world size x "
+        "batch_size candidates, the softmax of one process with the whole global batch), for "
+        "an all-gather of batch_size x embedding width per step; the same at one process",
+    )
     negatives_per_pos: int = ranged(4, 1, 1000, doc="bce: sampled negative items per positive")
     # Ranking only: how training negatives are drawn. Validation negatives are always uniform
     # and never an item the user has in training or validation (comparable across configs).
@@ -451,6 +461,7 @@ TASK_ONLY_KEYS: dict[str, dict[str, tuple[str, ...]]] = {
             "temperature",
             "logq_correction",
             "mixed_negatives",
+            "negatives",
             "eval_k",
             "eval_max_users",
         ),

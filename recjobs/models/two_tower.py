@@ -135,6 +135,7 @@ def in_batch_softmax_loss(
     extra_emb: Tensor | None = None,
     extra_ids: Tensor | None = None,
     extra_log_q: float | None = None,
+    positive_offset: int = 0,
 ) -> Tensor:
     """Sampled softmax with the other items of the batch as negatives; mean over the batch.
 
@@ -149,38 +150,79 @@ def in_batch_softmax_loss(
     by every row, drawn uniformly from the catalogue (`extra_ids` [M] for their accidental hits).
     Each column is corrected by the log of the expected number of times its sampler puts that
     item in: `log_q` is then log(B * popularity share), `extra_log_q` log(M / catalogue size).
+
+    Global negatives (the batches of every rank): `item_emb` [C, D] (with `item_ids` and
+    `log_q` [C]) may hold more candidates than there are rows (whole batches: C a multiple of
+    B); row b's positive is then column `positive_offset + b`, the other columns its negatives,
+    accidental hits masked alike.
     """
-    if user_emb.dim() != 2 or item_emb.shape != user_emb.shape:
+    batch = user_emb.shape[0]
+    if user_emb.dim() != 2 or item_emb.dim() != 2 or item_emb.shape[1] != user_emb.shape[1]:
         raise ValueError(
-            "user_emb and item_emb must both be [B, D], got "
+            "user_emb must be [B, D] and item_emb [C, D], got "
             f"{tuple(user_emb.shape)} and {tuple(item_emb.shape)}"
+        )
+    # Candidates come in whole batches (one per rank), the rows' own batch among them.
+    n_cand = item_emb.shape[0]
+    if n_cand % max(batch, 1) or positive_offset % max(batch, 1):
+        raise ValueError(
+            f"item_emb must hold whole batches of {batch} rows and positive_offset start one, "
+            f"got {n_cand} candidates and offset {positive_offset}"
+        )
+    if not 0 <= positive_offset <= n_cand - batch:
+        raise ValueError(
+            f"rows' positives at columns {positive_offset}..{positive_offset + batch - 1} "
+            f"lie outside the {n_cand} candidates"
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    batch = user_emb.shape[0]
+    target = torch.arange(positive_offset, positive_offset + batch, device=user_emb.device)
+    for name, value in (("log_q", log_q), ("item_ids", item_ids)):
+        if value is not None and value.shape != (n_cand,):
+            raise ValueError(f"{name} must be [{n_cand}], got {tuple(value.shape)}")
+    # The extra candidates join as more columns: one matmul, one bias, one mask for all.
+    candidates, candidate_ids = item_emb, item_ids
+    if extra_emb is not None:
+        candidates = torch.cat([item_emb, extra_emb])
+        if item_ids is not None:
+            # Without extra_ids the extra columns are never masked: -1 is no item id.
+            extra = extra_ids if extra_ids is not None else torch.full_like(item_ids[:1], -1)
+            candidate_ids = torch.cat([item_ids, extra.expand(len(extra_emb))])
+    # 1/temperature scales the [B, D] user side, not the [B, C] logits: one pass less.
     # Softmax in float32 even under autocast: logits of unit vectors / 0.05 reach ±20, and bf16
     # logsumexp over thousands of columns loses the differences the loss is made of.
-    logits = (user_emb @ item_emb.T).float() / temperature
-    if log_q is not None:
-        if log_q.shape != (batch,):
-            raise ValueError(f"log_q must be [{batch}], got {tuple(log_q.shape)}")
-        logits = logits - log_q.to(logits.dtype).unsqueeze(0)
-    if item_ids is not None:
-        if item_ids.shape != (batch,):
-            raise ValueError(f"item_ids must be [{batch}], got {tuple(item_ids.shape)}")
-        same = item_ids.unsqueeze(1) == item_ids.unsqueeze(0)
-        same.fill_diagonal_(False)
-        # -inf, not a large negative number: exp(-inf) is exactly 0 and the diagonal (the
-        # target) is never masked, so every row's logsumexp stays finite.
-        logits = logits.masked_fill(same, float("-inf"))
-    if extra_emb is not None:
-        extra = (user_emb @ extra_emb.T).float() / temperature
-        if extra_log_q is not None:
-            extra = extra - extra_log_q
-        if extra_ids is not None and item_ids is not None:
-            extra = extra.masked_fill(
-                item_ids.unsqueeze(1) == extra_ids.unsqueeze(0), float("-inf")
-            )
-        logits = torch.cat([logits, extra], dim=1)
-    target = torch.arange(batch, device=logits.device)
+    logits = ((user_emb / temperature) @ candidates.T).float()
+    if log_q is not None or (extra_emb is not None and extra_log_q is not None):
+        bias = torch.zeros(len(candidates), device=logits.device, dtype=logits.dtype)
+        if log_q is not None:
+            bias[:n_cand] = log_q.to(bias.dtype)
+        if extra_emb is not None and extra_log_q is not None:
+            bias[n_cand:] = extra_log_q
+        # In place: the matmul's backward does not need its output, and a [B, C] copy is
+        # what this loss spends its time on.
+        logits = logits.sub_(bias) if logits.dtype == torch.float32 else logits - bias
+    if candidate_ids is not None:
+        rows, cols = _accidental_hits(candidate_ids[target], candidate_ids, target)
+        # -inf, not a large negative number: exp(-inf) is exactly 0 and the target is never
+        # masked, so every row's logsumexp stays finite.
+        logits = logits.index_put_((rows, cols), torch.tensor(float("-inf"), device=logits.device))
     return F.cross_entropy(logits, target)
+
+
+def _accidental_hits(
+    positive_ids: Tensor, candidate_ids: Tensor, target: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(row, column) of every candidate that is the same item as the row's positive, the
+    positive's own column excepted. Found by sorting the C candidate ids and looking each row's
+    positive up (O(C log C + hits)), not by comparing a [B, C] matrix: a batch holds few
+    repeats, and the dense comparison and fill cost more than the softmax's matmul."""
+    order = torch.argsort(candidate_ids)
+    ordered = candidate_ids[order]
+    first = torch.searchsorted(ordered, positive_ids)
+    counts = torch.searchsorted(ordered, positive_ids, right=True) - first
+    rows = torch.repeat_interleave(torch.arange(len(positive_ids), device=counts.device), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    within = torch.arange(len(rows), device=counts.device) - starts.repeat_interleave(counts)
+    cols = order[first.repeat_interleave(counts) + within]
+    keep = cols != target[rows]
+    return rows[keep], cols[keep]

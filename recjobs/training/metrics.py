@@ -67,6 +67,41 @@ def retrieval_metrics(
     has a positive every value is nan. Users are processed `chunk_size` at a time, so peak memory
     is a few chunk_size × N buffers whatever the number of users.
     """
+    sums, n_evaluated = retrieval_metric_sums(
+        user_emb,
+        item_emb,
+        val_indptr,
+        val_indices,
+        train_indptr,
+        train_indices,
+        ks,
+        chunk_size=chunk_size,
+    )
+    return metric_means(sums, n_evaluated)
+
+
+def metric_means(sums: dict[str, float], n_evaluated: float) -> dict[str, float]:
+    """Per-user sums → means; every value nan when no user was evaluated."""
+    if n_evaluated == 0:
+        return {key: math.nan for key in sums}
+    return {key: total / n_evaluated for key, total in sums.items()}
+
+
+@torch.no_grad()
+def retrieval_metric_sums(
+    user_emb: Tensor,
+    item_emb: Tensor,
+    val_indptr: Tensor,
+    val_indices: Tensor,
+    train_indptr: Tensor,
+    train_indices: Tensor,
+    ks: Sequence[int],
+    *,
+    chunk_size: int = 1024,
+) -> tuple[dict[str, float], int]:
+    """`retrieval_metrics` before the averaging: each metric summed over the evaluated users,
+    and how many users were evaluated (those with a validation positive). Sums of disjoint
+    sets of users add up, which is how the ranks of a job each score a share of the users."""
     if not ks or any(int(k) < 1 for k in ks):
         raise ValueError(f"ks must be non-empty positive integers, got {list(ks)}")
     if chunk_size < 1:
@@ -126,10 +161,7 @@ def retrieval_metrics(
             sums[f"ndcg@{k}"] += float((cum_dcg[:, at] / idcg).sum())
             sums[f"hit@{k}"] += float((cum_hits[:, at] > 0).sum())
         n_evaluated += int(keep.sum())
-
-    if n_evaluated == 0:
-        return {key: math.nan for key in sums}
-    return {key: total / n_evaluated for key, total in sums.items()}
+    return sums, n_evaluated
 
 
 def _binary_labels(labels: Tensor, n: int) -> Tensor:

@@ -4,6 +4,11 @@ The training loop talks to a task through six members (`num_examples`, `batch`, 
 `loss_depends_on_batch_size`, `evaluate`, `baseline`) and never learns which model or loss it
 runs. All tensors live on the
 training device from the start, so a batch is a few index gathers: no per-example Python, no copies.
+
+In a job of several processes each rank validates its own share of the users (retrieval) or of
+the rows (ranking) and the pieces are joined (`recjobs.training.distributed`), so `evaluate` and
+`baseline` are collectives: every rank calls them, and every rank gets the same numbers, those
+of one process validating everything.
 """
 
 from __future__ import annotations
@@ -19,6 +24,13 @@ from recjobs.config.schema import ResolvedConfig
 from recjobs.data import TaskData
 from recjobs.models import in_batch_softmax_loss
 from recjobs.training import metrics
+from recjobs.training.distributed import (
+    Ranks,
+    all_gather_equal,
+    all_gather_rows,
+    all_gather_with_grad,
+    all_reduce_sum,
+)
 from recjobs.training.negatives import NegativeSampler
 
 # Validation sets are scored in batches of this many rows (bounded memory, any size).
@@ -31,9 +43,22 @@ class RetrievalTask:
     # The other positives of a batch are its negatives: a short batch's loss is lower.
     loss_depends_on_batch_size = True
 
-    def __init__(self, cfg: ResolvedConfig, data: TaskData, device: torch.device, rank: int = 0):
+    def __init__(
+        self,
+        cfg: ResolvedConfig,
+        data: TaskData,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         tr = cfg.training
-        self.temperature, self.ks, self.batch_size = tr.temperature, tuple(tr.eval_k), tr.batch_size
+        self.device, self.ranks = device, Ranks(rank, world_size)
+        self.temperature, self.ks = tr.temperature, tuple(tr.eval_k)
+        # Global negatives: each rank's softmax over the items of every rank's batch.
+        self.global_negatives = tr.negatives == "global" and world_size > 1
+        # val/loss batches have as many candidates as a training step's softmax, so that val/loss
+        # is on the scale of train/loss.
+        self.eval_loss_batch = tr.batch_size * (world_size if self.global_negatives else 1)
         self.user_features = data.user_features.to(device)
         self.item_features = data.item_features.to(device)
         self.train_users = data.train_users.to(device)
@@ -56,6 +81,8 @@ class RetrievalTask:
                 len(users), generator=torch.Generator().manual_seed(cfg.shared.seed)
             )
             users = users[pick[: tr.eval_max_users]].sort().values
+        # This rank scores its own ceil(U / world_size) of them; the CSRs hold only those.
+        users = users[self.ranks.share(len(users))]
         n = len(users)
         position = torch.full((data.user_features.shape[0],), -1, dtype=torch.long)
         position[users] = torch.arange(n)
@@ -74,56 +101,104 @@ class RetrievalTask:
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
         return {"users": self.train_users[idx], "items": self.train_items[idx]}
 
-    def loss(self, model: nn.Module, batch: dict[str, Tensor], mixed: bool = True) -> Tensor:
+    def loss(
+        self,
+        model: nn.Module,
+        batch: dict[str, Tensor],
+        mixed: bool = True,
+        every_rank: bool = True,
+    ) -> Tensor:
+        """The in-batch softmax loss of `batch`; with global negatives (and `every_rank`) over
+        the candidates of every rank's batch, which must then be as long on every rank (the
+        trainer gives the ranks equal shards, so their step-k batches are)."""
         items = batch["items"]
-        log_q = self.log_q[items] if self.log_q is not None else None
-        if not (mixed and self.mixed):
-            user_emb, item_emb = model(
-                self.user_features[batch["users"]], self.item_features[items]
+        user_feats = self.user_features[batch["users"]]
+        if mixed and self.mixed:
+            extra_ids = torch.randint(
+                1, self.n_items + 1, (self.mixed,), generator=self.generator, device=items.device
             )
-            return in_batch_softmax_loss(
-                user_emb, item_emb, self.temperature, item_ids=items, log_q=log_q
-            )
-        extra_ids = torch.randint(
-            1, self.n_items + 1, (self.mixed,), generator=self.generator, device=items.device
-        )
+            ids = torch.cat([items, extra_ids])
+        else:
+            ids = items
         # One forward for the batch's items and the extra ones (DDP sees a single forward).
-        user_emb, both = model(
-            self.user_features[batch["users"]], self.item_features[torch.cat([items, extra_ids])]
-        )
-        # Expected copies of an item among the candidates: B * its share from the batch, M / N
-        # from the uniform draw.
+        user_emb, item_emb = model(user_feats, self.item_features[ids])
+        offset = 0
+        if every_rank and self.global_negatives:
+            # One gather of the embeddings (autograd: the other ranks' losses train ours too)
+            # and one of the ids, each [world, B + M, ...]; rank r's positives then sit at
+            # columns r*B.. of the batch part. The gradient this gives each rank, averaged by
+            # DDP, is that of the mean loss over the whole global batch (docs/performance.md).
+            world = self.ranks.world_size
+            item_emb = all_gather_with_grad(item_emb, self.ranks).view(world, len(ids), -1)
+            ids = all_gather_equal(ids, self.ranks).view(world, len(ids))
+            offset = self.ranks.rank * len(items)
+        else:
+            item_emb, ids = item_emb.unsqueeze(0), ids.unsqueeze(0)
+        # Candidates: every rank's batch items in rank order, then every rank's extra items.
+        batch_ids, extra_ids = ids[:, : len(items)].flatten(), ids[:, len(items) :].flatten()
+        batch_emb = item_emb[:, : len(items)].flatten(0, 1)
+        extra_emb = item_emb[:, len(items) :].flatten(0, 1)
+        log_q = self.log_q[batch_ids] if self.log_q is not None else None
+        if not len(extra_ids):
+            return in_batch_softmax_loss(
+                user_emb,
+                batch_emb,
+                self.temperature,
+                item_ids=batch_ids,
+                log_q=log_q,
+                positive_offset=offset,
+            )
+        # Expected copies of an item among the candidates: B * its share from the batches,
+        # M / N from the uniform draws (B and M counted over the ranks whose items are in).
         extra_log_q = None
         if log_q is not None:
-            log_q = log_q + math.log(len(items))
-            extra_log_q = math.log(self.mixed / self.n_items)
+            log_q = log_q + math.log(len(batch_ids))
+            extra_log_q = math.log(len(extra_ids) / self.n_items)
         return in_batch_softmax_loss(
             user_emb,
-            both[: len(items)],
+            batch_emb,
             self.temperature,
-            item_ids=items,
+            item_ids=batch_ids,
             log_q=log_q,
-            extra_emb=both[len(items) :],
+            extra_emb=extra_emb,
             extra_ids=extra_ids,
             extra_log_q=extra_log_q,
+            positive_offset=offset,
         )
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        # val/loss uses training-size batches so that it is on the same scale as train/loss.
-        losses = []
-        for start in range(0, len(self.val_users), self.batch_size):
-            stop = start + self.batch_size
-            batch = {"users": self.val_users[start:stop], "items": self.val_items[start:stop]}
-            losses.append(self.loss(model, batch, mixed=False) * len(batch["users"]))
-        out = {"val/loss": float(torch.stack(losses).sum()) / max(len(self.val_users), 1)}
+        """val/loss and the full-catalogue metrics of this rank's share, joined over the ranks.
+
+        val/loss: the mean over the validation pairs of the softmax loss of training-size
+        batches (so that it is on the scale of train/loss); the ranks take every world_size-th
+        batch, each computed whole in one process.
+        """
+        n_val, step, ranks = len(self.val_users), self.eval_loss_batch, self.ranks
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for start in range(ranks.rank * step, n_val, step * ranks.world_size):
+            batch = {
+                "users": self.val_users[start : start + step],
+                "items": self.val_items[start : start + step],
+            }
+            loss = self.loss(model, batch, mixed=False, every_rank=False)
+            loss_sum += loss.double() * len(batch["users"])
         user_emb = model.user_embeddings(self.user_features[self.eval_users]).float().cpu()
         item_emb = model.item_embeddings(self.item_features).float().cpu()
-        found = metrics.retrieval_metrics(
+        sums, n_users = metrics.retrieval_metric_sums(
             user_emb, item_emb, *self.val_csr, *self.train_csr, self.ks
         )
-        out.update({f"val/{k}": v for k, v in found.items()})
+        sums, n_users = self._joined({"loss": float(loss_sum), **sums}, n_users)
+        out = {"val/loss": sums.pop("loss") / max(n_val, 1)}
+        out.update({f"val/{k}": v for k, v in metrics.metric_means(sums, n_users).items()})
         return out
+
+    def _joined(self, sums: dict[str, float], n_users: int) -> tuple[dict[str, float], float]:
+        """Per-rank sums and user counts → their totals over the ranks (one all-reduce); the
+        same floats on every rank, so early stopping and the LR schedule agree everywhere."""
+        values = torch.tensor([n_users, *sums.values()], dtype=torch.float64, device=self.device)
+        total = all_reduce_sum(values, self.ranks).tolist()
+        return dict(zip(sums, total[1:], strict=True)), total[0]
 
     @torch.no_grad()
     def baseline(self) -> dict[str, float]:
@@ -137,9 +212,10 @@ class RetrievalTask:
         score = torch.empty(len(order))
         score[order] = torch.arange(len(order), 0, -1, dtype=torch.float32)  # exact in float32
         users = torch.ones(len(self.eval_users), 1)
-        found = metrics.retrieval_metrics(
+        sums, n_users = metrics.retrieval_metric_sums(
             users, score[:, None], *self.val_csr, *self.train_csr, self.ks
         )
+        found = metrics.metric_means(*self._joined(sums, n_users))
         return {f"val/baseline/{k}": v for k, v in found.items()}
 
     def state_dict(self) -> dict[str, Any]:
@@ -155,8 +231,16 @@ class RankingTask:
 
     loss_depends_on_batch_size = False  # a mean over independent examples
 
-    def __init__(self, cfg: ResolvedConfig, data: TaskData, device: torch.device, rank: int = 0):
+    def __init__(
+        self,
+        cfg: ResolvedConfig,
+        data: TaskData,
+        device: torch.device,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         tr = cfg.training
+        self.ranks = Ranks(rank, world_size)
         self.loss_func, self.negatives = tr.loss_func, tr.negatives_per_pos
         self.n_items = data.n_items
         self.item_counts = data.item_counts.float()
@@ -179,15 +263,18 @@ class RankingTask:
             device=device,
         )
         if self.loss_func == "bce":
-            self.val = self._validation_rows(data, device, cfg.shared.seed + 2)
+            val = self._validation_rows(data, device, cfg.shared.seed + 2)
         else:
             if data.val_labels is None or self.train_labels is None:
                 raise ValueError("mse needs labels")  # the config validation makes this unreachable
-            self.val = (
+            val = (
                 data.val_users.to(device),
                 data.val_items.to(device),
                 data.val_labels.to(device),
             )
+        # This rank scores its own contiguous ceil(rows / world_size) of the validation rows.
+        mine = self.ranks.share(len(val[0]))
+        self.val = (val[0][mine], val[1][mine], val[2][mine])
 
     def _validation_rows(
         self, data: TaskData, device: torch.device, seed: int
@@ -243,16 +330,20 @@ class RankingTask:
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         users, items, labels = self.val
+        # A rank may have no rows (fewer rows than ranks): its piece is empty, not an error.
         scores = torch.cat(
             [
-                model(
-                    self.user_features[users[s : s + EVAL_BATCH]],
-                    self.item_features[items[s : s + EVAL_BATCH]],
-                ).float()
-                for s in range(0, len(users), EVAL_BATCH)
+                torch.zeros(0, device=labels.device),
+                *(
+                    model(
+                        self.user_features[users[s : s + EVAL_BATCH]],
+                        self.item_features[items[s : s + EVAL_BATCH]],
+                    ).float()
+                    for s in range(0, len(users), EVAL_BATCH)
+                ),
             ]
-        ).cpu()
-        labels = labels.cpu()
+        )
+        scores, labels = self._gathered(scores, labels)
         out = {"val/loss": float(self._objective(scores, labels))}
         if self.loss_func == "bce":
             out["val/auc"] = metrics.auc(scores, labels)
@@ -270,14 +361,22 @@ class RankingTask:
         mse: val/baseline/rmse and mae of predicting the training labels' mean.
         """
         _, items, labels = self.val
-        labels = labels.cpu()
         if self.loss_func == "bce":
-            return {"val/baseline/auc": metrics.auc(self.item_counts[items.cpu()], labels)}
+            counts = self.item_counts.to(labels.device)[items]
+            return {"val/baseline/auc": metrics.auc(*self._gathered(counts, labels))}
+        _, labels = self._gathered(labels, labels)
         mean = torch.full_like(labels, float(self.train_labels.float().mean()))
         return {
             "val/baseline/rmse": metrics.rmse(mean, labels),
             "val/baseline/mae": metrics.mae(mean, labels),
         }
+
+    def _gathered(self, scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Every rank's (score, label) rows in the order of the validation set, on the CPU: the
+        metrics are then those of one process, exactly (an AUC ranks all rows together)."""
+        pairs = torch.stack([scores.float(), labels.float()], dim=1)
+        pairs = all_gather_rows(pairs, self.ranks).cpu()
+        return pairs[:, 0], pairs[:, 1]
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
@@ -287,6 +386,11 @@ class RankingTask:
 
 
 def make_task(
-    cfg: ResolvedConfig, data: TaskData, device: torch.device, rank: int = 0
+    cfg: ResolvedConfig,
+    data: TaskData,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> RetrievalTask | RankingTask:
-    return (RetrievalTask if cfg.task == "retrieval" else RankingTask)(cfg, data, device, rank)
+    task = RetrievalTask if cfg.task == "retrieval" else RankingTask
+    return task(cfg, data, device, rank, world_size)

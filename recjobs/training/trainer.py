@@ -7,9 +7,10 @@ stopping, then export. Everything configurable comes from the builders in `recjo
 which optimizer, scheduler or model it runs.
 
 Under torchrun (WORLD_SIZE > 1) it is one DDP job: gloo on CPU, NCCL on CUDA. Every rank
-trains on its own disjoint shard of each epoch and evaluates the full validation set (so the
-metrics, early stopping and ReduceLROnPlateau agree on every rank whatever the world size);
-rank 0 alone writes files.
+trains on its own disjoint shard of each epoch and validates its own share of the validation
+set; the task joins the shares, so every rank holds the metrics of the whole set (and early
+stopping and ReduceLROnPlateau agree on every rank whatever the world size); rank 0 alone
+writes files.
 """
 
 from __future__ import annotations
@@ -454,7 +455,7 @@ class TrainingRun:
                 "started: nothing was trained or written",
                 stop.exit_code,
             ) from None
-        self.task = make_task(cfg, self.data, self.device, rank=ddp.rank)
+        self.task = make_task(cfg, self.data, self.device, ddp.rank, ddp.world_size)
         self._build_model_and_optimizers()
         self.per_epoch = _steps_per_epoch(
             self.task.num_examples, training.batch_size, ddp.world_size
@@ -987,9 +988,12 @@ class TrainingRun:
 
 
 def _log_baseline(task: Any, tracker: Tracker, step: int, epoch: int, ddp: Distributed) -> None:
-    """The most-popular baseline on the same validation set: what the model's lift is over."""
+    """The most-popular baseline on the same validation set: what the model's lift is over.
+
+    Every rank computes its share (a collective); rank 0 logs it."""
+    found = task.baseline()
     if ddp.is_main:
-        tracker.log({"step": step, "epoch": epoch, **task.baseline()})
+        tracker.log({"step": step, "epoch": epoch, **found})
 
 
 def _restore_states(

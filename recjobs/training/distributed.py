@@ -1,0 +1,109 @@
+"""How a task splits its work over the ranks of a job, and the collectives that join it again.
+
+A task scores its own share of validation (`Ranks.share`) and joins the pieces with a sum
+(`all_reduce_sum`) or a gather in rank order (`all_gather_rows`); global negatives gather the
+item embeddings with autograd (`all_gather_with_grad`). At world size 1 every function here is
+the identity and calls nothing in torch.distributed, so a one-process run needs no process
+group. Collectives run on the default group, on the tensor's own device: the trainer picks
+NCCL exactly when it trains on CUDA, so a task's tensors are always on the right device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job: rank `rank` of `world_size`."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} of world size {self.world_size}")
+
+    def share(self, n: int) -> slice:
+        """This rank's contiguous part of n ordered things: ceil(n / world_size) of them (fewer
+        on the last ranks when n does not divide); the parts, in rank order, are 0..n-1."""
+        per = -(-n // self.world_size)
+        start = min(self.rank * per, n)
+        return slice(start, min(start + per, n))
+
+
+def all_reduce_sum(values: Tensor, ranks: Ranks) -> Tensor:
+    """The element-wise sum of `values` over the ranks; the same tensor on every rank."""
+    if ranks.world_size == 1:
+        return values
+    values = values.clone()
+    dist.all_reduce(values)
+    return values
+
+
+def all_gather_equal(rows: Tensor, ranks: Ranks) -> Tensor:
+    """Every rank's `rows`, the same shape on every rank, concatenated in rank order (no
+    gradient; one collective)."""
+    if ranks.world_size == 1:
+        return rows
+    pieces = [torch.empty_like(rows) for _ in range(ranks.world_size)]
+    dist.all_gather(pieces, rows.contiguous())
+    return torch.cat(pieces)
+
+
+def all_gather_rows(rows: Tensor, ranks: Ranks) -> Tensor:
+    """Every rank's `rows` concatenated along dim 0 in rank order (no gradient).
+
+    The ranks may hold different numbers of rows (an uneven share): the lengths are gathered
+    first, every piece is padded to the longest, and the padding is cut off again.
+    """
+    if ranks.world_size == 1:
+        return rows
+    lengths = [
+        torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(ranks.world_size)
+    ]
+    dist.all_gather(lengths, torch.tensor([len(rows)], device=rows.device))
+    counts = [int(n) for n in lengths]
+    longest = max(counts)
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+    padded[: len(rows)] = rows
+    pieces = all_gather_equal(padded, ranks).split(longest)
+    return torch.cat([piece[:n] for piece, n in zip(pieces, counts, strict=True)])
+
+
+def all_gather_with_grad(rows: Tensor, ranks: Ranks) -> Tensor:
+    """Every rank's `rows` (the same shape on every rank) concatenated in rank order, with
+    autograd: the backward pass sends each rank the sum over all ranks of the gradient of its
+    piece, so the losses of the other ranks train this rank's rows too."""
+    if ranks.world_size == 1:
+        return rows
+    return _GatherWithGrad.apply(rows, ranks.rank, ranks.world_size)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """torch.distributed.nn.functional.all_gather does this too, but torch 2.13 deprecates it
+    for a private module; this is the same two collectives on the public API."""
+
+    @staticmethod
+    def forward(ctx: Any, rows: Tensor, rank: int, world_size: int) -> Tensor:
+        ctx.rank, ctx.rows = rank, len(rows)
+        pieces = [torch.empty_like(rows) for _ in range(world_size)]
+        dist.all_gather(pieces, rows.contiguous())
+        return torch.cat(pieces)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        grad = grad.contiguous()
+        if dist.get_backend() == dist.Backend.NCCL:  # reduce-scatter: each rank its own piece
+            mine = torch.empty((ctx.rows, *grad.shape[1:]), dtype=grad.dtype, device=grad.device)
+            dist.reduce_scatter_tensor(mine, grad)
+            return mine, None, None
+        # gloo has no reduce-scatter: the sum of the whole gradient, then this rank's piece.
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows], None, None
