@@ -50,6 +50,9 @@ def launch(world: int, cfg, run: Path, out: Path, resume: bool = False) -> dict[
     cmd += ["--resume"] if resume else []
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The schedule replayed at another world size steps before any optimizer step, on purpose:
+    # torch's warning about that order is not for the user.
+    assert "lr_scheduler.step()" not in done.stderr
     trained: dict[int, list[int]] = {}
     for rank in range(world):
         per_rank = json.loads((out / f"rank{rank}.json").read_text())["trained"]

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -623,8 +624,11 @@ class TrainingRun:
                 training.max_epochs,
                 training.max_steps,
             )
-            for _ in range(boundary * self.per_epoch):
-                self.schedule.after_step()
+            with warnings.catch_warnings():
+                # torch warns of a scheduler stepped before its optimizer: here on purpose.
+                warnings.filterwarnings("ignore", message=r".*lr_scheduler\.step\(\)")
+                for _ in range(boundary * self.per_epoch):
+                    self.schedule.after_step()
         left = self.per_epoch * max(training.max_epochs - boundary, 0)
         self.total_steps = min(progress.step + left, training.max_steps or sys.maxsize)
         seed, rank = self.cfg.shared.seed, self.ddp.rank
