@@ -11,7 +11,8 @@ nothing, it reports.
 Measurements
 - validation:  `task.evaluate` + `task.baseline` (what the trainer runs at each validation) of
                retrieval at --users x --items, world 1 and 2: users scored per rank, wall time
-               (slowest rank, between barriers), median of --repeats validations.
+               (slowest rank, between barriers) and each rank's CPU seconds (its own work,
+               which a busy machine does not inflate as much), median of --repeats validations.
 - negatives:   train/examples_per_s of the real trainer (`trainer.train`) at world 2 with
                `training.negatives: local` and `global` (median of the logged windows after the
                first), their ratio.
@@ -65,17 +66,19 @@ def worker_validation(a: argparse.Namespace) -> dict:
     model.eval()
     task = make_task(cfg, data, torch.device("cpu"), rank, world)
     task.evaluate(model)  # warm-up (allocator, kernels)
-    seconds = []
+    seconds, cpu = [], []
     for _ in range(a.repeats):
         dist.barrier()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         metrics = task.evaluate(model)
         task.baseline()
+        cpu.append(time.process_time() - cpu_start)  # this rank's own work, whatever the load
         dist.barrier()
         seconds.append(time.perf_counter() - start)
     return {
         "users_scored": len(task.eval_users),
         "seconds": statistics.median(seconds),
+        "cpu_s": statistics.median(cpu),
         "recall@10": metrics["val/recall@10"],
     }
 
@@ -143,16 +146,24 @@ def main() -> None:
         found = {w: torchrun(w, kind="validation", repeats=a.repeats, **common) for w in (1, 2)}
         one, two = found[1], found[2]
         out["validation"] = {
-            "world1": {"users_per_rank": [r["users_scored"] for r in one], "s": one[0]["seconds"]},
-            "world2": {"users_per_rank": [r["users_scored"] for r in two], "s": two[0]["seconds"]},
+            f"world{w}": {
+                "users_per_rank": [r["users_scored"] for r in rows],
+                "s": rows[0]["seconds"],
+                "cpu_s_per_rank": [r["cpu_s"] for r in rows],
+            }
+            for w, rows in found.items()
+        }
+        out["validation"] |= {
             "ratio": two[0]["seconds"] / one[0]["seconds"],
+            "cpu_ratio": max(r["cpu_s"] for r in two) / one[0]["cpu_s"],
             "same_recall@10": one[0]["recall@10"] == two[0]["recall@10"] == two[1]["recall@10"],
         }
         v = out["validation"]
         print(
             f"validation {a.users} users x {a.items} items: world 1 {v['world1']['s']:.2f} s "
             f"({v['world1']['users_per_rank']} users), world 2 {v['world2']['s']:.2f} s "
-            f"({v['world2']['users_per_rank']} users per rank): {v['ratio']:.2f}x"
+            f"({v['world2']['users_per_rank']} users per rank): {v['ratio']:.2f}x; CPU seconds "
+            f"of the busiest rank {v['cpu_ratio']:.2f}x"
         )
     if a.only in (None, "negatives"):
         rates = {}
@@ -170,12 +181,15 @@ def main() -> None:
                     )
                 runs.append(rows[0]["examples_per_s"])
             rates[negatives] = {"examples_per_s": statistics.median(runs), "runs": runs}
+            print(f"  {negatives}: {runs}", flush=True)
         rates["ratio"] = rates["global"]["examples_per_s"] / rates["local"]["examples_per_s"]
         out["negatives_world2"] = rates
         print(
             f"world 2, batch {a.batch} per rank: local {rates['local']['examples_per_s']:.0f} "
             f"examples/s, global {rates['global']['examples_per_s']:.0f}: {rates['ratio']:.2f}x"
         )
+    if a.only is not None and Path(a.out).exists():  # keep the other measurement's figures
+        out = json.loads(Path(a.out).read_text()) | out
     Path(a.out).write_text(json.dumps(out, indent=2) + "\n")
 
 

@@ -136,6 +136,29 @@ def test_duplicate_items_are_not_negatives():
     assert got.item() < plain.item()
 
 
+def test_rows_positives_at_an_offset_among_every_ranks_candidates():
+    # Global negatives as rank 1 of 2 sees them: 3 rows, 6 candidates, positives at columns 3..5,
+    # item 9 in rank 0's batch too (an accidental hit across ranks), logQ on every column.
+    gen = torch.Generator().manual_seed(3)
+    u = F.normalize(torch.randn(3, 4, generator=gen), dim=1)
+    v = F.normalize(torch.randn(6, 4, generator=gen), dim=1)
+    item_ids = torch.tensor([9, 1, 2, 9, 4, 5])
+    log_q = torch.tensor([-1.0, -2.0, -3.0, -1.0, -2.5, -0.5])
+    t = 0.2
+    got = in_batch_softmax_loss(u, v, t, item_ids=item_ids, log_q=log_q, positive_offset=3)
+    logits = (u @ v.T / t - log_q).tolist()
+    expected = 0.0
+    for b in range(3):
+        target = 3 + b
+        cols = [j for j in range(6) if j == target or item_ids[j] != item_ids[target]]
+        expected += -logits[b][target] + math.log(sum(math.exp(logits[b][j]) for j in cols))
+    assert got.item() == pytest.approx(expected / 3, rel=1e-6)
+    with pytest.raises(ValueError, match="whole batches"):
+        in_batch_softmax_loss(u, v, t, positive_offset=2)
+    with pytest.raises(ValueError, match="outside"):
+        in_batch_softmax_loss(u, v, t, positive_offset=6)
+
+
 def test_mixed_negatives_join_every_row_with_their_own_log_q_and_accidental_hits_removed():
     gen = torch.Generator().manual_seed(2)
     u = F.normalize(torch.randn(3, 4, generator=gen), dim=1)

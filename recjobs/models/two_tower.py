@@ -200,7 +200,7 @@ def in_batch_softmax_loss(
             bias[n_cand:] = extra_log_q
         # In place: the matmul's backward does not need its output, and a [B, C] copy is
         # what this loss spends its time on.
-        logits = logits.sub_(bias) if logits.dtype == torch.float32 else logits - bias
+        logits = logits.sub_(bias)
     if candidate_ids is not None:
         rows, cols = _accidental_hits(candidate_ids[target], candidate_ids, target)
         # -inf, not a large negative number: exp(-inf) is exactly 0 and the target is never
