@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recjobs.atomic import remove_leftovers
 from recjobs.config.resolver import (
     Overrides,
     add_override_arguments,
@@ -468,7 +469,7 @@ def _synth(args: argparse.Namespace) -> int:
     if dense:
         raise UserError("--interactions", dense, "fewer --interactions, or more --users or --items")
     _check_dataset_out(args.out, args.force)
-    with _output_errors(args.out), _stoppable(args.out):
+    with _output_errors(args.out), _stoppable(_data_set_output(args.out)):
         path = write_dataset(
             args.out, args.users, args.items, args.interactions, args.seed, interruptible=True
         )
@@ -492,30 +493,52 @@ class _Interrupted(UserError):
         self.exit_code = 128 + signum
 
 
+class _Output:
+    """What a command stopped by a signal reports about its output: `out`, and `watched`, the
+    file replaced last, with its identity when the command started."""
+
+    def __init__(self, out: str, what: str, watched: Path | None = None):
+        self.what = what
+        self.aim(out, watched)
+
+    def aim(self, out: str, watched: Path | None = None) -> None:
+        """The output, once the command knows it better (`recommend --parts`: its part file)."""
+        self.out, self.watched = out, Path(out) if watched is None else watched
+        self.before = _identity(self.watched)
+
+    def interrupted(self, signum: int) -> _Interrupted:
+        if self.before != _identity(self.watched):  # replaced last, once all else is in place
+            return _Interrupted(signum, f"{self.out} holds the new {self.what}, whole")
+        if self.before is not None:
+            return _Interrupted(signum, f"{self.out} is as it was (nothing of it replaced)")
+        return _Interrupted(signum, f"nothing was written to {self.out}")
+
+
 @contextlib.contextmanager
-def _stoppable(out: str) -> Iterator[None]:
-    """SIGINT and SIGTERM stop a data command at once (the generation runs in a worker thread,
-    the tables are written in slices; recjobs.data.synth): one line saying what --out holds,
-    exit 130 or 143. SIGTERM's default would end the process silently, mid-write."""
+def _stoppable(output: _Output) -> Iterator[_Output]:
+    """SIGINT and SIGTERM stop a command that writes `output` at once, wherever it is (loading
+    a model, generating data in a worker thread, writing a table in slices): one line naming
+    the signal and saying what the output holds, exit 130 or 143. SIGTERM's default would end
+    the process silently, mid-write, leaving the writer's temporary file; raised here, the
+    exception passes through the writer's clean-up (recjobs.atomic)."""
 
     def stop(signum: int, frame: Any) -> None:
         raise _Stopped(signum)
 
-    config = Path(out) / "config.yaml"
-    before = _identity(config)
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield output
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
-        if before != _identity(config):  # replaced last, once every table is in place
-            raise _Interrupted(signum, f"{out} holds the new data set, whole") from None
-        if before is not None:
-            raise _Interrupted(signum, f"{out} is as it was (nothing of it replaced)") from None
-        raise _Interrupted(signum, f"nothing was written to {out}") from None
+        remove_leftovers()
+        raise output.interrupted(signum) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def _data_set_output(out: str) -> _Output:
+    return _Output(out, "data set", Path(out) / "config.yaml")  # config.yaml is replaced last
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -541,7 +564,7 @@ def _movielens(args: argparse.Namespace) -> int:
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise UserError("--val-fraction", f"must be between 0 and 1, got {args.val_fraction}")
     _check_dataset_out(args.out, args.force)
-    with _output_errors(args.out), _stoppable(args.out):
+    with _output_errors(args.out), _stoppable(_data_set_output(args.out)):
         path = convert_movielens(
             args.src, args.out, split=args.split, val_fraction=args.val_fraction
         )
@@ -550,6 +573,11 @@ def _movielens(args: argparse.Namespace) -> int:
 
 
 def _recommend(args: argparse.Namespace) -> int:
+    with _stoppable(_Output(args.out, "recommendations")) as output:
+        return _recommend_into(args, output)
+
+
+def _recommend_into(args: argparse.Namespace, output: _Output) -> int:
     from recjobs.inference import recommend
 
     if not 1 <= args.k <= MAX_K:  # a k beyond the catalogue gives every item
@@ -558,6 +586,7 @@ def _recommend(args: argparse.Namespace) -> int:
     if args.parts:
         check_output(args.out, directory=True)
         out = recommend.part_path(args.out, rank, world_size, args.parts)
+        output.aim(out)
     else:
         recommend.check_output_path(args.out)
         out = args.out
@@ -594,6 +623,11 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
+    with _stoppable(_Output(args.out, "scores")):
+        return _score_into(args)
+
+
+def _score_into(args: argparse.Namespace) -> int:
     from recjobs.inference import recommend
 
     recommend.check_output_path(args.out)
@@ -658,11 +692,12 @@ def _this_process_share(
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from recjobs.training.plot import plot_runs
-
     out = args.out or str(Path(args.run_dirs[0]) / "curves.png")
-    check_output(out)
-    plot_runs(args.run_dirs, out)
+    with _stoppable(_Output(out, "image")):
+        from recjobs.training.plot import plot_runs
+
+        check_output(out)
+        plot_runs(args.run_dirs, out)
     print(out)
     return 0
 

@@ -21,8 +21,10 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "train.log", "summary.json", "model
 FINISHED_RUN_FILES = ("summary.json", "model")
 # What marks a run even without config.yaml (a data set and a model have a config.yaml too).
 RUN_ONLY_FILES = tuple(name for name in RUN_FILES if name != "config.yaml")
-# An exported model (training/export.py): its catalogue; the weights' name is configurable.
-MODEL_FILES = ("catalogue.pt",)
+# An exported model (training/export.py): the files only an export writes, export.json last (a
+# folder whose catalogue.pt was deleted since is still a model, and so is an export by a recjobs
+# before catalogue.pt, with its item_embeddings.pt); the weights' name is configurable.
+MODEL_FILES = ("catalogue.pt", "item_embeddings.pt", "export.json")
 # A data set (data/tables.py write_dataset_dir): the four tables beside its config.yaml.
 DATASET_FILES = (
     "users.parquet",
@@ -107,6 +109,6 @@ def _inside_a_model(folder: Path) -> tuple[Path, str] | None:
             markers = [n for n in RUN_ONLY_FILES if n != above.name]
             if found(above.parent, tuple(markers)):
                 return above, _RUN_FOLDERS[above.name]
-        if found(above, (*MODEL_FILES, "export.json")):
+        if found(above, MODEL_FILES):
             return above, "an exported model's folder, whose files it could replace"
     return None

@@ -207,6 +207,49 @@ def test_a_damaged_model_config_is_one_line_naming_it(ranking_run, tmp_path, cap
     )
 
 
+DAMAGED_MODEL_CONFIGS = ["", "ranking: [1, 2\n", "- a\n", "shared: {seed: 1}\n", "ranking: 3\n"]
+
+
+@pytest.mark.parametrize("text", DAMAGED_MODEL_CONFIGS, ids=repr)
+@pytest.mark.parametrize("given", ["run", "model"])
+def test_the_recommend_component_reads_a_model_config_as_recommend_does(
+    ranking_run, tmp_path, capsys, text, given
+):
+    """At submit (`torchx run ... recommend --model_dir`), a damaged model/config.yaml is the
+    line `recjobs recommend` gives, naming that file, not a traceback or a bare key."""
+    from torchx.specs.builders import materialize_appdef
+    from torchx.specs.finder import get_component
+
+    run = tmp_path / "run"
+    shutil.copytree(ranking_run, run)
+    (run / "model" / "config.yaml").write_text(text)
+    where = run if given == "run" else run / "model"
+    expected = error(capsys, "recommend", str(where), "--out", str(tmp_path / "r.csv"))
+    assert expected.startswith(f"error: {run / 'model' / 'config.yaml'}: "), expected
+    fn = get_component(f"{ROOT / 'components' / 'train.py'}:recommend").fn
+    with pytest.raises(SystemExit) as exc:
+        materialize_appdef(fn, ["--model_dir", str(where)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
+
+
+def test_the_recommend_component_names_a_run_s_damaged_config(tmp_path, capsys):
+    """A run that has not exported yet: its own config.yaml gives the task, or one line."""
+    from recjobs.errors import UserError
+    from recjobs.submit import launch
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("ranking:\n  training: {}\n")
+    assert launch.model_task(str(run)) == "ranking"
+    (run / "config.yaml").write_text("- a\n")
+    with pytest.raises(UserError) as caught:
+        launch.model_task(str(run))
+    assert caught.value.line() == (
+        f"error: {run / 'config.yaml'}: expected a mapping at the top level, got list ['a']"
+    )
+
+
 def test_a_config_error_inside_the_model_config_names_that_file(ranking_run, tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(ranking_run / "model", model)

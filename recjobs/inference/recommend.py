@@ -35,20 +35,19 @@ import torch
 from torch import Tensor, nn
 
 from recjobs.atomic import atomic_file
+from recjobs.config.exported import load_config, remake_hint
 from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, Vocabulary, read_table
 from recjobs.data.tables import as_key_array, column_names, key_kind, table_format
 from recjobs.errors import CheckpointError, UserError, cannot_write
 from recjobs.file_kind import require_regular
+from recjobs.holdings import MODEL_FILES, found
 from recjobs.models import build_model
 from recjobs.training.export import (
     CATALOGUE,
     ITEM_EMBEDDINGS,
-    MANIFEST,
     check_manifest,
-    load_config,
     reading_model_file,
-    remake_hint,
     require_files,
 )
 from recjobs.training.metrics import csr_chunk
@@ -429,7 +428,7 @@ def find_model_dir(path: Path) -> Path:
         model_dir = path
     require_regular(model_dir / "config.yaml", CheckpointError)  # not "not found" for a FIFO
     if not (model_dir / "config.yaml").is_file():
-        others = [n for n in (MANIFEST, CATALOGUE, ITEM_EMBEDDINGS) if (model_dir / n).exists()]
+        others = found(model_dir, MODEL_FILES)
         if others:  # a model folder that lost its config.yaml
             raise CheckpointError(
                 str(model_dir / "config.yaml"),
