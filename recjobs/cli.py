@@ -39,6 +39,7 @@ from recjobs.config.schema import (
 from recjobs.errors import ConfigError, UserError, cannot_write
 from recjobs.file_kind import require_regular
 from recjobs.holdings import check_output
+from recjobs.streams import StreamFailed, WatchedStdout, quiet, say, stdout_failed
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -434,7 +435,7 @@ def _log(args: argparse.Namespace) -> int:
             return 0
         return run_status.follow_log(args.run_dir, sys.stdout.buffer)
     except BrokenPipeError:  # `recjobs log DIR | head`: the reader has what it wanted
-        _quiet_stdout()
+        quiet(sys.stdout)
         return 0
     except KeyboardInterrupt:
         say(f"recjobs log: stopped following {args.run_dir} (Ctrl-C); the run itself goes on")
@@ -734,86 +735,13 @@ def _set_up_logging() -> None:
     )
 
 
-# A standard stream that cannot be written (disk full, I/O error): docs/reliability.md, "Exit
-# codes". Exit 2, as any write that failed; a reader that went away (EPIPE) is no failure.
-EXIT_OUTPUT_LOST = 2
-
-
-class _StreamFailed(Exception):
-    """Writing stdout failed for a reason other than a closed pipe. Not an OSError: no
-    command's own `except OSError` (for a file it reads, an --out it writes) may take the
-    stream's failure for its own and name the wrong file."""
-
-    def __init__(self, error: OSError):
-        super().__init__(error)
-        self.error = error
-
-
-class _WatchedStdout:
-    """sys.stdout (and its .buffer) while a command runs: a failed write or flush raises
-    _StreamFailed; everything else is the stream's own."""
-
-    def __init__(self, stream: Any):
-        self._stream = stream
-
-    def write(self, data: Any) -> Any:
-        return self._watch(self._stream.write, data)
-
-    def writelines(self, lines: Any) -> None:
-        self._watch(self._stream.writelines, lines)
-
-    def flush(self) -> None:
-        self._watch(self._stream.flush)
-
-    @property
-    def buffer(self) -> _WatchedStdout:
-        return _WatchedStdout(self._stream.buffer)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    @staticmethod
-    def _watch(call: Any, *args: Any) -> Any:
-        try:
-            return call(*args)
-        except BrokenPipeError:
-            raise  # the reader went away: the quiet end, as before
-        except OSError as exc:
-            raise _StreamFailed(exc) from None
-
-
-def _quiet(stream: Any) -> None:
-    """Send what is left for a stream (still in its buffer, or written later) to /dev/null:
-    Python's own flush at exit would otherwise fail again, print "Exception ignored" and exit
-    120. For stdout this is also the quiet end of a closed pipe (`recjobs resolve | head`)."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, stream.fileno())
-        os.close(null)
-
-
-def _quiet_stdout() -> None:
-    """The reader of stdout went away (`recjobs resolve | head`): like a Unix tool, stop
-    writing, with no traceback at exit from flushing what is left."""
-    _quiet(sys.stdout)
-
-
-def say(line: str) -> None:
-    """One line on stderr; a stderr that cannot be written (`2>/dev/full`) loses the line but
-    changes neither the exit code nor anything else the command does."""
-    try:
-        print(line, file=sys.stderr, flush=True)
-    except OSError:
-        _quiet(sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code. Nothing reaches the caller as a traceback for
     a standard stream that cannot be written: a closed pipe ends quietly with the command's
     code, a stdout that fails otherwise is one `error:` line and EXIT_OUTPUT_LOST, a failing
     stderr is lost without changing the code."""
     stdout = sys.stdout
-    sys.stdout = _WatchedStdout(stdout)  # type: ignore[assignment]
+    sys.stdout = WatchedStdout(stdout)  # type: ignore[assignment]
     try:
         code = _main(argv)
         code = _flush_stdout(code)
@@ -831,19 +759,10 @@ def _flush_stdout(code: Any) -> Any:
     try:
         sys.stdout.flush()
     except BrokenPipeError:
-        _quiet(sys.stdout)
-    except _StreamFailed as exc:
-        return _stdout_failed(exc.error)
+        quiet(sys.stdout)
+    except StreamFailed as exc:
+        return stdout_failed(exc.error)
     return code
-
-
-def _stdout_failed(error: OSError) -> int:
-    _quiet(sys.stdout)
-    say(
-        f"error: stdout: cannot write: {error.strerror or error} (what the command printed is "
-        "incomplete; files it wrote are whole; send its output somewhere with room)"
-    )
-    return EXIT_OUTPUT_LOST
 
 
 def _settle_stderr() -> None:
@@ -851,7 +770,7 @@ def _settle_stderr() -> None:
     try:
         sys.stderr.flush()
     except OSError:
-        _quiet(sys.stderr)
+        quiet(sys.stderr)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -860,10 +779,10 @@ def _main(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except BrokenPipeError:
-        _quiet_stdout()
+        quiet(sys.stdout)
         return 0
-    except _StreamFailed as exc:
-        return _stdout_failed(exc.error)
+    except StreamFailed as exc:
+        return stdout_failed(exc.error)
     except UserError as exc:
         # backslashreplace: a message quoting odd input (lone surrogates) must still print.
         say(exc.line().encode("utf-8", "backslashreplace").decode("utf-8"))

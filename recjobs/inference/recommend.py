@@ -540,11 +540,9 @@ def part_path(out_dir: str, rank: int, world_size: int, fmt: str) -> str:
     Before writing, a directory holding parts of a job with another number of processes is
     refused: their union with these would repeat users.
     """
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        others = [
-            p for p in os.listdir(out_dir) if (m := PART.match(p)) and int(m[2]) != world_size
-        ]
+    try:  # created when the part is written: a command that fails leaves no empty folder
+        names = os.listdir(out_dir) if os.path.lexists(out_dir) else []
+        others = [p for p in names if (m := PART.match(p)) and int(m[2]) != world_size]
     except OSError as exc:
         raise UserError(
             out_dir, cannot_write(exc, os.path.join(out_dir, "part")), "check --out"

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import re
 import shlex
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from recjobs.config.resolver import Overrides, add_override_arguments, load_file
 from recjobs.config.schema import TASKS, ResolvedConfig
 from recjobs.errors import ConfigError, UserError
 from recjobs.holdings import MODEL_FILES, found
+from recjobs.streams import say
 from recjobs.submit import container_paths, secret_env
 
 ROLE_NAME = "train"
@@ -608,7 +608,7 @@ def train_app(
 
     effective = with_wandb(parse_overrides(overrides), wandb_project)
     cfg = resolve(task, config, effective)
-    print(submission_line(task, config, effective, command_line), file=sys.stderr)
+    say(submission_line(task, config, effective, command_line))
 
     role = specs.Role(
         name=ROLE_NAME,

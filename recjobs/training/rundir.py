@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from recjobs.errors import CheckpointError, RunDirError
+from recjobs.errors import CheckpointError, RunDirError, broken_link
 from recjobs.holdings import FINISHED_RUN_FILES, RUN_FILES, found, other_kind
 
 # recjobs.training.checkpoint (torch, seconds to import) is imported where it is used:
@@ -84,12 +84,20 @@ class RunDir:
             # Found now, not when the first checkpoint or the export is written.
             not_dirs = [p for p in (self.last.parent, self.model) if p.exists() and not p.is_dir()]
         except (FileExistsError, NotADirectoryError):
+            link = broken_link(self.path)  # mkdir calls it "File exists" too
+            problem = link.removeprefix(f"{where} ") if link else None
             raise RunDirError(
-                where, "a parent of it is a file, not a directory", "use another --run-dir"
+                where,
+                problem or "a parent of it is a file, not a directory",
+                "use another --run-dir",
             ) from None
         except OSError as exc:
+            link = broken_link(self.path)  # a parent a loop of links, say
+            problem = link.removeprefix(f"{where} ") if link else None
             raise RunDirError(
-                where, f"cannot create it: {exc.strerror or exc}", "use another --run-dir"
+                where,
+                problem or f"cannot create it: {exc.strerror or exc}",
+                "use another --run-dir",
             ) from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise RunDirError(
