@@ -74,12 +74,24 @@ def broken_link(path: str | os.PathLike[str]) -> str | None:
     when there is none. mkdir and open call such a link "File exists"."""
     path = Path(path)
     for candidate in (*reversed(path.parents), path):
-        if not candidate.is_symlink() or candidate.exists():
-            continue
-        try:
-            os.stat(candidate)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                return f"{candidate} is a loop of symbolic links"
-        return f"{candidate} is a symbolic link to {os.readlink(candidate)}, which does not exist"
+        problem = link_problem(candidate)
+        if problem:
+            return f"{candidate} {problem}"
+    return None
+
+
+def link_problem(path: str | os.PathLike[str]) -> str | None:
+    """'is a symbolic link to T, which does not exist' or 'is a loop of symbolic links' when
+    `path` is a link that leads nowhere; None otherwise. Such a link is never "no file": a
+    command that took it for absence would start over, or write through it (docs/reliability.md,
+    "Links are not taken for absence")."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a loop of symbolic links"
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
     return None

@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from recjobs.errors import CheckpointError, RunDirError, broken_link
+from recjobs.errors import CheckpointError, RunDirError, broken_link, link_problem
+from recjobs.file_kind import LINK_HINT
 from recjobs.holdings import FINISHED_RUN_FILES, RUN_FILES, found, other_kind
 
 # recjobs.training.checkpoint (torch, seconds to import) is imported where it is used:
@@ -177,12 +178,9 @@ class RunDir:
         from recjobs.training.checkpoint import previous
 
         for path in (self.last, previous(self.last)):
-            if path.is_symlink() and not path.exists():
-                raise CheckpointError(
-                    str(path),
-                    f"is a symbolic link to {os.readlink(path)}, which does not exist",
-                    "restore what it points to, or remove the link",
-                )
+            problem = link_problem(path)
+            if problem:
+                raise CheckpointError(str(path), problem, LINK_HINT)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

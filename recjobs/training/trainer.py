@@ -18,6 +18,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -565,7 +566,7 @@ class TrainingRun:
         )
         self.progress = Progress(epoch, batch_in_epoch, step)
         self.step_counter.fill_(step)
-        if self.rundir.best.exists():
+        if os.path.lexists(self.rundir.best):  # a link to nothing is named, not skipped
             with _what_to_do(run_status.damaged_best(self.rundir, self.cfg.task)):
                 self.best_state = load_checkpoint(self.rundir.best)["model"]
         if "loss_window" in checkpoint:
