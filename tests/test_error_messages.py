@@ -270,8 +270,9 @@ def test_a_config_error_inside_the_model_config_names_that_file(ranking_run, tmp
             '{"format": "recjobs.encoders", "version": 1, "user_id": {"values": 3}}',
             "corrupt encoders file: 'values' must be a list",
         ),
+        ("[" * 100_000 + "]" * 100_000, "corrupt encoders file: maximum recursion depth"),
     ],
-    ids=["cut short", "not a mapping", "wrong shape"],
+    ids=["cut short", "not a mapping", "wrong shape", "nested too deep"],
 )
 def test_a_damaged_encoders_file_says_what_to_do(ranking_run, tmp_path, capsys, text, problem):
     model, files = _copied_model(ranking_run, tmp_path)
@@ -281,6 +282,41 @@ def test_a_damaged_encoders_file_says_what_to_do(ranking_run, tmp_path, capsys, 
     assert line.endswith(
         f"; it is {len(text)} bytes but the export wrote {files['encoders.json']}: cut short or "
         f"changed since ({COPY_AGAIN})"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,  # was a RecursionError traceback
+        '{"format": "recjobs.model", "files": {"a\\u0000b": 1}}',  # a NUL in the error line
+        '{"format": "recjobs.model", "files": {"a\\nb": 1}}',
+    ],
+    ids=["nested too deep", "NUL in a name", "newline in a name"],
+)
+def test_a_hostile_export_json_is_one_line(ranking_run, tmp_path, capsys, text):
+    model, _ = _copied_model(ranking_run, tmp_path)
+    (model / "export.json").write_text(text)
+    line = error(capsys, "score", str(model), "--pairs", "p.csv", "--out", str(tmp_path / "s.csv"))
+    assert line == (
+        f"error: {model / 'export.json'}: is not the export's list of files (JSON with format "
+        f"recjobs.model and files) ({COPY_AGAIN})"
+    )
+
+
+@pytest.mark.parametrize("command", ["plot", "status"])
+def test_a_metrics_line_nested_too_deep_is_no_traceback(ranking_run, tmp_path, capsys, command):
+    run = tmp_path / "run"
+    shutil.copytree(ranking_run, run)
+    with (run / "metrics.jsonl").open("a") as metrics:
+        metrics.write("[" * 100_000 + "]" * 100_000 + "\n")
+    if command == "status":  # a line it cannot read is left out, as one still being written
+        assert main(["status", str(run)]) == 0
+        assert capsys.readouterr().out.splitlines()[0] == f"{run}: finished"
+        return
+    lines = sum(1 for _ in (run / "metrics.jsonl").open())
+    assert error(capsys, "plot", str(run), "-o", str(tmp_path / "c.png")) == (
+        f"error: {run / 'metrics.jsonl'}: line {lines}: not a JSON record"
     )
 
 

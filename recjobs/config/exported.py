@@ -61,10 +61,14 @@ def listed_files(model_dir: Path) -> dict[str, int] | None:
         files = manifest["files"]
         if manifest["format"] != MANIFEST_FORMAT or not isinstance(files, dict):
             return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # [[[...]]] nests deep
         return None
     plain = all(
-        isinstance(name, str) and name not in ("", ".", "..") and "/" not in name for name in files
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and name.isprintable()  # a NUL or a newline would end up in an error line
+        for name in files
     )
     sizes = all(isinstance(size, int) and not isinstance(size, bool) for size in files.values())
     return files if plain and sizes else None

@@ -89,8 +89,12 @@ _FLOAT = re.compile(
 _INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _YAML12_TAGS = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool")
+# YAML 1.1 only, not in 1.2's core schema: plain `2024-01-01` was a date (a run named so was
+# refused: "expected a string, got a date") and plain `=` the value key, which SafeLoader
+# cannot construct (`--set training.wandb_run_name==` was "invalid YAML"). Both are text now.
+_YAML11_ONLY_TAGS = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")
 _Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag not in _YAML12_TAGS]
+    k: [(tag, rx) for tag, rx in v if tag not in _YAML12_TAGS + _YAML11_ONLY_TAGS]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))

@@ -622,5 +622,5 @@ class Encoders:
             raise CheckpointError(path, "encoders file not found") from exc
         try:
             return cls.from_json(json.loads(text))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError; [[[...]]] nested deep
             raise CheckpointError(path, f"corrupt encoders file: {_first_line(exc)}") from exc

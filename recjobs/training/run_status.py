@@ -261,7 +261,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
     for line in lines:
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a line nested too deep is no record either
             continue
         if isinstance(record, dict):
             records.append(record)
