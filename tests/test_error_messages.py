@@ -7,6 +7,7 @@ written, that nothing was. Real files, a real tiny ranking run, the real CLI in-
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -124,6 +125,26 @@ def test_a_blank_name_in_a_config_file_is_refused_too(tmp_path, capsys):
         "error: retrieval.training.artifact_dir: must not be empty or blank, got string '   ' "
         "(or null: artifacts/<task>)"
     )
+
+
+TILDE = "starts with ~, the shell's shorthand for a home folder, which recjobs does not expand (it would name a folder called ~...)"
+
+
+def test_a_path_starting_with_a_tilde_is_refused_naming_the_key(tmp_path, capsys):
+    """No shell reads a config file or the text after `--set key=`: `artifact_dir: ~/runs/x`
+    trained into ./~/runs/x without a word, and a data path became 'CONFIG_FOLDER/~/...'."""
+    home = os.path.expanduser("~")
+    assert error(capsys, "resolve", "retrieval", "--set", "training.artifact_dir=~/runs/x") == (
+        f"error: retrieval.training.artifact_dir: string '~/runs/x' {TILDE} (write the whole "
+        f"path, e.g. {home}/runs/x)"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset:\n  paths: {users: ~alice/u.parquet}\nretrieval: {}\n")
+    assert error(capsys, "resolve", "retrieval", "--config", str(config)) == (
+        f"error: dataset.paths.users: string '~alice/u.parquet' {TILDE} (write the whole path)"
+    )
+    # A name is no path: a column may start with ~
+    assert resolved(capsys, "--set", "columns.user_id=~u")["columns"]["user_id"] == "~u"
 
 
 def test_empty_paths_are_refused(tmp_path, capsys, monkeypatch):

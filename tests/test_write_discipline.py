@@ -696,3 +696,39 @@ def test_a_stop_signal_before_a_first_output_leaves_nothing(made, tmp_path):
     assert code == 143, err
     assert err.splitlines()[-1] == f"error: interrupted (SIGTERM): nothing was written to {out}"
     assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_a_target_that_is_a_link_to_nothing_is_named(made, tmp_path, capsys, kind):
+    """mkdir and open call such a link "File exists": `data synth --out` said `cannot write:
+    File exists`, `train --run-dir` "a parent of it is a file", and `plot` of a loop was a
+    RuntimeError traceback. Nothing is written through the link."""
+    data, run = copy_run(made, tmp_path)
+    link, target = tmp_path / "link", tmp_path / "nowhere"
+    if kind == "dangling":
+        link.symlink_to(target)
+        problem = f"{link} is a symbolic link to {target}, which does not exist"
+    else:
+        link.symlink_to(tmp_path / "other")
+        (tmp_path / "other").symlink_to(link)
+        problem = f"{link} is a loop of symbolic links"
+    synth = ["data", "synth", "--out", str(link / "data"), *SYNTH]
+    assert fails(capsys, synth) == f"error: {link / 'data'}: cannot write: {problem} (check --out)"
+    assert fails(capsys, train_argv(data, link)) == (
+        f"error: {link}: {problem.removeprefix(f'{link} ')} (use another --run-dir)"
+    )
+    assert fails(capsys, train_argv(data, link / "run")) == (
+        f"error: {link / 'run'}: {problem} (use another --run-dir)"
+    )
+    assert fails(capsys, ["plot", str(link)]).startswith(f"error: {link}: ")
+    assert not target.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["link", "run", *(["other"] if kind == "loop" else [])]
+    )
+
+
+def test_a_failing_recommend_parts_creates_no_folder(made, tmp_path, capsys):
+    """The parts folder used to be created before the model was read."""
+    out = tmp_path / "parts"
+    assert fails(capsys, ["recommend", str(tmp_path / "nowhere"), "--out", str(out),
+                          "--parts", "parquet"]).startswith(f"error: {tmp_path / 'nowhere'}: not found")  # fmt: skip
+    assert not out.exists()
