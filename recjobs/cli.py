@@ -64,6 +64,12 @@ def _path(text: str) -> str:
     """A path argument: '' would mean the working directory (or a default) without saying so."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path; name a file or directory")
+    if text.startswith("~"):  # `--out=~/x` or a quoted '~/x': the shell left it as it was
+        raise argparse.ArgumentTypeError(
+            f"{text[:60]!r} starts with ~, which the shell did not expand and recjobs does not "
+            "(it would name a folder called ~...); write the whole path, or give the flag and "
+            "the path as two words, which the shell expands"
+        )
     return text
 
 

@@ -416,6 +416,13 @@ def _local_path(path: str, flag: str, who: str) -> None:
         raise UserError(
             flag, "an empty path", f"name a directory, or leave {flag} out for runs/<app id>"
         )
+    if path.startswith("~"):  # `--run_dir=~/x`: no shell expanded it, and jobs do not
+        raise UserError(
+            flag,
+            f"{path[:60]!r} starts with ~, which the shell did not expand and the job does not "
+            "(it would name a folder called ~...)",
+            "write the whole path",
+        )
     if "://" in path:
         raise UserError(
             flag,
