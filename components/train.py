@@ -18,9 +18,11 @@ from typing import List, Optional
 from torchx import specs
 
 from recjobs.errors import UserError
+from recjobs.streams import guard_torchx_stdout, say
 from recjobs.submit import component_help, launch
 
 component_help.install()
+guard_torchx_stdout()  # a stdout torchx cannot write is one line, not a traceback
 
 
 def train(
@@ -102,7 +104,7 @@ def train(
         # torchx prints a traceback for any other exception; SystemExit passes through
         # `torchx run` untouched, so the user sees the same line and exit code as from
         # `recjobs resolve`, and nothing is submitted.
-        print(exc.line(), file=sys.stderr)
+        say(exc.line())
         raise SystemExit(exc.exit_code) from None
 
 
@@ -179,5 +181,5 @@ def recommend(
             command_line=sys.argv,
         )
     except UserError as exc:
-        print(exc.line(), file=sys.stderr)  # as in `train`: one line, exit 2, nothing submitted
+        say(exc.line())  # as in `train`: one line, exit 2, nothing submitted
         raise SystemExit(exc.exit_code) from None

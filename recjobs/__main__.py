@@ -4,7 +4,9 @@ Python takes seconds to import torch, and a SIGINT that lands in an import can b
 library's broad `except`, or become a KeyboardInterrupt traceback; a SIGTERM there kills the
 process with no word. So the stop signals are held from the first line until `recjobs.cli` is
 imported, then acted on: one `error:` line and 128 + the signal's number. After that, the
-commands see Python's usual SIGINT (and `train` installs its own handler, which checkpoints).
+commands see Python's usual SIGINT (`train` installs its own handler, which checkpoints, and
+the commands that write an output, `data`, `recommend`, `score` and `plot`, theirs: one line
+saying what the output holds).
 """
 
 import os

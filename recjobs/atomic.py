@@ -22,20 +22,49 @@ def new_file_mode() -> int:
     return 0o666 & ~umask
 
 
+# Temporary files being written now. A stop signal's handler may raise anywhere (cli.py's
+# `_stoppable`), also in the few lines between creating a temporary file and the `try` that
+# removes it, or inside that clean-up; the command then removes what is left here.
+_LIVE: set[str] = set()
+
+
+def _temporary_beside(path: str, suffix: str) -> str:
+    """A new empty file beside `path`, named `.tmp-*`, recorded in _LIVE before any signal can
+    act (it is acted on after the file is recorded)."""
+    with stop_signals_held():
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=suffix)
+        os.close(fd)
+        _LIVE.add(tmp)
+    return tmp
+
+
+def _remove(tmp: str) -> None:
+    if os.path.exists(tmp):
+        os.remove(tmp)
+    _LIVE.discard(tmp)
+
+
+def remove_leftovers() -> None:
+    """Remove the temporary files a signal's exception left behind (see _LIVE)."""
+    for tmp in list(_LIVE):
+        try:
+            _remove(tmp)
+        except OSError:
+            _LIVE.discard(tmp)
+
+
 @contextmanager
 def atomic_file(path: str, suffix: str = "") -> Iterator[str]:
     """A temporary path beside `path` to write to; when the block ends without an exception it
     replaces `path` (with a new file's usual mode), otherwise it is removed and `path` stays as
     it was. `suffix` is for writers that choose the format by extension."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=suffix)
-    os.close(fd)
+    tmp = _temporary_beside(path, suffix)
     try:
         yield tmp
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        _remove(tmp)
 
 
 @contextmanager
@@ -47,12 +76,7 @@ def atomic_files(paths: Sequence[str]) -> Iterator[list[str]]:
     tmps: list[str] = []
     try:
         for path in paths:
-            suffix = os.path.splitext(path)[1]
-            fd, tmp = tempfile.mkstemp(
-                dir=os.path.dirname(path) or ".", prefix=".tmp-", suffix=suffix
-            )
-            os.close(fd)
-            tmps.append(tmp)
+            tmps.append(_temporary_beside(path, os.path.splitext(path)[1]))
         yield list(tmps)
         for tmp in tmps:
             os.chmod(tmp, new_file_mode())
@@ -61,8 +85,7 @@ def atomic_files(paths: Sequence[str]) -> Iterator[list[str]]:
                 os.replace(tmp, path)
     finally:
         for tmp in tmps:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+            _remove(tmp)
 
 
 @contextmanager

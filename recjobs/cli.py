@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from recjobs.atomic import remove_leftovers
 from recjobs.config.resolver import (
     Overrides,
     add_override_arguments,
@@ -38,6 +39,7 @@ from recjobs.config.schema import (
 from recjobs.errors import ConfigError, UserError, cannot_write
 from recjobs.file_kind import require_regular
 from recjobs.holdings import check_output
+from recjobs.streams import StreamFailed, WatchedStdout, quiet, say, stdout_failed
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -62,6 +64,12 @@ def _path(text: str) -> str:
     """A path argument: '' would mean the working directory (or a default) without saying so."""
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path; name a file or directory")
+    if text.startswith("~"):  # `--out=~/x` or a quoted '~/x': the shell left it as it was
+        raise argparse.ArgumentTypeError(
+            f"{text[:60]!r} starts with ~, which the shell did not expand and recjobs does not "
+            "(it would name a folder called ~...); write the whole path, or give the flag and "
+            "the path as two words, which the shell expands"
+        )
     return text
 
 
@@ -433,7 +441,7 @@ def _log(args: argparse.Namespace) -> int:
             return 0
         return run_status.follow_log(args.run_dir, sys.stdout.buffer)
     except BrokenPipeError:  # `recjobs log DIR | head`: the reader has what it wanted
-        _quiet_stdout()
+        quiet(sys.stdout)
         return 0
     except KeyboardInterrupt:
         say(f"recjobs log: stopped following {args.run_dir} (Ctrl-C); the run itself goes on")
@@ -468,7 +476,7 @@ def _synth(args: argparse.Namespace) -> int:
     if dense:
         raise UserError("--interactions", dense, "fewer --interactions, or more --users or --items")
     _check_dataset_out(args.out, args.force)
-    with _output_errors(args.out), _stoppable(args.out):
+    with _output_errors(args.out), _stoppable(_data_set_output(args.out)):
         path = write_dataset(
             args.out, args.users, args.items, args.interactions, args.seed, interruptible=True
         )
@@ -492,30 +500,52 @@ class _Interrupted(UserError):
         self.exit_code = 128 + signum
 
 
+class _Output:
+    """What a command stopped by a signal reports about its output: `out`, and `watched`, the
+    file replaced last, with its identity when the command started."""
+
+    def __init__(self, out: str, what: str, watched: Path | None = None):
+        self.what = what
+        self.aim(out, watched)
+
+    def aim(self, out: str, watched: Path | None = None) -> None:
+        """The output, once the command knows it better (`recommend --parts`: its part file)."""
+        self.out, self.watched = out, Path(out) if watched is None else watched
+        self.before = _identity(self.watched)
+
+    def interrupted(self, signum: int) -> _Interrupted:
+        if self.before != _identity(self.watched):  # replaced last, once all else is in place
+            return _Interrupted(signum, f"{self.out} holds the new {self.what}, whole")
+        if self.before is not None:
+            return _Interrupted(signum, f"{self.out} is as it was (nothing of it replaced)")
+        return _Interrupted(signum, f"nothing was written to {self.out}")
+
+
 @contextlib.contextmanager
-def _stoppable(out: str) -> Iterator[None]:
-    """SIGINT and SIGTERM stop a data command at once (the generation runs in a worker thread,
-    the tables are written in slices; recjobs.data.synth): one line saying what --out holds,
-    exit 130 or 143. SIGTERM's default would end the process silently, mid-write."""
+def _stoppable(output: _Output) -> Iterator[_Output]:
+    """SIGINT and SIGTERM stop a command that writes `output` at once, wherever it is (loading
+    a model, generating data in a worker thread, writing a table in slices): one line naming
+    the signal and saying what the output holds, exit 130 or 143. SIGTERM's default would end
+    the process silently, mid-write, leaving the writer's temporary file; raised here, the
+    exception passes through the writer's clean-up (recjobs.atomic)."""
 
     def stop(signum: int, frame: Any) -> None:
         raise _Stopped(signum)
 
-    config = Path(out) / "config.yaml"
-    before = _identity(config)
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield output
     except KeyboardInterrupt as exc:
         signum = exc.signum if isinstance(exc, _Stopped) else signal.SIGINT
-        if before != _identity(config):  # replaced last, once every table is in place
-            raise _Interrupted(signum, f"{out} holds the new data set, whole") from None
-        if before is not None:
-            raise _Interrupted(signum, f"{out} is as it was (nothing of it replaced)") from None
-        raise _Interrupted(signum, f"nothing was written to {out}") from None
+        remove_leftovers()
+        raise output.interrupted(signum) from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+
+
+def _data_set_output(out: str) -> _Output:
+    return _Output(out, "data set", Path(out) / "config.yaml")  # config.yaml is replaced last
 
 
 def _identity(path: Path) -> tuple[int, int, int] | None:
@@ -541,7 +571,7 @@ def _movielens(args: argparse.Namespace) -> int:
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise UserError("--val-fraction", f"must be between 0 and 1, got {args.val_fraction}")
     _check_dataset_out(args.out, args.force)
-    with _output_errors(args.out), _stoppable(args.out):
+    with _output_errors(args.out), _stoppable(_data_set_output(args.out)):
         path = convert_movielens(
             args.src, args.out, split=args.split, val_fraction=args.val_fraction
         )
@@ -550,6 +580,11 @@ def _movielens(args: argparse.Namespace) -> int:
 
 
 def _recommend(args: argparse.Namespace) -> int:
+    with _stoppable(_Output(args.out, "recommendations")) as output:
+        return _recommend_into(args, output)
+
+
+def _recommend_into(args: argparse.Namespace, output: _Output) -> int:
     from recjobs.inference import recommend
 
     if not 1 <= args.k <= MAX_K:  # a k beyond the catalogue gives every item
@@ -558,6 +593,7 @@ def _recommend(args: argparse.Namespace) -> int:
     if args.parts:
         check_output(args.out, directory=True)
         out = recommend.part_path(args.out, rank, world_size, args.parts)
+        output.aim(out)
     else:
         recommend.check_output_path(args.out)
         out = args.out
@@ -594,6 +630,11 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
+    with _stoppable(_Output(args.out, "scores")):
+        return _score_into(args)
+
+
+def _score_into(args: argparse.Namespace) -> int:
     from recjobs.inference import recommend
 
     recommend.check_output_path(args.out)
@@ -658,11 +699,12 @@ def _this_process_share(
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from recjobs.training.plot import plot_runs
-
     out = args.out or str(Path(args.run_dirs[0]) / "curves.png")
-    check_output(out)
-    plot_runs(args.run_dirs, out)
+    with _stoppable(_Output(out, "image")):
+        from recjobs.training.plot import plot_runs
+
+        check_output(out)
+        plot_runs(args.run_dirs, out)
     print(out)
     return 0
 
@@ -699,86 +741,13 @@ def _set_up_logging() -> None:
     )
 
 
-# A standard stream that cannot be written (disk full, I/O error): docs/reliability.md, "Exit
-# codes". Exit 2, as any write that failed; a reader that went away (EPIPE) is no failure.
-EXIT_OUTPUT_LOST = 2
-
-
-class _StreamFailed(Exception):
-    """Writing stdout failed for a reason other than a closed pipe. Not an OSError: no
-    command's own `except OSError` (for a file it reads, an --out it writes) may take the
-    stream's failure for its own and name the wrong file."""
-
-    def __init__(self, error: OSError):
-        super().__init__(error)
-        self.error = error
-
-
-class _WatchedStdout:
-    """sys.stdout (and its .buffer) while a command runs: a failed write or flush raises
-    _StreamFailed; everything else is the stream's own."""
-
-    def __init__(self, stream: Any):
-        self._stream = stream
-
-    def write(self, data: Any) -> Any:
-        return self._watch(self._stream.write, data)
-
-    def writelines(self, lines: Any) -> None:
-        self._watch(self._stream.writelines, lines)
-
-    def flush(self) -> None:
-        self._watch(self._stream.flush)
-
-    @property
-    def buffer(self) -> _WatchedStdout:
-        return _WatchedStdout(self._stream.buffer)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-    @staticmethod
-    def _watch(call: Any, *args: Any) -> Any:
-        try:
-            return call(*args)
-        except BrokenPipeError:
-            raise  # the reader went away: the quiet end, as before
-        except OSError as exc:
-            raise _StreamFailed(exc) from None
-
-
-def _quiet(stream: Any) -> None:
-    """Send what is left for a stream (still in its buffer, or written later) to /dev/null:
-    Python's own flush at exit would otherwise fail again, print "Exception ignored" and exit
-    120. For stdout this is also the quiet end of a closed pipe (`recjobs resolve | head`)."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, stream.fileno())
-        os.close(null)
-
-
-def _quiet_stdout() -> None:
-    """The reader of stdout went away (`recjobs resolve | head`): like a Unix tool, stop
-    writing, with no traceback at exit from flushing what is left."""
-    _quiet(sys.stdout)
-
-
-def say(line: str) -> None:
-    """One line on stderr; a stderr that cannot be written (`2>/dev/full`) loses the line but
-    changes neither the exit code nor anything else the command does."""
-    try:
-        print(line, file=sys.stderr, flush=True)
-    except OSError:
-        _quiet(sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line; returns the exit code. Nothing reaches the caller as a traceback for
     a standard stream that cannot be written: a closed pipe ends quietly with the command's
     code, a stdout that fails otherwise is one `error:` line and EXIT_OUTPUT_LOST, a failing
     stderr is lost without changing the code."""
     stdout = sys.stdout
-    sys.stdout = _WatchedStdout(stdout)  # type: ignore[assignment]
+    sys.stdout = WatchedStdout(stdout)  # type: ignore[assignment]
     try:
         code = _main(argv)
         code = _flush_stdout(code)
@@ -796,19 +765,10 @@ def _flush_stdout(code: Any) -> Any:
     try:
         sys.stdout.flush()
     except BrokenPipeError:
-        _quiet(sys.stdout)
-    except _StreamFailed as exc:
-        return _stdout_failed(exc.error)
+        quiet(sys.stdout)
+    except StreamFailed as exc:
+        return stdout_failed(exc.error)
     return code
-
-
-def _stdout_failed(error: OSError) -> int:
-    _quiet(sys.stdout)
-    say(
-        f"error: stdout: cannot write: {error.strerror or error} (what the command printed is "
-        "incomplete; files it wrote are whole; send its output somewhere with room)"
-    )
-    return EXIT_OUTPUT_LOST
 
 
 def _settle_stderr() -> None:
@@ -816,7 +776,7 @@ def _settle_stderr() -> None:
     try:
         sys.stderr.flush()
     except OSError:
-        _quiet(sys.stderr)
+        quiet(sys.stderr)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -825,10 +785,10 @@ def _main(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except BrokenPipeError:
-        _quiet_stdout()
+        quiet(sys.stdout)
         return 0
-    except _StreamFailed as exc:
-        return _stdout_failed(exc.error)
+    except StreamFailed as exc:
+        return stdout_failed(exc.error)
     except UserError as exc:
         # backslashreplace: a message quoting odd input (lone surrogates) must still print.
         say(exc.line().encode("utf-8", "backslashreplace").decode("utf-8"))

@@ -5,7 +5,8 @@ blocked in open() is deaf to SIGINT and SIGTERM; a device (`/dev/zero`, a tty) r
 end or waits for input. So every path a command reads is looked at with stat() first, here,
 and anything else is one `error:` line (exit 2) instead of a hang. stat() follows symlinks: a
 link to a regular file is a regular file. A path that does not exist passes: the caller knows
-how to say "not found" for its kind of file.
+how to say "not found" for its kind of file; a symbolic link that leads nowhere does not pass
+(`require_regular`): it is named, never taken for a missing file.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-from recjobs.errors import UserError
+from recjobs.errors import UserError, link_problem
 
 _KINDS = (
     (stat.S_ISFIFO, "a FIFO"),
@@ -36,8 +37,16 @@ def special_kind(path: str | Path) -> str | None:
     return next((name for test, name in _KINDS if test(mode)), None)
 
 
+LINK_HINT = "restore what it points to, or remove the link"
+
+
 def require_regular(path: str | Path, error: type[UserError] = UserError) -> None:
-    """Raise `error` (one line, exit 2) when `path` is a FIFO, a socket or a device."""
+    """Raise `error` (one line, exit 2) when `path` is a FIFO, a socket or a device, or a
+    symbolic link that leads nowhere (never taken for a missing file: a run would start over,
+    or a writer would create the link's target)."""
+    link = link_problem(path)
+    if link is not None:
+        raise error(str(path), link, LINK_HINT)
     kind = special_kind(path)
     if kind is not None:
         raise error(str(path), f"is {kind}, not a regular file", HINT)

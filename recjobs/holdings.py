@@ -9,6 +9,7 @@ data/tables.py); tests/test_write_discipline.py checks them against real runs an
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from recjobs.errors import UserError
@@ -21,8 +22,10 @@ RUN_FILES = ("config.yaml", "metrics.jsonl", "train.log", "summary.json", "model
 FINISHED_RUN_FILES = ("summary.json", "model")
 # What marks a run even without config.yaml (a data set and a model have a config.yaml too).
 RUN_ONLY_FILES = tuple(name for name in RUN_FILES if name != "config.yaml")
-# An exported model (training/export.py): its catalogue; the weights' name is configurable.
-MODEL_FILES = ("catalogue.pt",)
+# An exported model (training/export.py): the files only an export writes, export.json last (a
+# folder whose catalogue.pt was deleted since is still a model, and so is an export by a recjobs
+# before catalogue.pt, with its item_embeddings.pt); the weights' name is configurable.
+MODEL_FILES = ("catalogue.pt", "item_embeddings.pt", "export.json")
 # A data set (data/tables.py write_dataset_dir): the four tables beside its config.yaml.
 DATASET_FILES = (
     "users.parquet",
@@ -94,7 +97,7 @@ def check_output(out: str, directory: bool = False) -> None:
     inside = _inside_a_model(path if directory else path.parent)
     if inside is not None:
         folder, what = inside
-        where = "is" if folder == path.resolve() else f"is in {folder},"
+        where = "is" if folder == _real(path) else f"is in {folder},"
         raise UserError(out, f"{where} {what}", "write it elsewhere, e.g. beside the run")
     if path.name in DATASET_FILES and found(path.parent, DATASET_FILES):
         raise UserError(out, "is a table of the data set in its folder", "use another --out")
@@ -102,11 +105,17 @@ def check_output(out: str, directory: bool = False) -> None:
 
 def _inside_a_model(folder: Path) -> tuple[Path, str] | None:
     """The folder at or above `folder` that outputs must stay out of, and what it is."""
-    for above in (folder.resolve(), *folder.resolve().parents):
+    for above in (_real(folder), *_real(folder).parents):
         if above.name in _RUN_FOLDERS:
             markers = [n for n in RUN_ONLY_FILES if n != above.name]
             if found(above.parent, tuple(markers)):
                 return above, _RUN_FOLDERS[above.name]
-        if found(above, (*MODEL_FILES, "export.json")):
+        if found(above, MODEL_FILES):
             return above, "an exported model's folder, whose files it could replace"
     return None
+
+
+def _real(path: Path) -> Path:
+    """`path` with its links followed as far as they go: os.path.realpath, where Path.resolve
+    raises RuntimeError on a loop of links (`plot LOOP` was a traceback)."""
+    return Path(os.path.realpath(path))

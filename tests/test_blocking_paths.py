@@ -8,6 +8,7 @@ the case fails as a hang. Nothing waits when the command answers; WAIT_S is only
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import socket
@@ -170,7 +171,10 @@ def test_regular_files_directories_links_and_missing_paths_pass(tmp_path):
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     for name in ("f", "link", "dangling", "nowhere", "."):
         assert special_kind(tmp_path / name) is None
+    for name in ("f", "link", "nowhere", "."):
         require_regular(tmp_path / name)
+    with pytest.raises(DataError, match=r"dangling: is a symbolic link to .*nowhere, which does"):
+        require_regular(tmp_path / "dangling", DataError)  # never taken for a missing file
     os.mkfifo(tmp_path / "pipe")
     (tmp_path / "fifo-link").symlink_to(tmp_path / "pipe")  # a link is judged by its target
     assert special_kind(tmp_path / "fifo-link") == "a FIFO"
@@ -178,3 +182,89 @@ def test_regular_files_directories_links_and_missing_paths_pass(tmp_path):
     os.mkfifo(tmp_path / "parts" / "deep" / "p.parquet")
     with pytest.raises(DataError, match=r"parts/deep/p.parquet: is a FIFO"):
         require_regular_tree(tmp_path / "parts", DataError)
+
+
+# --------------------------------------------------------------------------- links to nothing
+
+# Paths a command reads, as a symbolic link that leads nowhere: each used to be taken for a
+# missing file. `train --resume` then trained from defaults (config.yaml: "was trained with a
+# different config"), skipped best.pt (exporting the last weights as the best), started
+# metrics.jsonl over or wrote train.log through the link, creating its target (exit 0);
+# `recommend` took a model without export.json for an older export; `plot` said "no
+# metrics.jsonl here"; `status` and `log` called a finished run "not started", and `log -f`
+# waited for it for ever. Now: one line naming the link, exit 2, nothing written.
+RESUME = ["train", "retrieval", "--run-dir", "{root}/run", "--resume"]
+LINK_CASES = [
+    ("config.yaml", ["resolve", "retrieval", "--config", "{root}/config.yaml"]),
+    ("data/users.parquet", TRAIN_ON_DATA),
+    ("run/config.yaml", RESUME),
+    ("run/checkpoints/best.pt", RESUME),
+    ("run/metrics.jsonl", RESUME),
+    ("run/train.log", RESUME),
+    ("users.csv", ["recommend", "{root}/run", "--out", "{root}/r.csv", "--users",
+                   "{root}/users.csv"]),
+    ("run/model/export.json", ["recommend", "{root}/run", "--out", "{root}/r.csv"]),
+    ("run/metrics.jsonl", ["plot", "{root}/run", "--out", "{root}/c.png"]),
+    ("run/train.log", ["status", "{root}/run"]),
+    ("run/train.log", ["log", "{root}/run"]),
+    ("run/train.log", ["log", "-f", "{root}/run"]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+@pytest.mark.parametrize(("link", "argv"), LINK_CASES, ids=[f"{a[0]}:{f}" for f, a in LINK_CASES])
+def test_a_link_that_leads_nowhere_is_named_never_taken_for_absence(
+    finished, tmp_path, capsys, link, argv, kind
+):
+    root = tmp_path / "copy"
+    shutil.copytree(finished, root)
+    path = root / link
+    target = root / "nowhere"
+    if path.exists():
+        path.unlink()
+    if kind == "dangling":
+        path.symlink_to(target)
+        problem = f"is a symbolic link to {target}, which does not exist"
+    else:
+        path.symlink_to(path.with_name("other"))
+        path.with_name("other").symlink_to(path)
+        problem = "is a loop of symbolic links"
+    before = {p: p.read_bytes() for p in (root / "run").rglob("*") if p.is_file()}
+
+    code, err = _answers_at_once([a.format(root=root) for a in argv], [], capsys)
+
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: {path}: {problem} (restore what it points to, or remove the link)"]
+    assert "Traceback" not in err
+    after = {p: p.read_bytes() for p in (root / "run").rglob("*") if p.is_file()}
+    log = root / "run" / "train.log"
+    if log in before:  # the log only gains the run's last word
+        assert after.pop(log).startswith(before.pop(log))
+    assert after == before and not target.exists()  # nothing written, not even through it
+
+
+def test_a_finished_run_whose_train_log_is_gone_is_still_finished(finished, tmp_path, capsys):
+    """status said "not started", and `log -f` waited for ever for the log."""
+    from recjobs.training import run_status
+
+    run = tmp_path / "run"
+    shutil.copytree(finished / "run", run)
+    (run / "train.log").unlink()
+    assert main(["status", str(run)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{run}: finished"
+
+    def no_waiting(seconds: float) -> None:
+        raise AssertionError("log -f waited for a run that has ended")
+
+    said = io.StringIO()
+    assert run_status.follow_log(run, io.BytesIO(), say=said, sleep=no_waiting) == 0
+    assert said.getvalue() == (
+        f"recjobs log: {run} finished: train.log is missing; summary.json, model show the run "
+        "finished\n"
+    )
+    (run / "summary.json").unlink()
+    shutil.rmtree(run / "model")
+    said = io.StringIO()
+    assert run_status.follow_log(run, io.BytesIO(), say=said, sleep=no_waiting) == 1
+    assert said.getvalue().startswith(f"recjobs log: {run} stopped: train.log is missing; the run ")

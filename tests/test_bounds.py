@@ -80,6 +80,16 @@ REFUSED = [
     ("recommend", [*REC, "--k", "1000000"], "error: --k: must be between 1 and 100000, got 1000000"),
     ("recommend", [*REC, "-j", "100000x100000"], "error: -j: at most 1024 nodes"),
     ("recommend", [*REC, "--max_retries", "101"], "error: --max_retries: must be between 0 and 100"),
+    # `--run_dir=~/x`: no shell expanded the ~, and the job would not either
+    ("train", [*TRAIN, "--run_dir", "~/r"], "error: --run_dir: '~/r' starts with ~, which the shell did not expand and the job does not (it would name a folder called ~...) (write the whole path)"),
+    ("recommend", ["--model_dir", "~/r"], "error: --model_dir: '~/r' starts with ~"),
+    # TorchX's own parser: one line, not the component's whole usage before argparse's line
+    ("train", [*TRAIN, "--cpu", "1.5"], "error: --cpu: invalid int value: '1.5' (see torchx run ... train --help)"),
+    ("train", [*TRAIN, "--max_retries", "abc"], "error: --max_retries: invalid int value: 'abc' (see torchx run ... train --help)"),
+    ("train", [*TRAIN, "-j"], "error: -j: expected one argument (see torchx run ... train --help)"),
+    ("train", [*TRAIN, "--bogus"], "error: train component: unrecognized arguments: --bogus (see torchx run ... train --help)"),
+    ("recommend", [], "error: recommend component: the following arguments are required: --model_dir (see torchx run ... recommend --help)"),
+    ("recommend", [*REC, "--include_seen"], "error: --include_seen: expected one argument (see torchx run ... recommend --help)"),
     ("recommend", [*REC, "--include_seen", "maybe"], "error: --include_seen: expected true or false, got 'maybe' (also accepted: yes, 1, on / no, 0, off)"),
 ]  # fmt: skip
 

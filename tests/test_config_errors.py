@@ -337,6 +337,11 @@ YAML_FORMS = [
     ("training.early_stopping", "yes", "expected true, false or a mapping, got string 'yes' (YAML 1.1 read yes as true, YAML 1.2 (what recjobs reads) as text: write true)"),
     ("training.wandb_run_name", "yes", "yes"),  # a name: the text, which YAML 1.1 refused
     ("training.wandb_run_name", "1_000", "1_000"),
+    # YAML 1.1's dates and its `=` value key are text in YAML 1.2 too
+    ("training.wandb_run_name", "2024-01-01", "2024-01-01"),
+    ("training.wandb_run_name", "2024-01-01 10:00:00", "2024-01-01 10:00:00"),
+    ("training.wandb_run_name", "=", "="),
+    ("training.max_epochs", "2024-01-01", "expected an integer, got string '2024-01-01'"),
 ]  # fmt: skip
 
 

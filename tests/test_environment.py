@@ -263,3 +263,76 @@ def test_a_stderr_that_cannot_be_written_keeps_the_exit_code(tmp_path, argv, cod
 def test_both_streams_full_is_still_exit_2_without_a_traceback(tmp_path):
     done = _run_with(["resolve", "retrieval"], FULL, FULL, tmp_path)
     assert done.returncode == 2
+
+
+# `torchx run` with a recjobs component or scheduler: TorchX prints the dry run itself and lets
+# any exception become a traceback; the component and the schedulers watch its stdout
+# (recjobs.streams.TorchxStdout) and print their own lines with the CLI's `say`.
+TORCHX_TRAIN = ["run", "--dryrun", "-s", "local_cwd", "components/train.py:train"]
+TORCHX_TRAIN += ["--task", "retrieval", "--config", "config/quickstart.yaml"]
+TORCHX_ECHO = [
+    "run",
+    "--dryrun",
+    "-s",
+    "local_cwd",
+    "utils.echo",
+    "--msg",
+    "hi",
+]  # ours: the scheduler
+
+
+def _torchx_with(args: list[str], stdout: str | None, stderr: str | None):
+    torchx = Path(sys.executable).parent / "torchx"
+    with open(stdout or os.devnull, "w") as out_target, open(stderr or os.devnull, "w") as err_t:
+        return subprocess.run(
+            [str(torchx), *args],
+            stdout=out_target if stdout else subprocess.PIPE,
+            stderr=err_t if stderr else subprocess.PIPE,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+
+
+@pytest.mark.skipif(not os.path.exists(FULL), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize(
+    ("args", "full", "code"),
+    [
+        (TORCHX_TRAIN, "stdout", 2),  # was a traceback from torchx's print, exit 1
+        (TORCHX_ECHO, "stdout", 2),
+        (TORCHX_TRAIN, "stderr", 0),  # was exit 1: the component's own line raised
+        ([*TORCHX_TRAIN, "--env", "FOO"], "stderr", 2),  # refused: still 2, line lost
+    ],
+    ids=["train-stdout", "scheduler-stdout", "train-stderr", "refused-stderr"],
+)
+def test_torchx_with_a_stream_that_cannot_be_written_is_no_traceback(args, full, code):
+    done = _torchx_with(
+        args, FULL if full == "stdout" else None, FULL if full == "stderr" else None
+    )
+    assert done.returncode == code, (done.stdout or "")[-300:] + (done.stderr or "")[-2000:]
+    if full == "stdout":
+        assert done.stderr.splitlines()[-1] == STDOUT_LOST, done.stderr[-2000:]
+        assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    elif code == 0:
+        assert "recjobs train retrieval" in done.stdout
+    else:
+        assert done.stdout == ""
+
+
+def test_torchx_whose_reader_went_away_ends_quietly():
+    torchx = Path(sys.executable).parent / "torchx"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # a reader that is gone before the first write: EPIPE at once
+    try:
+        done = subprocess.run(
+            [str(torchx), *TORCHX_TRAIN],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

@@ -7,6 +7,7 @@ written, that nothing was. Real files, a real tiny ranking run, the real CLI in-
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -126,6 +127,26 @@ def test_a_blank_name_in_a_config_file_is_refused_too(tmp_path, capsys):
     )
 
 
+TILDE = "starts with ~, the shell's shorthand for a home folder, which recjobs does not expand (it would name a folder called ~...)"
+
+
+def test_a_path_starting_with_a_tilde_is_refused_naming_the_key(tmp_path, capsys):
+    """No shell reads a config file or the text after `--set key=`: `artifact_dir: ~/runs/x`
+    trained into ./~/runs/x without a word, and a data path became 'CONFIG_FOLDER/~/...'."""
+    home = os.path.expanduser("~")
+    assert error(capsys, "resolve", "retrieval", "--set", "training.artifact_dir=~/runs/x") == (
+        f"error: retrieval.training.artifact_dir: string '~/runs/x' {TILDE} (write the whole "
+        f"path, e.g. {home}/runs/x)"
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text("dataset:\n  paths: {users: ~alice/u.parquet}\nretrieval: {}\n")
+    assert error(capsys, "resolve", "retrieval", "--config", str(config)) == (
+        f"error: dataset.paths.users: string '~alice/u.parquet' {TILDE} (write the whole path)"
+    )
+    # A name is no path: a column may start with ~
+    assert resolved(capsys, "--set", "columns.user_id=~u")["columns"]["user_id"] == "~u"
+
+
 def test_empty_paths_are_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert error(capsys, "resolve", "retrieval", "--set", "training.artifact_dir=") == (
@@ -207,6 +228,49 @@ def test_a_damaged_model_config_is_one_line_naming_it(ranking_run, tmp_path, cap
     )
 
 
+DAMAGED_MODEL_CONFIGS = ["", "ranking: [1, 2\n", "- a\n", "shared: {seed: 1}\n", "ranking: 3\n"]
+
+
+@pytest.mark.parametrize("text", DAMAGED_MODEL_CONFIGS, ids=repr)
+@pytest.mark.parametrize("given", ["run", "model"])
+def test_the_recommend_component_reads_a_model_config_as_recommend_does(
+    ranking_run, tmp_path, capsys, text, given
+):
+    """At submit (`torchx run ... recommend --model_dir`), a damaged model/config.yaml is the
+    line `recjobs recommend` gives, naming that file, not a traceback or a bare key."""
+    from torchx.specs.builders import materialize_appdef
+    from torchx.specs.finder import get_component
+
+    run = tmp_path / "run"
+    shutil.copytree(ranking_run, run)
+    (run / "model" / "config.yaml").write_text(text)
+    where = run if given == "run" else run / "model"
+    expected = error(capsys, "recommend", str(where), "--out", str(tmp_path / "r.csv"))
+    assert expected.startswith(f"error: {run / 'model' / 'config.yaml'}: "), expected
+    fn = get_component(f"{ROOT / 'components' / 'train.py'}:recommend").fn
+    with pytest.raises(SystemExit) as exc:
+        materialize_appdef(fn, ["--model_dir", str(where)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [expected]
+
+
+def test_the_recommend_component_names_a_run_s_damaged_config(tmp_path, capsys):
+    """A run that has not exported yet: its own config.yaml gives the task, or one line."""
+    from recjobs.errors import UserError
+    from recjobs.submit import launch
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("ranking:\n  training: {}\n")
+    assert launch.model_task(str(run)) == "ranking"
+    (run / "config.yaml").write_text("- a\n")
+    with pytest.raises(UserError) as caught:
+        launch.model_task(str(run))
+    assert caught.value.line() == (
+        f"error: {run / 'config.yaml'}: expected a mapping at the top level, got list ['a']"
+    )
+
+
 def test_a_config_error_inside_the_model_config_names_that_file(ranking_run, tmp_path, capsys):
     model = tmp_path / "model"
     shutil.copytree(ranking_run / "model", model)
@@ -227,8 +291,9 @@ def test_a_config_error_inside_the_model_config_names_that_file(ranking_run, tmp
             '{"format": "recjobs.encoders", "version": 1, "user_id": {"values": 3}}',
             "corrupt encoders file: 'values' must be a list",
         ),
+        ("[" * 100_000 + "]" * 100_000, "corrupt encoders file: maximum recursion depth"),
     ],
-    ids=["cut short", "not a mapping", "wrong shape"],
+    ids=["cut short", "not a mapping", "wrong shape", "nested too deep"],
 )
 def test_a_damaged_encoders_file_says_what_to_do(ranking_run, tmp_path, capsys, text, problem):
     model, files = _copied_model(ranking_run, tmp_path)
@@ -238,6 +303,41 @@ def test_a_damaged_encoders_file_says_what_to_do(ranking_run, tmp_path, capsys, 
     assert line.endswith(
         f"; it is {len(text)} bytes but the export wrote {files['encoders.json']}: cut short or "
         f"changed since ({COPY_AGAIN})"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,  # was a RecursionError traceback
+        '{"format": "recjobs.model", "files": {"a\\u0000b": 1}}',  # a NUL in the error line
+        '{"format": "recjobs.model", "files": {"a\\nb": 1}}',
+    ],
+    ids=["nested too deep", "NUL in a name", "newline in a name"],
+)
+def test_a_hostile_export_json_is_one_line(ranking_run, tmp_path, capsys, text):
+    model, _ = _copied_model(ranking_run, tmp_path)
+    (model / "export.json").write_text(text)
+    line = error(capsys, "score", str(model), "--pairs", "p.csv", "--out", str(tmp_path / "s.csv"))
+    assert line == (
+        f"error: {model / 'export.json'}: is not the export's list of files (JSON with format "
+        f"recjobs.model and files) ({COPY_AGAIN})"
+    )
+
+
+@pytest.mark.parametrize("command", ["plot", "status"])
+def test_a_metrics_line_nested_too_deep_is_no_traceback(ranking_run, tmp_path, capsys, command):
+    run = tmp_path / "run"
+    shutil.copytree(ranking_run, run)
+    with (run / "metrics.jsonl").open("a") as metrics:
+        metrics.write("[" * 100_000 + "]" * 100_000 + "\n")
+    if command == "status":  # a line it cannot read is left out, as one still being written
+        assert main(["status", str(run)]) == 0
+        assert capsys.readouterr().out.splitlines()[0] == f"{run}: finished"
+        return
+    lines = sum(1 for _ in (run / "metrics.jsonl").open())
+    assert error(capsys, "plot", str(run), "-o", str(tmp_path / "c.png")) == (
+        f"error: {run / 'metrics.jsonl'}: line {lines}: not a JSON record"
     )
 
 

@@ -10,6 +10,7 @@ tests/test_fault_matrix.py.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -390,7 +391,21 @@ VALUES = [
 ]
 
 # Artifact names: every file lives inside the run dir.
+_TILDE = "starts with ~, the shell's shorthand for a home folder, which recjobs does not expand (it would name a folder called ~...)"
 PATHS = [
+    # no shell reads a config or the text after `--set key=`: a folder named ~ here
+    (
+        "retrieval --set training.artifact_dir=~/runs/x",
+        f"error: retrieval.training.artifact_dir: string '~/runs/x' {_TILDE} (write the whole path, e.g. {os.path.expanduser('~')}/runs/x)",
+    ),
+    (
+        "retrieval --set training.artifact_dir=~alice/runs",
+        f"error: retrieval.training.artifact_dir: string '~alice/runs' {_TILDE} (write the whole path)",
+    ),
+    (
+        "retrieval --config=~/c.yaml",
+        "error: recjobs resolve: argument --config: '~/c.yaml' starts with ~, which the shell did not expand and recjobs does not (it would name a folder called ~...); write the whole path, or give the flag and the path as two words, which the shell expands (see --help)",
+    ),
     (
         "retrieval --set training.checkpoint=../../x.pt",
         "error: retrieval.training.checkpoint: must be a plain file name inside the run dir's model/, got string '../../x.pt' (no '/', '..' or control characters; e.g. model.pt)",

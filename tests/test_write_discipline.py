@@ -15,6 +15,8 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -194,10 +196,37 @@ def test_train_into_an_exported_model_is_refused(made, tmp_path, capsys):
     data, run = copy_run(made, tmp_path)
     before = snapshot(run)
     assert fails(capsys, train_argv(data, run / "model")) == (
-        f"error: {run / 'model'}: holds an exported model (catalogue.pt), not a run (use "
-        "another --run-dir)"
+        f"error: {run / 'model'}: holds an exported model (catalogue.pt, export.json), not a "
+        "run (use another --run-dir)"
     )
     assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("kept", ["export.json", "catalogue.pt"])
+def test_a_model_folder_is_known_by_either_file_only_an_export_writes(made, tmp_path, capsys, kept):
+    """export.json is written last by the export: a model whose catalogue.pt was deleted is
+    still a model (and an export from before export.json is one by its catalogue.pt). Neither
+    `train --run-dir` nor `data synth --out` takes it, nor does an output go inside it."""
+    data, run = copy_run(made, tmp_path)
+    model = tmp_path / "copied-model"
+    shutil.copytree(run / "model", model)
+    for name in ("export.json", "catalogue.pt"):
+        if name != kept:
+            (model / name).unlink()
+    before = snapshot(model)
+    held = f"holds an exported model ({kept})"
+    assert fails(capsys, train_argv(data, model)) == (
+        f"error: {model}: {held}, not a run (use another --run-dir)"
+    )
+    assert fails(capsys, ["data", "synth", "--out", str(model), "--force"]) == (
+        f"error: {model}: {held}, not a data set (use another --out)"
+    )
+    out = model / "recommendations.csv"
+    assert fails(capsys, _output_argv("recommend", run, out, tmp_path)) == (
+        f"error: {out}: is in {model}, an exported model's folder, whose files it could replace "
+        "(write it elsewhere, e.g. beside the run)"
+    )
+    assert snapshot(model) == before
 
 
 def test_synth_never_replaces_a_run_and_a_data_set_only_with_force(made, tmp_path, capsys):
@@ -209,7 +238,7 @@ def test_synth_never_replaces_a_run_and_a_data_set_only_with_force(made, tmp_pat
             "checkpoints), not a data set (use another --out)"
         )
     assert fails(capsys, ["data", "synth", "--out", str(run / "model")]).startswith(
-        f"error: {run / 'model'}: holds an exported model (catalogue.pt), not a data set"
+        f"error: {run / 'model'}: holds an exported model (catalogue.pt, export.json), not a data set"
     )
     assert snapshot(run) == before
 
@@ -593,3 +622,113 @@ def test_a_stop_signal_while_a_data_set_is_committed_waits_for_the_last_rename(
         for path, content in snapshot(fresh).items()
     }
     assert snapshot(other) == made_fresh
+
+
+# A real `recjobs` process whose writer waits just before it renames its finished temporary file
+# over --out (reading stdin, which the test never writes): the observable event is the line it
+# prints there. Only that wait is added; the signal, the handler and the clean-up are real.
+_HOLD_BEFORE_RENAME = """
+import os, sys
+real = os.replace
+def replace(src, dst, *args, **kwargs):
+    if os.path.basename(src).startswith(".tmp-") and str(dst) == os.environ["HOLD_AT"]:
+        print("recjobs-test: the output is written, before its rename", file=sys.stderr, flush=True)
+        sys.stdin.readline()
+    return real(src, dst, *args, **kwargs)
+os.replace = replace
+from recjobs.__main__ import run
+sys.argv = ["recjobs", *sys.argv[1:]]
+raise SystemExit(run())
+"""
+
+
+def signalled_at(argv: list[str], event: str, signum: int, hold_at: Path) -> tuple[int, str]:
+    """Run `recjobs ARGV` in a real process, send `signum` once it prints `event` on stderr:
+    (its exit code, its stderr)."""
+    program = [sys.executable, "-c", _HOLD_BEFORE_RENAME, *argv]
+    env = {**os.environ, "HOLD_AT": str(hold_at)}
+    proc = subprocess.Popen(
+        program, stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if event in line:
+                break
+        assert proc.poll() is None, "".join(lines)
+        proc.send_signal(signum)
+        lines.append(proc.stderr.read())
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+        proc.stdin.close()
+    return proc.returncode, "".join(lines)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("command", ["recommend", "score", "plot"])
+def test_a_stop_signal_before_the_output_s_rename_keeps_the_old_output(
+    made, tmp_path, command, signum
+):
+    """SIGTERM used to end `recommend`, `score` and `plot` silently, leaving their `.tmp-*`
+    file beside --out; now: one line naming the signal, exit 128 + its number, the earlier
+    output byte-identical and no temporary file."""
+    _, run = copy_run(made, tmp_path)
+    out = tmp_path / ("out.png" if command == "plot" else "out.csv")
+    out.write_bytes(b"an earlier output")
+    argv = _output_argv(command, run, out, tmp_path)
+    before = snapshot(tmp_path)
+    code, err = signalled_at(argv, "before its rename", signum, out)
+    name = signal.Signals(signum).name
+    assert code == 128 + signum, err
+    assert "Traceback" not in err, err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: interrupted ({name}): {out} is as it was (nothing of it replaced)"]
+    assert snapshot(tmp_path) == before  # no .tmp-* file, the old output whole
+
+
+def test_a_stop_signal_before_a_first_output_leaves_nothing(made, tmp_path):
+    _, run = copy_run(made, tmp_path)
+    out = tmp_path / "new" / "recommendations.parquet"
+    argv = _output_argv("recommend", run, out, tmp_path)
+    code, err = signalled_at(argv, "before its rename", signal.SIGTERM, out)
+    assert code == 143, err
+    assert err.splitlines()[-1] == f"error: interrupted (SIGTERM): nothing was written to {out}"
+    assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_a_target_that_is_a_link_to_nothing_is_named(made, tmp_path, capsys, kind):
+    """mkdir and open call such a link "File exists": `data synth --out` said `cannot write:
+    File exists`, `train --run-dir` "a parent of it is a file", and `plot` of a loop was a
+    RuntimeError traceback. Nothing is written through the link."""
+    data, run = copy_run(made, tmp_path)
+    link, target = tmp_path / "link", tmp_path / "nowhere"
+    if kind == "dangling":
+        link.symlink_to(target)
+        problem = f"{link} is a symbolic link to {target}, which does not exist"
+    else:
+        link.symlink_to(tmp_path / "other")
+        (tmp_path / "other").symlink_to(link)
+        problem = f"{link} is a loop of symbolic links"
+    synth = ["data", "synth", "--out", str(link / "data"), *SYNTH]
+    assert fails(capsys, synth) == f"error: {link / 'data'}: cannot write: {problem} (check --out)"
+    assert fails(capsys, train_argv(data, link)) == (
+        f"error: {link}: {problem.removeprefix(f'{link} ')} (use another --run-dir)"
+    )
+    assert fails(capsys, train_argv(data, link / "run")) == (
+        f"error: {link / 'run'}: {problem} (use another --run-dir)"
+    )
+    assert fails(capsys, ["plot", str(link)]).startswith(f"error: {link}: ")
+    assert not target.exists() and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["link", "run", *(["other"] if kind == "loop" else [])]
+    )
+
+
+def test_a_failing_recommend_parts_creates_no_folder(made, tmp_path, capsys):
+    """The parts folder used to be created before the model was read."""
+    out = tmp_path / "parts"
+    assert fails(capsys, ["recommend", str(tmp_path / "nowhere"), "--out", str(out),
+                          "--parts", "parquet"]).startswith(f"error: {tmp_path / 'nowhere'}: not found")  # fmt: skip
+    assert not out.exists()

@@ -89,8 +89,12 @@ _FLOAT = re.compile(
 _INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _YAML12_TAGS = ("tag:yaml.org,2002:float", "tag:yaml.org,2002:int", "tag:yaml.org,2002:bool")
+# YAML 1.1 only, not in 1.2's core schema: plain `2024-01-01` was a date (a run named so was
+# refused: "expected a string, got a date") and plain `=` the value key, which SafeLoader
+# cannot construct (`--set training.wandb_run_name==` was "invalid YAML"). Both are text now.
+_YAML11_ONLY_TAGS = ("tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value")
 _Loader.yaml_implicit_resolvers = {
-    k: [(tag, rx) for tag, rx in v if tag not in _YAML12_TAGS]
+    k: [(tag, rx) for tag, rx in v if tag not in _YAML12_TAGS + _YAML11_ONLY_TAGS]
     for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
@@ -658,6 +662,7 @@ def _build_dataclass(
             values[name] = coerce(value, hint, key)
             _check_range(f, values[name], key, nullable=type(None) in typing.get_args(hint))
             _check_not_blank(f, values[name], key)
+            _check_no_home_shorthand(values[name], key)
     return cls(**values)
 
 
@@ -669,6 +674,30 @@ def _check_not_blank(f: dataclasses.Field, value: Any, where: str) -> None:
         if isinstance(text, str) and not text.strip():
             at = where if isinstance(value, str) else f"{where}[{i}]"
             _check(False, at, f"must not be empty or blank, got {show(text)}", _blank_hint(f))
+
+
+# The keys that hold a local path (the others are names: a column may well start with ~).
+_PATH_KEYS = ("training.artifact_dir", "dataset.paths.")
+
+
+def _check_no_home_shorthand(value: Any, where: str) -> None:
+    """`~/runs` is the shell's shorthand, and no shell reads a config file or the text after
+    `--set key=`: the run would go to a folder named `~` in the working directory, and on the
+    TorchX side `~` is another machine's home anyway. Refused, with the path to write."""
+    if not (isinstance(value, str) and value.startswith("~")):
+        return
+    if not _schema_path(where).startswith(_PATH_KEYS):
+        return
+    _check(
+        False,
+        where,
+        f"{show(value)} starts with ~, the shell's shorthand for a home folder, which "
+        "recjobs does not expand (it would name a folder called ~...)",
+        f"write the whole path, e.g. {os.path.expanduser('~')}{value[1:].partition('/')[1]}"
+        f"{value[1:].partition('/')[2]}"
+        if value.startswith("~/")
+        else "write the whole path",
+    )
 
 
 def _blank_hint(f: dataclasses.Field) -> str:
@@ -994,6 +1023,7 @@ def _config_file_paths(raw: dict[str, Any], config_path: str | Path) -> dict[str
     folder = Path(config_path).absolute().parent
     found = {}
     for role, text in paths.items():
+        _check_no_home_shorthand(text, f"dataset.paths.{role}")
         if _local_relative(text):
             beside = folder / text
             _check_same_file(role, text, folder, Path(text).absolute(), config_path)

@@ -122,10 +122,10 @@ def _check_exists(path: str, fs: Any, fs_path: str, role: str, hint: str | None)
         exists = os.path.exists(path) if fs is None else fs.exists(fs_path)
     except Exception as exc:  # credentials, network: whatever the backend raises
         raise DataError(path, f"cannot access the {role} table: {_first_line(exc)}") from exc
+    if fs is None:  # a link to nothing is named as such, before "not found"
+        require_regular_tree(path, DataError)
     if not exists:
         raise DataError(path, "file not found", hint=hint or f"check dataset.paths.{role}")
-    if fs is None:
-        require_regular_tree(path, DataError)
 
 
 def read_table(
@@ -622,5 +622,5 @@ class Encoders:
             raise CheckpointError(path, "encoders file not found") from exc
         try:
             return cls.from_json(json.loads(text))
-        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError; [[[...]]] nested deep
             raise CheckpointError(path, f"corrupt encoders file: {_first_line(exc)}") from exc

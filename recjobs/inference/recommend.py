@@ -35,20 +35,19 @@ import torch
 from torch import Tensor, nn
 
 from recjobs.atomic import atomic_file
+from recjobs.config.exported import load_config, remake_hint
 from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, Vocabulary, read_table
 from recjobs.data.tables import as_key_array, column_names, key_kind, table_format
 from recjobs.errors import CheckpointError, UserError, cannot_write
 from recjobs.file_kind import require_regular
+from recjobs.holdings import MODEL_FILES, found
 from recjobs.models import build_model
 from recjobs.training.export import (
     CATALOGUE,
     ITEM_EMBEDDINGS,
-    MANIFEST,
     check_manifest,
-    load_config,
     reading_model_file,
-    remake_hint,
     require_files,
 )
 from recjobs.training.metrics import csr_chunk
@@ -429,7 +428,7 @@ def find_model_dir(path: Path) -> Path:
         model_dir = path
     require_regular(model_dir / "config.yaml", CheckpointError)  # not "not found" for a FIFO
     if not (model_dir / "config.yaml").is_file():
-        others = [n for n in (MANIFEST, CATALOGUE, ITEM_EMBEDDINGS) if (model_dir / n).exists()]
+        others = found(model_dir, MODEL_FILES)
         if others:  # a model folder that lost its config.yaml
             raise CheckpointError(
                 str(model_dir / "config.yaml"),
@@ -541,11 +540,9 @@ def part_path(out_dir: str, rank: int, world_size: int, fmt: str) -> str:
     Before writing, a directory holding parts of a job with another number of processes is
     refused: their union with these would repeat users.
     """
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-        others = [
-            p for p in os.listdir(out_dir) if (m := PART.match(p)) and int(m[2]) != world_size
-        ]
+    try:  # created when the part is written: a command that fails leaves no empty folder
+        names = os.listdir(out_dir) if os.path.lexists(out_dir) else []
+        others = [p for p in names if (m := PART.match(p)) and int(m[2]) != world_size]
     except OSError as exc:
         raise UserError(
             out_dir, cannot_write(exc, os.path.join(out_dir, "part")), "check --out"

@@ -19,9 +19,10 @@ Like recjobs.submit.secret_env, this module imports nothing heavy: the scheduler
 from __future__ import annotations
 
 import posixpath
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from recjobs.streams import say
 
 # The image components run unless told otherwise; on Kubernetes the nodes may not have it.
 DEFAULT_IMAGE = "recjobs:latest"
@@ -69,10 +70,10 @@ def check_at_submit(app: Any, scheduler: str, options: Mapping[str, Any]) -> Non
     try:
         warnings = check(app, scheduler, bool(options.get(OPT_IN)))
     except UserError as exc:
-        print(exc.line(), file=sys.stderr)
+        say(exc.line())
         raise SystemExit(exc.exit_code) from None
     for warning in warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+        say(f"warning: {warning}")
 
 
 def check(app: Any, scheduler: str, ephemeral_outputs: bool) -> list[str]:

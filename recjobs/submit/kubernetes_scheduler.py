@@ -29,7 +29,6 @@ The colon syntax is forced by torchx's `-cfg` parser, which splits on `=`, `,` a
 from __future__ import annotations
 
 import difflib
-import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any, Dict, List  # noqa: UP035 - see the runopts below
@@ -44,6 +43,7 @@ from torchx.schedulers.kubernetes_scheduler import (
 from torchx.specs import AppDef, AppState, Role, runopts
 
 from recjobs.errors import UserError
+from recjobs.streams import guard_torchx_stdout, say
 from recjobs.submit import container_paths, secret_env
 
 DEFAULT_WANDB_SECRET = "wandb"
@@ -100,7 +100,7 @@ def parse_node_selector(selector: Mapping[str, str]) -> dict[str, str]:
 def _user_error(exc: UserError) -> SystemExit:
     # Same contract as the component: one `error:` line, exit code 2, nothing submitted. torchx
     # would print a traceback for any other exception raised here.
-    print(exc.line(), file=sys.stderr)
+    say(exc.line())
     return SystemExit(exc.exit_code)
 
 
@@ -167,7 +167,7 @@ class RecjobsKubernetesScheduler(KubernetesScheduler):
             warnings.filterwarnings("ignore", message=r"(?s).*does NOT support retries")
             info = super()._submit_dryrun(app, cfg)
         for line in retry_notes(app):
-            print(line, file=sys.stderr)
+            say(line)
         secret = str(options.get("wandb_secret") or DEFAULT_WANDB_SECRET)
         spec = info.request.resource["spec"]  # type: ignore[index]
         spec["minAvailable"] = min_available(app)
@@ -357,6 +357,7 @@ def _set_fs_group(pod: Any, gid: int) -> None:
 
 def create_scheduler(session_name: str, **kwargs: Any) -> RecjobsKubernetesScheduler:
     """The `torchx.schedulers` entry point: same arguments as torchx's kubernetes factory."""
+    guard_torchx_stdout()  # a stdout torchx cannot write is one line, not a traceback
     return RecjobsKubernetesScheduler(
         session_name=session_name,
         client=kwargs.get("client"),

@@ -25,7 +25,6 @@ import dataclasses
 import json
 import re
 import shlex
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,12 @@ from pathlib import Path
 from torchx import specs
 from torchx.specs import macros
 
+from recjobs.config.exported import load_config
 from recjobs.config.resolver import Overrides, add_override_arguments, load_file, resolve
 from recjobs.config.schema import TASKS, ResolvedConfig
 from recjobs.errors import ConfigError, UserError
+from recjobs.holdings import MODEL_FILES, found
+from recjobs.streams import say
 from recjobs.submit import container_paths, secret_env
 
 ROLE_NAME = "train"
@@ -422,6 +424,13 @@ def _local_path(path: str, flag: str, who: str) -> None:
         raise UserError(
             flag, "an empty path", f"name a directory, or leave {flag} out for runs/<app id>"
         )
+    if path.startswith("~"):  # `--run_dir=~/x`: no shell expanded it, and jobs do not
+        raise UserError(
+            flag,
+            f"{path[:60]!r} starts with ~, which the shell did not expand and the job does not "
+            "(it would name a folder called ~...)",
+            "write the whole path",
+        )
     if "://" in path:
         raise UserError(
             flag,
@@ -433,15 +442,31 @@ def _local_path(path: str, flag: str, who: str) -> None:
 
 def model_task(model_dir: str) -> str | None:
     """The task of the model in `model_dir` (a run directory or its model/) when this machine
-    can read it, so that a job that could only fail is refused at submit; None when it cannot
-    (the path is one inside the job's container, say): the job itself checks then."""
-    for path in (Path(model_dir) / "model" / "config.yaml", Path(model_dir) / "config.yaml"):
-        try:
-            raw = load_file(path)  # bounded, and refuses a FIFO rather than blocking on it
-        except UserError:
-            continue
-        return next((task for task in TASKS if task in raw), None)
-    return None
+    can read it, so that a job that could only fail is refused at submit; None when the model
+    is not here (the path is one inside the job's container, say): the job itself checks then.
+    A model folder's config.yaml is read as `recjobs recommend` reads it
+    (recjobs.config.exported): empty, not YAML, not a mapping or a bad value is one line naming
+    that file. A run that has not exported yet (its own config.yaml, no model/) gives its task.
+
+    Raises:
+        UserError: the model's (or the run's) config.yaml cannot be read or resolved.
+    """
+    folder = Path(model_dir)
+    for candidate, is_model in ((folder / "model", True), (folder, found(folder, MODEL_FILES))):
+        if is_model and (candidate / "config.yaml").exists():
+            return load_config(candidate).task
+    run_config = folder / "config.yaml"
+    if not run_config.exists():  # a FIFO exists: load_file refuses it by name
+        return None
+    raw = load_file(run_config)  # bounded, and refuses a FIFO rather than blocking on it
+    tasks = [task for task in TASKS if task in raw]
+    if len(tasks) != 1:
+        raise ConfigError(
+            str(run_config),
+            f"expected exactly one of {' or '.join(TASKS)}: (found {', '.join(map(str, raw))})",
+            "give a run directory written by recjobs train, or its model/",
+        )
+    return tasks[0]
 
 
 def _resource(cpu: int, gpu: int, memMB: int, h: str | None) -> specs.Resource:  # noqa: N803
@@ -598,7 +623,7 @@ def train_app(
 
     effective = with_wandb(parse_overrides(overrides), wandb_project)
     cfg = resolve(task, config, effective)
-    print(submission_line(task, config, effective, command_line), file=sys.stderr)
+    say(submission_line(task, config, effective, command_line))
 
     role = specs.Role(
         name=ROLE_NAME,

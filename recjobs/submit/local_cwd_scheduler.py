@@ -11,7 +11,6 @@ has started, with `${app_id}` filled in. Everything else is TorchX's own.
 from __future__ import annotations
 
 import string
-import sys
 from typing import Any
 
 from torchx.schedulers.api import AppDryRunInfo
@@ -22,6 +21,7 @@ from torchx.schedulers.local_scheduler import (
 )
 from torchx.specs import AppDef
 
+from recjobs.streams import guard_torchx_stdout, say
 from recjobs.submit import container_paths
 
 
@@ -52,12 +52,13 @@ class RecjobsLocalCwdScheduler(LocalScheduler):
         app_id = super().schedule(dryrun_info)
         if dryrun_info._app is not None:  # built by submit_dryrun, as `torchx run` does
             for line in where_lines(dryrun_info._app, app_id):
-                print(line, file=sys.stderr)
+                say(line)
         return app_id
 
 
 def create_scheduler(session_name: str, **kwargs: Any) -> RecjobsLocalCwdScheduler:
     """The `torchx.schedulers` entry point: TorchX's local_cwd factory, this class."""
+    guard_torchx_stdout()  # a stdout torchx cannot write is one line, not a traceback
     return RecjobsLocalCwdScheduler(
         session_name=session_name,
         image_provider_class=CWDImageProvider,

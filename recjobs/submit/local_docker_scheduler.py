@@ -21,6 +21,7 @@ from torchx.schedulers.api import AppDryRunInfo
 from torchx.schedulers.docker_scheduler import LABEL_ROLE_NAME, DockerJob, DockerScheduler
 from torchx.specs import AppDef, runopts
 
+from recjobs.streams import guard_torchx_stdout
 from recjobs.submit import container_paths, secret_env
 
 log = logging.getLogger(__name__)
@@ -69,4 +70,5 @@ class RecjobsDockerScheduler(DockerScheduler):
 
 def create_scheduler(session_name: str, **kwargs: Any) -> RecjobsDockerScheduler:
     """The `torchx.schedulers` entry point: same arguments as torchx's local_docker factory."""
+    guard_torchx_stdout()  # a stdout torchx cannot write is one line, not a traceback
     return RecjobsDockerScheduler(session_name=session_name)

@@ -33,10 +33,17 @@ import torch
 import yaml
 from torch import nn
 
-from recjobs.config.resolver import drop_ignored_keys, load_file, resolve_dict
-from recjobs.config.schema import TASKS, ResolvedConfig
+from recjobs.config.exported import (
+    MANIFEST,
+    MANIFEST_FORMAT,
+    listed_files,
+    load_config,
+    remake_hint,
+    size_note,
+)
+from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, TaskData
-from recjobs.errors import CheckpointError, ConfigError, UserError
+from recjobs.errors import CheckpointError, UserError
 from recjobs.file_kind import require_regular
 from recjobs.models import build_model
 from recjobs.training import metrics
@@ -44,8 +51,6 @@ from recjobs.training.checkpoint import atomic_write_bytes
 
 ITEM_EMBEDDINGS = "item_embeddings.pt"
 CATALOGUE = "catalogue.pt"
-MANIFEST = "export.json"
-MANIFEST_FORMAT = "recjobs.model"
 MANIFEST_VERSION = 1
 
 
@@ -120,36 +125,10 @@ def catalogue(data: TaskData) -> dict[str, torch.Tensor]:
     }
 
 
-def remake_hint(model_dir: Path) -> str:
-    """What to do about a model folder that lacks a file or holds a damaged one: export it
-    again where it is a run's model/ with a checkpoint, else copy it again whole."""
-    run = model_dir.parent
-    if model_dir.name == "model" and (run / "checkpoints" / "last.pt").is_file():
-        task = _task_of(model_dir / "config.yaml") or _task_of(run / "config.yaml") or "TASK"
-        return (
-            f"export it again from the run's checkpoint: recjobs train {task} --run-dir {run} "
-            "--resume (a finished run trains no further; it reads the run's data again), or "
-            "give another run"
-        )
-    return (
-        "copy the model folder again, whole, from the run that exported it (recjobs train "
-        "writes RUN_DIR/model), or give a finished run's directory or its model/"
-    )
-
-
-def _task_of(config: Path) -> str | None:
-    try:
-        loaded = yaml.safe_load(config.read_text()[:1_000_000])
-    except (OSError, ValueError, yaml.YAMLError):
-        return None
-    found = [t for t in TASKS if isinstance(loaded, dict) and t in loaded]
-    return found[0] if len(found) == 1 else None
-
-
 def check_manifest(model_dir: Path) -> bool:
     """Every file export.json lists is there; False when the folder has no export.json (an
     export by a recjobs before it). Sizes are not compared here (a model/config.yaml edited
-    by hand is no damage); they explain a file that then cannot be read (`_size_note`).
+    by hand is no damage); they explain a file that then cannot be read (`size_note`).
 
     Raises:
         CheckpointError: naming the file missing, or a damaged export.json.
@@ -158,7 +137,7 @@ def check_manifest(model_dir: Path) -> bool:
     require_regular(path, CheckpointError)
     if not path.exists():
         return False
-    files = _listed(model_dir)
+    files = listed_files(model_dir)
     if files is None:
         raise CheckpointError(
             str(path),
@@ -176,34 +155,6 @@ def check_manifest(model_dir: Path) -> bool:
                 remake_hint(model_dir),
             )
     return True
-
-
-def _listed(model_dir: Path) -> dict[str, int] | None:
-    """export.json's files and sizes; None when it is missing or not what the export writes."""
-    try:
-        manifest = json.loads((model_dir / MANIFEST).read_bytes()[:1_000_000])
-        files = manifest["files"]
-        if manifest["format"] != MANIFEST_FORMAT or not isinstance(files, dict):
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    plain = all(
-        isinstance(name, str) and name not in ("", ".", "..") and "/" not in name for name in files
-    )
-    sizes = all(isinstance(size, int) and not isinstance(size, bool) for size in files.values())
-    return files if plain and sizes else None
-
-
-def _size_note(path: Path) -> str:
-    """Why a model file may not load: '; it is N bytes but the export wrote M (...)', or ''."""
-    listed = (_listed(path.parent) or {}).get(path.name)
-    try:
-        size = path.stat().st_size
-    except OSError:
-        return ""
-    if listed is None or size == listed:
-        return ""
-    return f"; it is {size} bytes but the export wrote {listed}: cut short or changed since"
 
 
 def require_files(model_dir: Path, cfg: ResolvedConfig, manifest: bool) -> None:
@@ -253,40 +204,14 @@ def reading_model_file(path: Path) -> Iterator[None]:
         yield
     except UserError as exc:
         hint = remake_hint(path.parent)
-        raise type(exc)(exc.where, exc.problem + _size_note(path), hint) from None
+        raise type(exc)(exc.where, exc.problem + size_note(path), hint) from None
     except _LOAD_ERRORS as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise CheckpointError(
             str(path),
-            f"cannot load it ({type(exc).__name__}: {first}){_size_note(path)}",
+            f"cannot load it ({type(exc).__name__}: {first}){size_note(path)}",
             remake_hint(path.parent),
         ) from None
-
-
-def load_config(model_dir: Path) -> ResolvedConfig:
-    """The resolved config an export (or a run directory) was written with."""
-    path = model_dir / "config.yaml"
-    require_regular(path, CheckpointError)
-    fix = remake_hint(model_dir)
-    # load_file: empty, invalid YAML or not a mapping is one error naming the file; its hints
-    # are for a config the user writes, this one the export wrote.
-    try:
-        raw = load_file(path)
-    except ConfigError as exc:
-        raise ConfigError(exc.where, exc.problem + _size_note(path), fix) from None
-    tasks = [task for task in TASKS if task in raw]
-    if len(tasks) != 1:
-        found = ", ".join(map(str, raw)) or "nothing"
-        raise ConfigError(
-            str(path),
-            f"expected exactly one of {' or '.join(TASKS)}: (found {found}){_size_note(path)}",
-            fix,
-        )
-    try:
-        return resolve_dict(drop_ignored_keys(raw), tasks[0])
-    except ConfigError as exc:
-        # The key alone ("retrieval.model.embedding_dim") reads like the user's own config.
-        raise ConfigError(f"{path}: {exc.where}", exc.problem + _size_note(path), fix) from None
 
 
 def load_model(model_dir: str | Path) -> tuple[nn.Module, ResolvedConfig, Encoders]:

@@ -24,7 +24,7 @@ COLUMNS = 3
 
 def run_names(run_dirs: list[Path]) -> list[str]:
     """Each run's directory name, or its whole path where two runs share a name."""
-    names = [p.resolve().name or str(p) for p in run_dirs]
+    names = [Path(os.path.realpath(p)).name or str(p) for p in run_dirs]  # never a loop error
     return [str(p) if names.count(n) > 1 else n for p, n in zip(run_dirs, names)]
 
 

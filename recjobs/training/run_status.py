@@ -38,6 +38,7 @@ import yaml
 
 from recjobs.errors import RunDirError
 from recjobs.file_kind import require_regular
+from recjobs.holdings import FINISHED_RUN_FILES, RUN_ONLY_FILES, found
 from recjobs.training import checkpoint_file
 from recjobs.training.rundir import RunDir
 
@@ -169,6 +170,15 @@ def _state(rundir: RunDir) -> tuple[str, str, int | None, int | None, Attempt | 
     if pid is not None:
         return RUNNING, f"pid {pid} holds {rundir.lock_file}", None, pid, None
     if not rundir.log.exists():
+        # Deleted, or copied without it: what the run wrote says whether it ran, never "not
+        # started" for a finished run (`log -f` would wait for it for ever).
+        if found(rundir.path, FINISHED_RUN_FILES):
+            held = ", ".join(found(rundir.path, FINISHED_RUN_FILES))
+            return FINISHED, f"train.log is missing; {held} show the run finished", None, None, None
+        written = found(rundir.path, tuple(n for n in RUN_ONLY_FILES if n != "train.log"))
+        if written:
+            why = f"train.log is missing; the run wrote {', '.join(written)}"
+            return STOPPED, why, None, None, None
         return NOT_STARTED, "no train.log yet", None, None, None
     ending, started, attempt = _last_ending(rundir.log)
     if ending is None:
@@ -251,7 +261,7 @@ def _records(path: Path) -> list[dict[str, Any]]:
     for line in lines:
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # a line nested too deep is no record either
             continue
         if isinstance(record, dict):
             records.append(record)
@@ -494,9 +504,12 @@ def follow_log(
                 _state(rundir) if rundir.path.is_dir() else (NOT_STARTED, "", None, None, None)
             )
             if state in ENDED_STATES:
-                if f is None:
+                if f is None and rundir.log.exists():
                     f = open(rundir.log, "rb")  # noqa: SIM115 - closed below
-                _copy(f, out)  # all the trainer wrote: it lets go of the lock after its last line
+                if f is not None:
+                    _copy(
+                        f, out
+                    )  # all the trainer wrote: it lets go of the lock after its last line
                 say.write(f"recjobs log: {rundir.path} {state}: {why}\n")
                 if state == FINISHED:
                     return 0

@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from recjobs.errors import CheckpointError, RunDirError
+from recjobs.errors import CheckpointError, RunDirError, broken_link, link_problem
+from recjobs.file_kind import LINK_HINT
 from recjobs.holdings import FINISHED_RUN_FILES, RUN_FILES, found, other_kind
 
 # recjobs.training.checkpoint (torch, seconds to import) is imported where it is used:
@@ -84,12 +85,20 @@ class RunDir:
             # Found now, not when the first checkpoint or the export is written.
             not_dirs = [p for p in (self.last.parent, self.model) if p.exists() and not p.is_dir()]
         except (FileExistsError, NotADirectoryError):
+            link = broken_link(self.path)  # mkdir calls it "File exists" too
+            problem = link.removeprefix(f"{where} ") if link else None
             raise RunDirError(
-                where, "a parent of it is a file, not a directory", "use another --run-dir"
+                where,
+                problem or "a parent of it is a file, not a directory",
+                "use another --run-dir",
             ) from None
         except OSError as exc:
+            link = broken_link(self.path)  # a parent a loop of links, say
+            problem = link.removeprefix(f"{where} ") if link else None
             raise RunDirError(
-                where, f"cannot create it: {exc.strerror or exc}", "use another --run-dir"
+                where,
+                problem or f"cannot create it: {exc.strerror or exc}",
+                "use another --run-dir",
             ) from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise RunDirError(
@@ -169,12 +178,9 @@ class RunDir:
         from recjobs.training.checkpoint import previous
 
         for path in (self.last, previous(self.last)):
-            if path.is_symlink() and not path.exists():
-                raise CheckpointError(
-                    str(path),
-                    f"is a symbolic link to {os.readlink(path)}, which does not exist",
-                    "restore what it points to, or remove the link",
-                )
+            problem = link_problem(path)
+            if problem:
+                raise CheckpointError(str(path), problem, LINK_HINT)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:

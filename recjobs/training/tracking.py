@@ -89,7 +89,7 @@ def read_records(run_dir: Path) -> list[dict[str, Any]]:
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # RecursionError: [[[...]]] nested too deep
             raise UserError(f"{path}: line {number}", "not a JSON record") from None
         if isinstance(record, dict) and isinstance(record.get("step"), int):
             records.append(record)

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -570,7 +571,7 @@ class TrainingRun:
             self.early,
         )
         self.progress = Progress(epoch, batch_in_epoch, step)
-        if self.rundir.best.exists():
+        if os.path.lexists(self.rundir.best):  # a link to nothing is named, not skipped
             with _what_to_do(run_status.damaged_best(self.rundir, self.cfg.task)):
                 self.best_state = load_checkpoint(self.rundir.best)["model"]
         if "loss_window" in checkpoint:
