@@ -858,6 +858,7 @@ def test_movielens_100k(tmp_path):
     users = pq.read_table(tmp_path / "out" / "users.parquet").to_pylist()
     assert users[2] == {
         "user_id": 3,
+        "age": 17.0,
         "age_bucket": "under 18",
         "gender": "M",
         "occupation": "writer",
@@ -871,13 +872,40 @@ def test_movielens_100k(tmp_path):
         ("unknown", "unknown"),
         ("Action", "1960s"),
     ]
+    # All genres as a list (none: an empty list), the year as a number (null when unknown).
+    assert [(i["genres"], i["year"]) for i in items] == [
+        (["Animation", "Children's", "Comedy"], 1995.0),
+        (["Drama"], 1994.0),
+        ([], None),
+        (["Action", "Adventure"], 1968.0),
+    ]
+    columns = config["ranking"]["columns"]
+    assert (columns["user_num_cols"], columns["item_num_cols"]) == (["age"], ["year"])
+    assert (columns["item_multi_cols"], columns["item_cat_cols"]) == (["genres"], ["year_bucket"])
+    assert config["retrieval"]["columns"]["item_multi_cols"] == ["genres"]
     val = pq.read_table(tmp_path / "out" / "interactions_val.parquet")
     assert val.column("timestamp").to_pylist() == [900]  # 10 ratings, val_fraction 0.1
     data = load_converted(config_path)
     assert data.n_users == 3 and data.n_items == 4
     assert len(data.train_users) == 9 and data.val_items.tolist() == [4]
     assert data.train_labels.tolist()[:2] == [5.0, 4.0]  # sorted by time: t=100, t=150
-    assert data.item_cardinalities == [5, 5, 4]  # 4 genres; 1990s, 1960s, unknown
+    assert data.item_cardinalities == [5, 4]  # 1990s, 1960s, unknown
+    # 6 genres in the list vocabulary; padded to the longest list (3), the empty list all 0.
+    assert data.encoders.item_multis["genres"].values() == [
+        "Action", "Adventure", "Animation", "Children's", "Comedy", "Drama",
+    ]  # fmt: skip
+    (genres,) = data.item_features.multi
+    assert genres.tolist() == [[0, 0, 0], [3, 4, 5], [6, 0, 0], [0, 0, 0], [1, 2, 0]]
+    # Years 1995, 1994, -, 1968 (items 1..4): standardized over the three known ones.
+    years = np.array([1995.0, 1994.0, 1968.0])
+    stats = data.encoders.item_nums["year"]
+    assert (stats.mean, stats.std) == pytest.approx((years.mean(), years.std()))
+    dense = data.item_features.dense
+    assert dense[1:, 0].tolist() == pytest.approx(
+        [(1995 - years.mean()) / years.std(), (1994 - years.mean()) / years.std(), 0.0,
+         (1968 - years.mean()) / years.std()]
+    )  # fmt: skip
+    assert dense[:, 1].tolist() == [0, 0, 0, 1, 0]  # item 3's year is missing
 
 
 def test_movielens_1m_in_subdirectory(tmp_path):
@@ -899,6 +927,12 @@ def test_movielens_1m_in_subdirectory(tmp_path):
         ("Comedy", "2000s"),
         ("Horror", "1920s"),
     ]
+    assert [(i["genres"], i["year"]) for i in items] == [
+        (["Animation", "Children's", "Comedy"], 1995.0),
+        (["Comedy", "Romance"], 2001.0),
+        (["Horror"], 1922.0),
+    ]
+    assert [u["age"] for u in users] == [1.0, 56.0, 25.0, 45.0]  # ml-1m's age-group codes
     data = load_converted(config_path, task="retrieval")
     assert data.train_labels is None
     assert len(data.train_users) == 7 and len(data.val_users) == 3

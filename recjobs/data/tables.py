@@ -224,6 +224,9 @@ def write_dataset_dir(
     seed: int,
     user_cat_cols: Sequence[str],
     item_cat_cols: Sequence[str],
+    user_num_cols: Sequence[str] = (),
+    item_num_cols: Sequence[str] = (),
+    item_multi_cols: Sequence[str] = (),
 ) -> str:
     """Write the four tables as parquet plus a ready-to-train config.yaml; return its path.
 
@@ -237,11 +240,23 @@ def write_dataset_dir(
     paths = {role: os.path.join(out_dir, name) for role, name in names.items()}
 
     def columns(label_col: str | None) -> dict[str, Any]:
+        # The numeric and multi-valued keys only where used: the synthetic data set's config
+        # reads as it did before they existed.
+        features = {
+            key: list(cols)
+            for key, cols in (
+                ("user_num_cols", user_num_cols),
+                ("item_num_cols", item_num_cols),
+                ("item_multi_cols", item_multi_cols),
+            )
+            if cols
+        }
         return {
             "user_id": "user_id",
             "item_id": "item_id",
             "user_cat_cols": list(user_cat_cols),
             "item_cat_cols": list(item_cat_cols),
+            **features,
             "interaction_user_col": "user_id",
             "interaction_item_col": "item_id",
             "interaction_time_col": "timestamp",
