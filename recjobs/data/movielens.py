@@ -43,6 +43,15 @@ ITEM_CAT_COLS = ("year_bucket",)
 USER_NUM_COLS = ("age",)
 ITEM_NUM_COLS = ("year",)
 ITEM_MULTI_COLS = ("genres",)
+# The written config's feature columns (write_dataset_dir's keywords; benchmarks/quality.py
+# writes its random-split data sets with the same ones).
+FEATURE_COLUMNS = {
+    "user_cat_cols": USER_CAT_COLS,
+    "item_cat_cols": ITEM_CAT_COLS,
+    "user_num_cols": USER_NUM_COLS,
+    "item_num_cols": ITEM_NUM_COLS,
+    "item_multi_cols": ITEM_MULTI_COLS,
+}
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
@@ -287,9 +296,5 @@ def convert_movielens(
         tables,
         name=variant,
         seed=42,
-        user_cat_cols=USER_CAT_COLS,
-        item_cat_cols=ITEM_CAT_COLS,
-        user_num_cols=USER_NUM_COLS,
-        item_num_cols=ITEM_NUM_COLS,
-        item_multi_cols=ITEM_MULTI_COLS,
+        **FEATURE_COLUMNS,
     )
