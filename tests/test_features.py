@@ -338,9 +338,14 @@ def test_recommend_and_score_apply_the_saved_standardization(tmp_path):
     assert not np.allclose(got["score"].to_numpy(), unstandardized, atol=1e-3)
 
 
-@pytest.mark.parametrize("task", ["retrieval", "ranking"])
-def test_interrupted_and_resumed_equals_uninterrupted_with_features(tmp_path, monkeypatch, task):
-    sets = [*(RETRIEVAL if task == "retrieval" else RANKING), "training.max_epochs=2"]
+@pytest.mark.parametrize(
+    ("task", "extra"),
+    [("retrieval", ()), ("ranking", ()), ("ranking", ("training.sparse_embeddings=true",))],
+)
+def test_interrupted_and_resumed_equals_uninterrupted_with_features(
+    tmp_path, monkeypatch, task, extra
+):
+    sets = [*(RETRIEVAL if task == "retrieval" else RANKING), "training.max_epochs=2", *extra]
     config = resolve(
         task, featured_dataset(tmp_path / "data"), Overrides(sets=[*sets, "model.dropout=0.3"])
     )
