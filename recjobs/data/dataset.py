@@ -88,7 +88,9 @@ def load_task_data(
     warning per table giving the count; in validation they are first mapped to OOV (index 0)
     and then dropped, because metrics on an unknown user or item measure nothing the model
     could have learned. Null categorical values encode as OOV (0), which acts as their own
-    "missing" category. Errors in the data (missing files or columns, duplicate or null ids,
+    "missing" category. Numeric columns are standardized with statistics of the users/items
+    table's rows (fit here, or the saved ones of `encoders`), missing values 0 plus an
+    indicator; multi-valued columns get their own vocabularies (`recjobs.data.features`). Errors in the data (missing files or columns, duplicate or null ids,
     non-numeric or NaN labels, no training rows) raise DataError naming file and column.
     `stop_requested` stops the generation of the synthetic data set (synth.GenerationStopped).
     """
