@@ -90,8 +90,10 @@ def load_task_data(
     could have learned. Null categorical values encode as OOV (0), which acts as their own
     "missing" category. Numeric columns are standardized with statistics of the users/items
     table's rows (fit here, or the saved ones of `encoders`), missing values 0 plus an
-    indicator; multi-valued columns get their own vocabularies (`recjobs.data.features`). Errors in the data (missing files or columns, duplicate or null ids,
-    non-numeric or NaN labels, no training rows) raise DataError naming file and column.
+    indicator; multi-valued columns get their own vocabularies (`recjobs.data.features`).
+    Errors in the data (missing files or columns, duplicate or null ids, non-numeric or NaN
+    labels, non-numeric or infinite numeric features, no training rows) raise DataError naming
+    file and column.
     `stop_requested` stops the generation of the synthetic data set (synth.GenerationStopped).
     """
     cols = cfg.columns
@@ -375,7 +377,10 @@ def _side_features(
     stats, values = nums
     dense = torch.from_numpy(dense_matrix(values, stats, rows, n)) if stats else None
     vocabs, lists = multis
-    multi = tuple(torch.from_numpy(multi_matrix(v, lists[c], rows, n)) for c, v in vocabs.items())
+    multi = tuple(
+        torch.from_numpy(multi_matrix(v, lists[c], rows, n, f"{source}: column '{c}'"))
+        for c, v in vocabs.items()
+    )
     return Features(torch.from_numpy(cat), dense, multi)
 
 

@@ -182,13 +182,15 @@ def list_values(lists: pa.ListArray, where: str) -> pa.Array:
     return values
 
 
-def multi_matrix(vocab: Vocabulary, lists: pa.ListArray, rows: np.ndarray, n: int) -> np.ndarray:
+def multi_matrix(
+    vocab: Vocabulary, lists: pa.ListArray, rows: np.ndarray, n: int, where: str
+) -> np.ndarray:
     """int64 [n, L]: row `rows[k]` holds the encoded values of list k, padded with 0.
 
     L is the longest list's length (at least 1, so an all-empty column still has a shape).
     """
     lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    codes = vocab.encode(list_values(lists, "list"))
+    codes = vocab.encode(list_values(lists, where))
     known = rows > 0
     width = max(1, int(lengths[known].max())) if known.any() else 1
     out = np.zeros((n, width), dtype=np.int64)
