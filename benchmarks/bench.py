@@ -109,7 +109,12 @@ def measure_bare(a: argparse.Namespace) -> dict:
         tr.sparse_embeddings, data.user_cardinalities + data.item_cardinalities, False
     )
     model = build_model(
-        cfg.task, cfg.model, data.user_cardinalities, data.item_cardinalities, sparse=sparse
+        cfg.task,
+        cfg.model,
+        data.user_cardinalities,
+        data.item_cardinalities,
+        sparse=sparse,
+        **data.encoders.feature_widths(),
     ).to(device)
     opts = build_optimizers(model, tr.optimizer, tr.embedding_optimizer if sparse else None)
     batches = []
@@ -309,7 +314,13 @@ def measure_eval(a: argparse.Namespace) -> dict:
     data = load_task_data(cfg)
     task = make_task(cfg, data, torch.device(a.device))
     model = (
-        build_model(cfg.task, cfg.model, data.user_cardinalities, data.item_cardinalities)
+        build_model(
+            cfg.task,
+            cfg.model,
+            data.user_cardinalities,
+            data.item_cardinalities,
+            **data.encoders.feature_widths(),
+        )
         .to(a.device)
         .eval()
     )
@@ -391,7 +402,13 @@ def prepare_recommend(a: argparse.Namespace) -> dict:
     cfg = _config("retrieval", a.users, a.items, a.interactions, a.batch, 1, a.set)
     data = load_task_data(cfg)
     torch.manual_seed(0)
-    model = build_model("retrieval", cfg.model, data.user_cardinalities, data.item_cardinalities)
+    model = build_model(
+        "retrieval",
+        cfg.model,
+        data.user_cardinalities,
+        data.item_cardinalities,
+        **data.encoders.feature_widths(),
+    )
     export_model(Path(a.model_dir), model.eval(), cfg, data)
     return {"users": data.n_users, "items": data.n_items}
 

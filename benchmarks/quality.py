@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from recjobs.config.resolver import Overrides, resolve
-from recjobs.data import load_task_data
+from recjobs.data import load_task_data, movielens
 from recjobs.data.movielens import convert_movielens
 from recjobs.data.tables import write_dataset_dir
 from recjobs.training import metrics
@@ -170,8 +170,7 @@ def protocol_random(src: Path, work: Path, sets: list[str], seed: int = 0) -> di
             {**tables, "interactions_train": split[0], "interactions_val": split[1]},
             name="ml-random",
             seed=42,
-            user_cat_cols=("age_bucket", "gender", "occupation", "zip_prefix"),
-            item_cat_cols=("genre", "year_bucket"),
+            **movielens.FEATURE_COLUMNS,
         )
     )
     final = Path(
@@ -184,8 +183,7 @@ def protocol_random(src: Path, work: Path, sets: list[str], seed: int = 0) -> di
             },
             name="ml-random",
             seed=42,
-            user_cat_cols=("age_bucket", "gender", "occupation", "zip_prefix"),
-            item_cat_cols=("genre", "year_bucket"),
+            **movielens.FEATURE_COLUMNS,
         )
     )
     summary = train_run("retrieval", pick, work / "retrieval", sets)

@@ -43,8 +43,6 @@ from recjobs.errors import CheckpointError, ConfigError, DataError
 
 ROLES = ("users", "items", "interactions_train", "interactions_val")
 TENSOR_FIELDS = (
-    "user_features",
-    "item_features",
     "train_users",
     "train_items",
     "train_labels",
@@ -221,6 +219,14 @@ def test_encoders_save_load_roundtrip(tmp_path):
 
 
 def assert_same_task_data(a: TaskData, b: TaskData) -> None:
+    for side in ("user_features", "item_features"):
+        x, y = getattr(a, side), getattr(b, side)
+        assert torch.equal(x.cat, y.cat), side
+        assert (x.dense is None) == (y.dense is None), side
+        if x.dense is not None:
+            assert torch.equal(x.dense, y.dense), side
+        assert len(x.multi) == len(y.multi), side
+        assert all(torch.equal(p, q) for p, q in zip(x.multi, y.multi, strict=True)), side
     for name in TENSOR_FIELDS:
         x, y = getattr(a, name), getattr(b, name)
         if x is None or y is None:
@@ -247,17 +253,17 @@ def test_parquet_and_csv_load_identically(tmp_path, synth_tables, ext):
 def test_task_data_shapes_and_values(tmp_path, synth_tables):
     data = load_task_data(make_cfg(write_tables(synth_tables, tmp_path)))
     assert data.n_users == 300 and data.n_items == 80
-    assert data.user_features.shape == (301, 4) and data.user_features.dtype == torch.int64
-    assert data.item_features.shape == (81, 4)
-    assert data.user_features[0].tolist() == [0, 0, 0, 0]
-    assert data.item_features[0].tolist() == [0, 0, 0, 0]
-    assert data.user_features[:, 0].tolist() == list(range(301))
+    assert data.user_features.cat.shape == (301, 4) and data.user_features.cat.dtype == torch.int64
+    assert data.item_features.cat.shape == (81, 4)
+    assert data.user_features.cat[0].tolist() == [0, 0, 0, 0]
+    assert data.item_features.cat[0].tolist() == [0, 0, 0, 0]
+    assert data.user_features.cat[:, 0].tolist() == list(range(301))
     # 8 observed groups, 5 regions, 5 age groups; 12 categories, 4 price bands, 6 styles.
     assert data.user_cardinalities == [301, 9, 6, 6]
     assert data.item_cardinalities == [81, 13, 5, 7]
     for col, card in enumerate(data.user_cardinalities):
-        assert int(data.user_features[1:, col].min()) >= 1
-        assert int(data.user_features[:, col].max()) == card - 1
+        assert int(data.user_features.cat[1:, col].min()) >= 1
+        assert int(data.user_features.cat[:, col].max()) == card - 1
     n_train = synth_tables["interactions_train"].num_rows
     n_val = synth_tables["interactions_val"].num_rows
     assert data.train_users.shape == data.train_items.shape == (n_train,)
@@ -275,7 +281,7 @@ def test_task_data_shapes_and_values(tmp_path, synth_tables):
         idx = int(data.encoders.user_id.encode([row["user_id"]])[0])
         group = int(data.encoders.user_cats["user_group"].encode([row["user_group"]])[0])
         region = int(data.encoders.user_cats["region"].encode([row["region"]])[0])
-        assert data.user_features[idx, 1:3].tolist() == [group, region]
+        assert data.user_features.cat[idx, 1:3].tolist() == [group, region]
 
 
 def test_ranking_labels(tmp_path, synth_tables):
@@ -321,7 +327,7 @@ def test_tiny_tables_exact_encoding(tmp_path):
     assert data.val_users.tolist() == [2, 3] and data.val_items.tolist() == [1, 2]
     assert data.item_counts.tolist() == [0, 1, 1, 2]
     # user_group: a -> 1, b -> 2, null -> 0 (OOV); u1 has b, u2 null, u3 a.
-    assert data.user_features[:, 1].tolist() == [0, 2, 0, 1]
+    assert data.user_features.cat[:, 1].tolist() == [0, 2, 0, 1]
     assert data.user_cardinalities == [4, 3, 3, 3]
 
 
@@ -341,8 +347,8 @@ def test_resume_with_given_encoders(tmp_path, caplog):
         second = load_task_data(make_cfg(paths), encoders=first.encoders)
     assert second.encoders is first.encoders
     assert second.user_cardinalities == first.user_cardinalities  # sized by the encoders
-    assert second.user_features.shape == first.user_features.shape
-    assert second.user_features[:, 1].tolist() == [0, 1, 0, 0]  # u1 a, u2 absent, u3 unseen z
+    assert second.user_features.cat.shape == first.user_features.cat.shape
+    assert second.user_features.cat[:, 1].tolist() == [0, 1, 0, 0]  # u1 a, u2 absent, u3 unseen z
     assert "1 of 3 ids are not in the saved encoders" in caplog.text
     # u2 is still in the saved vocabulary, so its interactions keep index 2.
     assert second.train_users.tolist() == [1, 2, 3, 1]
@@ -852,6 +858,7 @@ def test_movielens_100k(tmp_path):
     users = pq.read_table(tmp_path / "out" / "users.parquet").to_pylist()
     assert users[2] == {
         "user_id": 3,
+        "age": 17.0,
         "age_bucket": "under 18",
         "gender": "M",
         "occupation": "writer",
@@ -865,13 +872,40 @@ def test_movielens_100k(tmp_path):
         ("unknown", "unknown"),
         ("Action", "1960s"),
     ]
+    # All genres as a list (none: an empty list), the year as a number (null when unknown).
+    assert [(i["genres"], i["year"]) for i in items] == [
+        (["Animation", "Children's", "Comedy"], 1995.0),
+        (["Drama"], 1994.0),
+        ([], None),
+        (["Action", "Adventure"], 1968.0),
+    ]
+    columns = config["ranking"]["columns"]
+    assert (columns["user_num_cols"], columns["item_num_cols"]) == (["age"], ["year"])
+    assert (columns["item_multi_cols"], columns["item_cat_cols"]) == (["genres"], ["year_bucket"])
+    assert config["retrieval"]["columns"]["item_multi_cols"] == ["genres"]
     val = pq.read_table(tmp_path / "out" / "interactions_val.parquet")
     assert val.column("timestamp").to_pylist() == [900]  # 10 ratings, val_fraction 0.1
     data = load_converted(config_path)
     assert data.n_users == 3 and data.n_items == 4
     assert len(data.train_users) == 9 and data.val_items.tolist() == [4]
     assert data.train_labels.tolist()[:2] == [5.0, 4.0]  # sorted by time: t=100, t=150
-    assert data.item_cardinalities == [5, 5, 4]  # 4 genres; 1990s, 1960s, unknown
+    assert data.item_cardinalities == [5, 4]  # 1990s, 1960s, unknown
+    # 6 genres in the list vocabulary; padded to the longest list (3), the empty list all 0.
+    assert data.encoders.item_multis["genres"].values() == [
+        "Action", "Adventure", "Animation", "Children's", "Comedy", "Drama",
+    ]  # fmt: skip
+    (genres,) = data.item_features.multi
+    assert genres.tolist() == [[0, 0, 0], [3, 4, 5], [6, 0, 0], [0, 0, 0], [1, 2, 0]]
+    # Years 1995, 1994, -, 1968 (items 1..4): standardized over the three known ones.
+    years = np.array([1995.0, 1994.0, 1968.0])
+    stats = data.encoders.item_nums["year"]
+    assert (stats.mean, stats.std) == pytest.approx((years.mean(), years.std()))
+    dense = data.item_features.dense
+    assert dense[1:, 0].tolist() == pytest.approx(
+        [(1995 - years.mean()) / years.std(), (1994 - years.mean()) / years.std(), 0.0,
+         (1968 - years.mean()) / years.std()]
+    )  # fmt: skip
+    assert dense[:, 1].tolist() == [0, 0, 0, 1, 0]  # item 3's year is missing
 
 
 def test_movielens_1m_in_subdirectory(tmp_path):
@@ -893,6 +927,12 @@ def test_movielens_1m_in_subdirectory(tmp_path):
         ("Comedy", "2000s"),
         ("Horror", "1920s"),
     ]
+    assert [(i["genres"], i["year"]) for i in items] == [
+        (["Animation", "Children's", "Comedy"], 1995.0),
+        (["Comedy", "Romance"], 2001.0),
+        (["Horror"], 1922.0),
+    ]
+    assert [u["age"] for u in users] == [1.0, 56.0, 25.0, 45.0]  # ml-1m's age-group codes
     data = load_converted(config_path, task="retrieval")
     assert data.train_labels is None
     assert len(data.train_users) == 7 and len(data.val_users) == 3

@@ -37,7 +37,7 @@ def test_eval_max_users_scores_a_fixed_sample():
     # The sample's metrics are the full computation restricted to those users.
     with torch.no_grad():
         users = a.eval_users
-        pos = torch.full((data.user_features.shape[0],), -1)
+        pos = torch.full((len(data.user_features),), -1)
         pos[users] = torch.arange(40)
         v, t = pos[data.val_users], pos[data.train_users]
         expected = metrics.retrieval_metrics(

@@ -55,7 +55,7 @@ def most_popular_recall(config) -> float:
     data = load_task_data(config)
     users, rows = torch.unique(data.val_users, return_inverse=True)
     n = len(users)
-    position = torch.full((data.user_features.shape[0],), -1)
+    position = torch.full((len(data.user_features),), -1)
     position[users] = torch.arange(n)
     seen = position[data.train_users]
     keep = seen >= 0

@@ -462,10 +462,14 @@ def build_optimizers(
     model: torch.nn.Module, optimizer: dict[str, Any], embedding_optimizer: dict[str, Any] | None
 ) -> Optimizers:
     """One optimizer for everything, or (with `embedding_optimizer`) one for the nn.Embedding
-    tables and `optimizer` for the rest."""
+    and nn.EmbeddingBag tables and `optimizer` for the rest."""
     if embedding_optimizer is None:
         return Optimizers(build_optimizer(model.parameters(), optimizer))
-    tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    tables = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+    }
     dense = [p for p in model.parameters() if id(p) not in tables]
     sparse = [p for p in model.parameters() if id(p) in tables]
     return Optimizers(

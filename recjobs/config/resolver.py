@@ -848,6 +848,24 @@ def _validate_section(task: str, section: TaskConfig, raw_section: dict[str, Any
             "loss_func mse needs a label column",
             "e.g. label_col: rating",
         )
+    _check(
+        len(cols.multi_delimiter) == 1 and cols.multi_delimiter not in '\r\n"',
+        f"{p}.columns.multi_delimiter",
+        f"expected one character, got {brief(cols.multi_delimiter)}",
+        'e.g. "|" or ";" (not a newline or a double quote)',
+    )
+    for entity, ident in (("user", cols.user_id), ("item", cols.item_id)):
+        seen: dict[str, str] = {ident: f"{entity}_id"}
+        for kind in ("cat", "num", "multi"):
+            key = f"{entity}_{kind}_cols"
+            for col in getattr(cols, key):
+                _check(
+                    col not in seen or seen[col] == key,
+                    f"{p}.columns.{key}",
+                    f"column {brief(col)} is also in {seen.get(col)}",
+                    "a column is one kind of feature: categorical, numeric or multi-valued",
+                )
+                seen[col] = key
     if task == "retrieval":
         _check(
             tr.batch_size >= 2,

@@ -182,6 +182,32 @@ class ColumnsConfig:
         ("category", "price_band", "style"),
         doc="categorical columns of the items table, each an embedding table",
     )
+    user_num_cols: tuple[str, ...] = option(
+        (),
+        doc="numeric columns of the users table: standardized with the mean and standard "
+        "deviation of the users table's rows (saved with the model, reapplied by recommend and "
+        "score); a missing value (null, NaN) becomes 0 plus a 0/1 missing-indicator input; an "
+        "infinite value is a data error",
+    )
+    item_num_cols: tuple[str, ...] = option(
+        (),
+        doc="numeric columns of the items table, as user_num_cols (statistics of the items table)",
+    )
+    user_multi_cols: tuple[str, ...] = option(
+        (),
+        doc="multi-valued columns of the users table (Parquet list<string or int>; in CSV one "
+        "string of values separated by multi_delimiter), each with its own vocabulary, pooled "
+        "with an EmbeddingBag (model.multi_pooling); an empty or null list is a zero vector and "
+        "values the vocabulary does not know are left out",
+    )
+    item_multi_cols: tuple[str, ...] = option(
+        (), doc="multi-valued columns of the items table, as user_multi_cols (e.g. genres)"
+    )
+    multi_delimiter: str = option(
+        "|",
+        doc="one character separating the values of a multi-valued column in a CSV file "
+        '("Action|Comedy"); not used for Parquet lists',
+    )
     interaction_user_col: str = option("user_id", doc="user id column of the interaction tables")
     interaction_item_col: str = option("item_id", doc="item id column of the interaction tables")
     interaction_time_col: str | None = option(
@@ -212,6 +238,11 @@ class ModelConfig:
     )
     cross_layers: int = ranged(3, 1, 64, doc="DCN only: number of DCN-v2 cross layers")
     dropout: float = ranged(0.1, 0, 1, high_open=True, doc="dropout after every hidden layer")
+    multi_pooling: Literal["mean", "sum"] = option(
+        "mean",
+        doc="how a multi-valued column's embeddings are pooled into one vector (EmbeddingBag "
+        "mode): mean (the average; a list's length does not matter) or sum",
+    )
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,17 @@ import torch
 
 from recjobs.config.schema import ColumnsConfig, ResolvedConfig
 from recjobs.data import synth
+from recjobs.data.features import (
+    Features,
+    dense_matrix,
+    list_column,
+    list_values,
+    multi_matrix,
+    numeric_column,
+)
 from recjobs.data.tables import (
     Encoders,
+    NumericStats,
     Vocabulary,
     as_key_array,
     key_kind,
@@ -37,10 +46,11 @@ ROLES = ("users", "items", "interactions_train", "interactions_val")
 class TaskData:
     """Everything a trainer needs from the data, as tensors indexed by vocabulary index."""
 
-    # int64 [n_users + 1, 1 + len(user_cat_cols)]; row 0 is the OOV user (all zeros). Column
-    # 0 is the user index itself, then one encoded column per user_cat_col.
-    user_features: torch.Tensor
-    item_features: torch.Tensor
+    # Rows indexed by vocabulary index; row 0 is the OOV user (all zeros). `.cat` is int64
+    # [n_users + 1, 1 + len(user_cat_cols)]: column 0 the user index itself, then one encoded
+    # column per user_cat_col; `.dense` and `.multi` the numeric and multi-valued columns.
+    user_features: Features
+    item_features: Features
     # Embedding-table size per feature column, OOV included.
     user_cardinalities: list[int]
     item_cardinalities: list[int]
@@ -58,11 +68,11 @@ class TaskData:
     @property
     def n_users(self) -> int:
         """Number of users, excluding the OOV row."""
-        return self.user_features.shape[0] - 1
+        return len(self.user_features) - 1
 
     @property
     def n_items(self) -> int:
-        return self.item_features.shape[0] - 1
+        return len(self.item_features) - 1
 
 
 def load_task_data(
@@ -78,8 +88,12 @@ def load_task_data(
     warning per table giving the count; in validation they are first mapped to OOV (index 0)
     and then dropped, because metrics on an unknown user or item measure nothing the model
     could have learned. Null categorical values encode as OOV (0), which acts as their own
-    "missing" category. Errors in the data (missing files or columns, duplicate or null ids,
-    non-numeric or NaN labels, no training rows) raise DataError naming file and column.
+    "missing" category. Numeric columns are standardized with statistics of the users/items
+    table's rows (fit here, or the saved ones of `encoders`), missing values 0 plus an
+    indicator; multi-valued columns get their own vocabularies (`recjobs.data.features`).
+    Errors in the data (missing files or columns, duplicate or null ids, non-numeric or NaN
+    labels, non-numeric or infinite numeric features, no training rows) raise DataError naming
+    file and column.
     `stop_requested` stops the generation of the synthetic data set (synth.GenerationStopped).
     """
     cols = cfg.columns
@@ -103,21 +117,54 @@ def load_task_data(
         c: _key_column(items, c, f"{sources['items']}: column '{c}'") for c in cols.item_cat_cols
     }
 
+    user_nums = {c: numeric_column(users, c, sources["users"]) for c in cols.user_num_cols}
+    item_nums = {c: numeric_column(items, c, sources["items"]) for c in cols.item_num_cols}
+    delimiter = cols.multi_delimiter
+    user_multis = {
+        c: list_column(users, c, sources["users"], delimiter) for c in cols.user_multi_cols
+    }
+    item_multis = {
+        c: list_column(items, c, sources["items"], delimiter) for c in cols.item_multi_cols
+    }
+
     if encoders is None:
         encoders = Encoders(
             user_id=Vocabulary.fit(user_ids),
             item_id=Vocabulary.fit(item_ids),
             user_cats={c: Vocabulary.fit(v) for c, v in user_cats.items()},
             item_cats={c: Vocabulary.fit(v) for c, v in item_cats.items()},
+            # Each entity once: a user's age counts once, not once per rating.
+            user_nums={c: NumericStats.fit(v) for c, v in user_nums.items()},
+            item_nums={c: NumericStats.fit(v) for c, v in item_nums.items()},
+            user_multis={
+                c: Vocabulary.fit(list_values(v, f"{sources['users']}: column '{c}'"))
+                for c, v in user_multis.items()
+            },
+            item_multis={
+                c: Vocabulary.fit(list_values(v, f"{sources['items']}: column '{c}'"))
+                for c, v in item_multis.items()
+            },
         )
     else:
         _check_encoders(encoders, cols)
 
-    user_features = _features(
-        encoders.user_id, user_ids, encoders.user_cats, user_cats, sources["users"], cols.user_id
+    user_features = _side_features(
+        encoders.user_id,
+        user_ids,
+        (encoders.user_cats, user_cats),
+        (encoders.user_nums, user_nums),
+        (encoders.user_multis, user_multis),
+        sources["users"],
+        cols.user_id,
     )
-    item_features = _features(
-        encoders.item_id, item_ids, encoders.item_cats, item_cats, sources["items"], cols.item_id
+    item_features = _side_features(
+        encoders.item_id,
+        item_ids,
+        (encoders.item_cats, item_cats),
+        (encoders.item_nums, item_nums),
+        (encoders.item_multis, item_multis),
+        sources["items"],
+        cols.item_id,
     )
 
     train = tables["interactions_train"]
@@ -150,15 +197,15 @@ def load_task_data(
             hint="the validation table must share users and items with the catalogue",
         )
 
-    n_item_rows = item_features.shape[0]
+    n_item_rows = len(item_features)
     item_counts = np.bincount(train_items, minlength=n_item_rows).astype(np.int64)
 
     def labels(x: np.ndarray | None) -> torch.Tensor | None:
         return None if x is None else torch.from_numpy(x.astype(np.float32))
 
     return TaskData(
-        user_features=torch.from_numpy(user_features),
-        item_features=torch.from_numpy(item_features),
+        user_features=user_features,
+        item_features=item_features,
         user_cardinalities=encoders.user_cardinalities(),
         item_cardinalities=encoders.item_cardinalities(),
         train_users=torch.from_numpy(train_users),
@@ -182,8 +229,8 @@ def _load_tables(
     # files), and the docs call the column optional; a table without it must load.
     interaction_cols += [cols.label_col] if cols.label_col else []
     wanted = {
-        "users": [cols.user_id, *cols.user_cat_cols],
-        "items": [cols.item_id, *cols.item_cat_cols],
+        "users": [cols.user_id, *cols.user_cat_cols, *cols.user_num_cols, *cols.user_multi_cols],
+        "items": [cols.item_id, *cols.item_cat_cols, *cols.item_num_cols, *cols.item_multi_cols],
         "interactions_train": interaction_cols,
         "interactions_val": interaction_cols,
     }
@@ -298,16 +345,43 @@ def _check_kind(
 
 
 def _check_encoders(encoders: Encoders, cols: ColumnsConfig) -> None:
-    for entity, got, want in (
-        ("user", list(encoders.user_cats), list(cols.user_cat_cols)),
-        ("item", list(encoders.item_cats), list(cols.item_cat_cols)),
+    for entity, kind, got, want in (
+        ("user", "categorical", encoders.user_cats, cols.user_cat_cols),
+        ("item", "categorical", encoders.item_cats, cols.item_cat_cols),
+        ("user", "numeric", encoders.user_nums, cols.user_num_cols),
+        ("item", "numeric", encoders.item_nums, cols.item_num_cols),
+        ("user", "multi-valued", encoders.user_multis, cols.user_multi_cols),
+        ("item", "multi-valued", encoders.item_multis, cols.item_multi_cols),
     ):
-        if got != want:
+        if list(got) != list(want):
             raise CheckpointError(
                 "encoders",
-                f"saved {entity} categorical columns {got} differ from the config's {want}",
+                f"saved {entity} {kind} columns {list(got)} differ from the config's {list(want)}",
                 hint="the run was trained with another columns config",
             )
+
+
+def _side_features(
+    id_vocab: Vocabulary,
+    ids: pa.Array,
+    cats: tuple[dict[str, Vocabulary], dict[str, pa.Array]],
+    nums: tuple[dict[str, NumericStats], dict[str, np.ndarray]],
+    multis: tuple[dict[str, Vocabulary], dict[str, pa.ListArray]],
+    source: str,
+    id_col: str,
+) -> Features:
+    """The `Features` of one side: categorical matrix, then the dense and multi inputs (the
+    latter two only when configured, so a run without them gathers one tensor as before)."""
+    cat, rows = _features(id_vocab, ids, *cats, source, id_col)
+    n = cat.shape[0]
+    stats, values = nums
+    dense = torch.from_numpy(dense_matrix(values, stats, rows, n)) if stats else None
+    vocabs, lists = multis
+    multi = tuple(
+        torch.from_numpy(multi_matrix(v, lists[c], rows, n, f"{source}: column '{c}'"))
+        for c, v in vocabs.items()
+    )
+    return Features(torch.from_numpy(cat), dense, multi)
 
 
 def _features(
@@ -317,8 +391,9 @@ def _features(
     cat_values: dict[str, pa.Array],
     source: str,
     id_col: str,
-) -> np.ndarray:
-    """Feature matrix indexed by vocabulary index: [index, encoded cat 1, cat 2, ...]."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature matrix indexed by vocabulary index: [index, encoded cat 1, cat 2, ...], and the
+    vocabulary row of each table row (0: not in the saved encoders)."""
     _check_kind(id_vocab, ids, f"{source}: column '{id_col}'", "the saved encoders")
     n = len(id_vocab)
     features = np.zeros((n, 1 + len(cat_vocabs)), dtype=np.int64)
@@ -337,7 +412,7 @@ def _features(
         _check_kind(vocab, values, f"{source}: column '{col}'", "the saved encoders")
         features[rows[known], j] = vocab.encode(values)[known]
     features[0] = 0
-    return features
+    return features, rows
 
 
 def _interactions(

@@ -4,10 +4,14 @@ Nothing is downloaded: point it at the unpacked archive (the directory holding u
 ratings.dat, or its parent). Output: users/items/interactions_train/interactions_val parquet
 plus config.yaml, like the synthetic data set.
 
-Features: users get age_bucket (the ml-1m age groups; ml-100k ages are bucketed the same
-way), gender, occupation (ml-1m codes mapped to their names) and zip_prefix (first three
-characters); items get genre (the first listed) and year_bucket (release decade, "1990s";
-"unknown" when absent).
+Features: users get age (a number: ml-100k's age in years, ml-1m's age-group code, which is
+the group's lower bound) and age_bucket (the ml-1m age groups; ml-100k ages are bucketed the
+same way), gender, occupation (ml-1m codes mapped to their names) and zip_prefix (first three
+characters); items get genres (all listed genres, a list column; empty for a film with none),
+genre (the first listed, kept for configs that name it), year (release year, a number; null
+when absent) and year_bucket (release decade, "1990s"; "unknown" when absent). The config
+uses age as a numeric user column, year as a numeric item column and genres as a
+multi-valued item column, next to the categorical columns.
 
 Two splits by time:
 - user-time (default, the usual protocol for comparing recommenders): each user's last
@@ -35,7 +39,19 @@ from recjobs.file_kind import require_regular
 ML100K_FILES = ("u.data", "u.user", "u.item")
 ML1M_FILES = ("ratings.dat", "users.dat", "movies.dat")
 USER_CAT_COLS = ("age_bucket", "gender", "occupation", "zip_prefix")
-ITEM_CAT_COLS = ("genre", "year_bucket")
+ITEM_CAT_COLS = ("year_bucket",)
+USER_NUM_COLS = ("age",)
+ITEM_NUM_COLS = ("year",)
+ITEM_MULTI_COLS = ("genres",)
+# The written config's feature columns (write_dataset_dir's keywords; benchmarks/quality.py
+# writes its random-split data sets with the same ones).
+FEATURE_COLUMNS = {
+    "user_cat_cols": USER_CAT_COLS,
+    "item_cat_cols": ITEM_CAT_COLS,
+    "user_num_cols": USER_NUM_COLS,
+    "item_num_cols": ITEM_NUM_COLS,
+    "item_multi_cols": ITEM_MULTI_COLS,
+}
 ML100K_GENRES = (
     "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
     "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
@@ -139,23 +155,33 @@ def _ml100k(d: str) -> tuple[pa.Table, pa.Table, pa.Table]:
     )
     flags = np.stack([items.column(c).to_numpy() for c in genre_cols], axis=1)
     first = np.where(flags.any(axis=1), flags.argmax(axis=1), 0)
+    film, genre = np.nonzero(flags == 1)  # row-major: each film's genres in the file's order
+    offsets = np.zeros(len(flags) + 1, dtype=np.int32)
+    np.cumsum(np.bincount(film, minlength=len(flags)), out=offsets[1:])
+    genres = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(np.asarray(ML100K_GENRES)[genre], pa.string())
+    )
     release_year = pc.extract_regex(
         pc.fill_null(items.column("release_date"), ""), r"(?P<y>\d{4})\s*$"
     )
     users_table = pa.table(
         {
             "user_id": users.column("user_id"),
+            "age": users.column("age").cast(pa.float64()),
             "age_bucket": _age_bucket(users.column("age")),
             "gender": users.column("gender"),
             "occupation": users.column("occupation"),
             "zip_prefix": _zip_prefix(users.column("zip")),
         }
     )
+    year = pc.struct_field(release_year, "y")
     items_table = pa.table(
         {
             "item_id": items.column("item_id"),
+            "genres": genres,
             "genre": np.asarray(ML100K_GENRES)[first],
-            "year_bucket": _decade(pc.struct_field(release_year, "y")),
+            "year": pc.cast(year, pa.float64()),
+            "year_bucket": _decade(year),
         }
     )
     return users_table, items_table, ratings
@@ -188,17 +214,21 @@ def _ml1m(d: str) -> tuple[pa.Table, pa.Table, pa.Table]:
     users_table = pa.table(
         {
             "user_id": users.column("user_id"),
+            "age": users.column("age").cast(pa.float64()),
             "age_bucket": _age_bucket(users.column("age")),
             "gender": users.column("gender"),
             "occupation": occupation_names,
             "zip_prefix": _zip_prefix(users.column("zip")),
         }
     )
+    year = pc.struct_field(year, "y")
     items_table = pa.table(
         {
             "item_id": movies.column("item_id"),
+            "genres": genres,
             "genre": pc.list_element(genres, 0),
-            "year_bucket": _decade(pc.struct_field(year, "y")),
+            "year": pc.cast(year, pa.float64()),
+            "year_bucket": _decade(year),
         }
     )
     return users_table, items_table, ratings
@@ -266,6 +296,5 @@ def convert_movielens(
         tables,
         name=variant,
         seed=42,
-        user_cat_cols=USER_CAT_COLS,
-        item_cat_cols=ITEM_CAT_COLS,
+        **FEATURE_COLUMNS,
     )

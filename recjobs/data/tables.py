@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -223,6 +224,9 @@ def write_dataset_dir(
     seed: int,
     user_cat_cols: Sequence[str],
     item_cat_cols: Sequence[str],
+    user_num_cols: Sequence[str] = (),
+    item_num_cols: Sequence[str] = (),
+    item_multi_cols: Sequence[str] = (),
 ) -> str:
     """Write the four tables as parquet plus a ready-to-train config.yaml; return its path.
 
@@ -236,11 +240,23 @@ def write_dataset_dir(
     paths = {role: os.path.join(out_dir, name) for role, name in names.items()}
 
     def columns(label_col: str | None) -> dict[str, Any]:
+        # The numeric and multi-valued keys only where used: the synthetic data set's config
+        # reads as it did before they existed.
+        features = {
+            key: list(cols)
+            for key, cols in (
+                ("user_num_cols", user_num_cols),
+                ("item_num_cols", item_num_cols),
+                ("item_multi_cols", item_multi_cols),
+            )
+            if cols
+        }
         return {
             "user_id": "user_id",
             "item_id": "item_id",
             "user_cat_cols": list(user_cat_cols),
             "item_cat_cols": list(item_cat_cols),
+            **features,
             "interaction_user_col": "user_id",
             "interaction_item_col": "item_id",
             "interaction_time_col": "timestamp",
@@ -540,21 +556,71 @@ def _strictly_sorted(arr: pa.Array) -> bool:
     return bool(pc.all(pc.less(arr[:-1], arr[1:])).as_py())
 
 
+@dataclass(frozen=True)
+class NumericStats:
+    """The standardization of one numeric column: (value - mean) / std.
+
+    Fit on the non-missing values of the users or items table (each entity once, whatever its
+    number of interactions); a column without spread gets std 1, so it standardizes to 0.
+    """
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> NumericStats:
+        """Statistics of the non-NaN values of `values` (float64); 0 and 1 when there are none."""
+        present = values[~np.isnan(values)]
+        if len(present) == 0:
+            return cls(0.0, 1.0)
+        mean, std = float(present.mean()), float(present.std())
+        return cls(mean, std if std > 0 and math.isfinite(std) else 1.0)
+
+    def to_json(self) -> dict[str, float]:
+        return {"mean": self.mean, "std": self.std}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NumericStats:
+        mean, std = float(d["mean"]), float(d["std"])
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError(f"bad standardization statistics {d!r}")
+        return cls(mean, std)
+
+
 @dataclass
 class Encoders:
     """Every vocabulary of a data set, saved with a run so resume and inference reuse them.
 
     Column order of the categorical dicts is the feature-column order of
-    `TaskData.user_features` / `item_features` (after the id column).
+    `TaskData.user_features` / `item_features` (after the id column); the numeric columns'
+    standardization statistics and the multi-valued columns' vocabularies are in the same
+    order as the dense and multi inputs of `recjobs.data.features.Features`.
     """
 
     user_id: Vocabulary
     item_id: Vocabulary
     user_cats: dict[str, Vocabulary] = field(default_factory=dict)
     item_cats: dict[str, Vocabulary] = field(default_factory=dict)
+    user_nums: dict[str, NumericStats] = field(default_factory=dict)
+    item_nums: dict[str, NumericStats] = field(default_factory=dict)
+    user_multis: dict[str, Vocabulary] = field(default_factory=dict)
+    item_multis: dict[str, Vocabulary] = field(default_factory=dict)
 
     FORMAT = "recjobs.encoders"
-    VERSION = 1
+    # Version 2 adds the numeric and multi-valued columns; a file without them is still
+    # written as version 1, so runs without those features read as before.
+    VERSION = 2
+
+    def feature_widths(self) -> dict[str, Any]:
+        """The model's inputs beyond the categorical columns, as `build_model`'s keywords:
+        dense widths (a standardized value and a missing indicator per numeric column) and
+        the vocabulary size of each multi-valued column."""
+        return {
+            "user_dense": 2 * len(self.user_nums),
+            "item_dense": 2 * len(self.item_nums),
+            "user_multi": [len(v) for v in self.user_multis.values()],
+            "item_multi": [len(v) for v in self.item_multis.values()],
+        }
 
     def user_cardinalities(self) -> list[int]:
         """Embedding-table size per user feature column (id first), OOV included."""
@@ -564,21 +630,26 @@ class Encoders:
         return [len(self.item_id), *(len(v) for v in self.item_cats.values())]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "format": self.FORMAT,
-            "version": self.VERSION,
+            "version": 1,
             "user_id": self.user_id.to_json(),
             "item_id": self.item_id.to_json(),
             "user_cats": {c: v.to_json() for c, v in self.user_cats.items()},
             "item_cats": {c: v.to_json() for c, v in self.item_cats.items()},
         }
+        if self.user_nums or self.item_nums or self.user_multis or self.item_multis:
+            d["version"] = self.VERSION
+            for key in ("user_nums", "item_nums", "user_multis", "item_multis"):
+                d[key] = {c: v.to_json() for c, v in getattr(self, key).items()}
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Encoders:
         """Inverse of `to_json`; ValueError naming the problem for anything else."""
         if not isinstance(d, dict) or d.get("format") != cls.FORMAT:
             raise ValueError("not a recjobs encoders file")
-        if d.get("version") != cls.VERSION:
+        if d.get("version") not in (1, cls.VERSION):
             raise ValueError(f"unsupported encoders version {d.get('version')!r}")
         try:
             return cls(
@@ -586,6 +657,14 @@ class Encoders:
                 item_id=Vocabulary.from_json(d["item_id"]),
                 user_cats={c: Vocabulary.from_json(v) for c, v in d["user_cats"].items()},
                 item_cats={c: Vocabulary.from_json(v) for c, v in d["item_cats"].items()},
+                user_nums={c: NumericStats.from_json(v) for c, v in d.get("user_nums", {}).items()},
+                item_nums={c: NumericStats.from_json(v) for c, v in d.get("item_nums", {}).items()},
+                user_multis={
+                    c: Vocabulary.from_json(v) for c, v in d.get("user_multis", {}).items()
+                },
+                item_multis={
+                    c: Vocabulary.from_json(v) for c, v in d.get("item_multis", {}).items()
+                },
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed encoders: {exc!r}") from exc

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from recjobs.atomic import atomic_file
 from recjobs.config.exported import load_config, remake_hint
 from recjobs.config.schema import ResolvedConfig
-from recjobs.data import Encoders, Vocabulary, read_table
+from recjobs.data import Encoders, Features, Vocabulary, read_table
 from recjobs.data.tables import as_key_array, column_names, key_kind, table_format
 from recjobs.errors import CheckpointError, UserError, cannot_write
 from recjobs.file_kind import require_regular
@@ -72,10 +72,36 @@ class Catalogue:
     seen_indptr: Tensor  # [users + 2]: CSR over user rows of their distinct training items
     seen_indices: Tensor  # item rows
     item_counts: Tensor  # [items + 1]: training interactions per item
+    # The numeric columns, standardized at export with the training statistics, and the
+    # multi-valued columns' padded index matrices; absent when the model has none.
+    user_dense: Tensor | None = None
+    item_dense: Tensor | None = None
+    user_multi: list[Tensor] | None = None
+    item_multi: list[Tensor] | None = None
 
     @property
     def n_items(self) -> int:
         return self.item_features.shape[0] - 1
+
+    def users(self) -> Features:
+        """The users' feature rows as the model reads them."""
+        return Features(self.user_features, self.user_dense, tuple(self.user_multi or ()))
+
+    def items(self) -> Features:
+        return Features(self.item_features, self.item_dense, tuple(self.item_multi or ()))
+
+    def to(self, device: torch.device) -> Catalogue:
+        """The feature rows on `device` (the CSR and counts stay in host memory)."""
+        users, items = self.users().to(device), self.items().to(device)
+        return dataclasses.replace(
+            self,
+            user_features=users.cat,
+            item_features=items.cat,
+            user_dense=users.dense,
+            item_dense=items.dense,
+            user_multi=list(users.multi) if self.user_multi is not None else None,
+            item_multi=list(items.multi) if self.item_multi is not None else None,
+        )
 
 
 class Recommender:
@@ -117,7 +143,11 @@ class Recommender:
             catalogue = Catalogue(**_torch_load(model_dir / CATALOGUE))
         with reading_model_file(model_dir / cfg.training.checkpoint):
             model = build_model(
-                cfg.task, cfg.model, encoders.user_cardinalities(), encoders.item_cardinalities()
+                cfg.task,
+                cfg.model,
+                encoders.user_cardinalities(),
+                encoders.item_cardinalities(),
+                **encoders.feature_widths(),
             )
             model.load_state_dict(_torch_load(model_dir / cfg.training.checkpoint))
         item_embeddings = None
@@ -129,11 +159,7 @@ class Recommender:
                         f"{item_embeddings.shape[0]} item vectors for {catalogue.n_items} items"
                     )
         device = torch.device(device)
-        catalogue = dataclasses.replace(
-            catalogue,
-            user_features=catalogue.user_features.to(device),
-            item_features=catalogue.item_features.to(device),
-        )
+        catalogue = catalogue.to(device)
         if item_embeddings is not None:
             item_embeddings = item_embeddings.to(device)
         return cls(model.to(device), cfg, encoders, catalogue, item_embeddings, model_dir, device)
@@ -214,7 +240,7 @@ class Recommender:
         )
 
     def _user_embeddings(self, rows: Tensor) -> Tensor:
-        features = self.catalogue.user_features
+        features = self.catalogue.users()
         parts = [
             self.model.user_embeddings(features[rows[s : s + CHUNK_PAIRS]]).float()
             for s in range(0, len(rows), CHUNK_PAIRS)
@@ -231,7 +257,7 @@ class Recommender:
         if self.task == "retrieval":
             user_emb = self._user_embeddings(user_rows)
             return (user_emb * self.item_embeddings[item_rows - 1]).sum(dim=1)
-        features_u, features_i = self.catalogue.user_features, self.catalogue.item_features
+        features_u, features_i = self.catalogue.users(), self.catalogue.items()
         out = [
             self.model(
                 features_u[user_rows[s : s + CHUNK_PAIRS]],

@@ -20,8 +20,15 @@ def build_model(
     item_cardinalities: Sequence[int],
     *,
     sparse: bool = False,
+    user_dense: int = 0,
+    item_dense: int = 0,
+    user_multi: Sequence[int] = (),
+    item_multi: Sequence[int] = (),
 ) -> nn.Module:
     """retrieval → TwoTower; ranking → DLRM or DCN. Raises ValueError on any other pairing.
+
+    `user_dense`/`item_dense`: widths of the dense (numeric) inputs; `user_multi`/`item_multi`:
+    vocabulary sizes of the multi-valued columns (`Encoders.feature_widths()` gives all four).
 
     Config validation already rejects bad pairings for configs read from files; this check is for
     callers that build a ModelConfig by hand.
@@ -33,6 +40,13 @@ def build_model(
             f"model_arch {cfg.model_arch!r} is not available for task {task!r}; "
             f"expected one of {list(ARCHS[task])}"
         )
+    extra = {
+        "user_dense": user_dense,
+        "item_dense": item_dense,
+        "user_multi": tuple(user_multi),
+        "item_multi": tuple(item_multi),
+        "multi_pooling": cfg.multi_pooling,
+    }
     if cfg.model_arch == "two_tower":
         return TwoTower(
             user_cardinalities,
@@ -41,6 +55,7 @@ def build_model(
             cfg.hidden_dims,
             cfg.dropout,
             sparse=sparse,
+            **extra,
         )
     if cfg.model_arch == "dlrm":
         return DLRM(
@@ -51,6 +66,7 @@ def build_model(
             cfg.scorer_hidden_dims,
             cfg.dropout,
             sparse=sparse,
+            **extra,
         )
     return DCN(
         user_cardinalities,
@@ -61,4 +77,5 @@ def build_model(
         cfg.dropout,
         cross_layers=cfg.cross_layers,
         sparse=sparse,
+        **extra,
     )

@@ -1,13 +1,15 @@
 """Two-tower retrieval model and its in-batch sampled-softmax loss.
 
-Also home of the three building blocks every model shares (per-column embedding tables, their
-lookup, and the MLP stack). They live here rather than in a helpers module because the two-tower
+Also home of the building blocks every model shares (per-column embedding tables, their
+lookup, the bags of multi-valued columns, the split of a side's feature rows, and the MLP
+stack). They live here rather than in a helpers module because the two-tower
 model is the first user of each; `recjobs.models.ranking` imports them from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,62 @@ def make_tables(cardinalities: Sequence[int], dim: int, *, sparse: bool) -> nn.M
         nn.init.normal_(table.weight, mean=0.0, std=EMBEDDING_INIT_STD)
         tables.append(table)
     return tables
+
+
+class FeatureRows(Protocol):
+    """One side's feature rows as `recjobs.data.Features` holds them (models import nothing
+    from the data layer): categorical indices [B, C], dense floats [B, N2] or None, and one
+    padded index matrix [B, L] per multi-valued column (0: padding)."""
+
+    cat: Tensor
+    dense: Tensor | None
+    multi: tuple[Tensor, ...]
+
+
+def feature_parts(feats: Tensor | FeatureRows) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]]:
+    """(categorical, dense, multi) of `feats`; a plain tensor is categorical columns only."""
+    if isinstance(feats, Tensor):
+        return feats, None, ()
+    return feats.cat, feats.dense, feats.multi
+
+
+def make_bags(cardinalities: Sequence[int], dim: int, mode: str, *, sparse: bool) -> nn.ModuleList:
+    """One `nn.EmbeddingBag(card, dim, mode)` per multi-valued column; index 0 is padding (and
+    unknown values), left out of the pooling, so an empty list pools to a zero vector."""
+    bags = nn.ModuleList()
+    for col, card in enumerate(cardinalities):
+        card = int(card)
+        if card < 1:
+            raise ValueError(f"multi-valued column {col}: table size must be >= 1, got {card}")
+        bag = nn.EmbeddingBag(card, dim, mode=mode, sparse=sparse, padding_idx=0)
+        nn.init.normal_(bag.weight, mean=0.0, std=EMBEDDING_INIT_STD)
+        with torch.no_grad():
+            bag.weight[0].zero_()
+        bags.append(bag)
+    return bags
+
+
+def pool_bags(bags: nn.ModuleList, multi: Sequence[Tensor]) -> list[Tensor]:
+    """Bag j pools the padded index matrix `multi[j]` [B, L]; returns one [B, D] per column."""
+    if len(multi) != len(bags):
+        raise ValueError(f"expected {len(bags)} multi-valued inputs, got {len(multi)}")
+    return [bag(m) for bag, m in zip(bags, multi, strict=True)]
+
+
+def side_width(n_cat: int, n_multi: int, dense: int, embedding_dim: int) -> int:
+    """Width of a side's flattened input: its embeddings, its pooled bags, its dense values."""
+    return (n_cat + n_multi) * embedding_dim + dense
+
+
+def side_input(
+    tables: nn.ModuleList, bags: nn.ModuleList, feats: Tensor | FeatureRows
+) -> tuple[Tensor, Tensor | None]:
+    """(embeddings [B, C + M, D] of the categorical and multi-valued columns, dense [B, N2])."""
+    cat, dense, multi = feature_parts(feats)
+    embs = embed_columns(tables, cat)
+    if len(bags):
+        embs = torch.cat([embs, torch.stack(pool_bags(bags, multi), dim=1)], dim=1)
+    return embs, dense
 
 
 def embed_columns(tables: nn.ModuleList, feats: Tensor) -> Tensor:
@@ -77,7 +135,8 @@ def make_mlp(
 
 
 class TwoTower(nn.Module):
-    """User tower and item tower, each: concat(column embeddings) → MLP → L2 normalise.
+    """User tower and item tower, each: concat(column embeddings, pooled multi-valued columns,
+    dense numeric inputs) → MLP → L2 normalise.
 
     The outputs are unit vectors, so u·v is a cosine similarity in [-1, 1] and the softmax
     temperature alone sets how peaked the in-batch softmax is.
@@ -92,12 +151,19 @@ class TwoTower(nn.Module):
         dropout: float,
         *,
         sparse: bool = False,
+        user_dense: int = 0,
+        item_dense: int = 0,
+        user_multi: Sequence[int] = (),
+        item_multi: Sequence[int] = (),
+        multi_pooling: str = "mean",
     ):
         super().__init__()
         self.user_tables = make_tables(user_cardinalities, embedding_dim, sparse=sparse)
         self.item_tables = make_tables(item_cardinalities, embedding_dim, sparse=sparse)
-        user_in = len(user_cardinalities) * embedding_dim
-        item_in = len(item_cardinalities) * embedding_dim
+        self.user_bags = make_bags(user_multi, embedding_dim, multi_pooling, sparse=sparse)
+        self.item_bags = make_bags(item_multi, embedding_dim, multi_pooling, sparse=sparse)
+        user_in = side_width(len(user_cardinalities), len(user_multi), user_dense, embedding_dim)
+        item_in = side_width(len(item_cardinalities), len(item_multi), item_dense, embedding_dim)
         if hidden_dims:
             self.output_dim = int(hidden_dims[-1])
         elif user_in == item_in:
@@ -111,18 +177,28 @@ class TwoTower(nn.Module):
         self.user_mlp = make_mlp(user_in, hidden_dims, dropout, activate_last=False)
         self.item_mlp = make_mlp(item_in, hidden_dims, dropout, activate_last=False)
 
-    def user_embeddings(self, user_feats: Tensor) -> Tensor:
-        """[B, Cu] indices → [B, output_dim] unit vectors."""
-        x = embed_columns(self.user_tables, user_feats).flatten(1)
-        return F.normalize(self.user_mlp(x), dim=-1)
+    def user_embeddings(self, user_feats: Tensor | FeatureRows) -> Tensor:
+        """[B, Cu] indices (or a side's feature rows) → [B, output_dim] unit vectors."""
+        return F.normalize(
+            self.user_mlp(_tower_input(self.user_tables, self.user_bags, user_feats)), dim=-1
+        )
 
-    def item_embeddings(self, item_feats: Tensor) -> Tensor:
-        """[N, Ci] indices → [N, output_dim] unit vectors."""
-        x = embed_columns(self.item_tables, item_feats).flatten(1)
-        return F.normalize(self.item_mlp(x), dim=-1)
+    def item_embeddings(self, item_feats: Tensor | FeatureRows) -> Tensor:
+        """[N, Ci] indices (or a side's feature rows) → [N, output_dim] unit vectors."""
+        return F.normalize(
+            self.item_mlp(_tower_input(self.item_tables, self.item_bags, item_feats)), dim=-1
+        )
 
-    def forward(self, user_feats: Tensor, item_feats: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, user_feats: Tensor | FeatureRows, item_feats: Tensor | FeatureRows
+    ) -> tuple[Tensor, Tensor]:
         return self.user_embeddings(user_feats), self.item_embeddings(item_feats)
+
+
+def _tower_input(tables: nn.ModuleList, bags: nn.ModuleList, feats: Tensor | FeatureRows) -> Tensor:
+    embs, dense = side_input(tables, bags, feats)
+    x = embs.flatten(1)
+    return x if dense is None else torch.cat([x, dense.to(x.dtype)], dim=1)
 
 
 def in_batch_softmax_loss(

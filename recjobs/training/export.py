@@ -28,6 +28,7 @@ import pickle
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -109,20 +110,30 @@ def catalogue(data: TaskData) -> dict[str, torch.Tensor]:
     """What inference needs from the data, indexed by vocabulary index (row 0: OOV).
 
     user_features [users + 1, user columns] and item_features [items + 1, item columns] as the
-    model reads them; seen_indptr/seen_indices: CSR of each user's distinct training items (the
-    items `recommend` leaves out, and the trainer's validation masks); item_counts: training
-    interactions per item (the most-popular baseline).
+    model reads them (the categorical matrices), and when configured user_dense/item_dense (the
+    numeric columns already standardized with the training statistics, so inference applies the
+    same transform by reading them) and user_multi/item_multi (lists of the padded index
+    matrices of the multi-valued columns); seen_indptr/seen_indices: CSR of each user's
+    distinct training items (the items `recommend` leaves out, and the trainer's validation
+    masks); item_counts: training interactions per item (the most-popular baseline).
     """
     seen_indptr, seen_indices = metrics.csr_from_pairs(
-        data.train_users, data.train_items, data.user_features.shape[0]
+        data.train_users, data.train_items, len(data.user_features)
     )
-    return {
-        "user_features": data.user_features.cpu(),
-        "item_features": data.item_features.cpu(),
+    out: dict[str, Any] = {
+        "user_features": data.user_features.cat.cpu(),
+        "item_features": data.item_features.cat.cpu(),
         "seen_indptr": seen_indptr,
         "seen_indices": seen_indices,
         "item_counts": data.item_counts.cpu(),
     }
+    # Only when configured: a catalogue without them is the one older recjobs wrote and read.
+    for side, features in (("user", data.user_features), ("item", data.item_features)):
+        if features.dense is not None:
+            out[f"{side}_dense"] = features.dense.cpu()
+        if features.multi:
+            out[f"{side}_multi"] = [m.cpu() for m in features.multi]
+    return out
 
 
 def check_manifest(model_dir: Path) -> bool:
@@ -225,7 +236,11 @@ def load_model(model_dir: str | Path) -> tuple[nn.Module, ResolvedConfig, Encode
         encoders = Encoders.load(str(model_dir / cfg.shared.encoder_cache))
     with reading_model_file(model_dir / cfg.training.checkpoint):
         model = build_model(
-            task, cfg.model, encoders.user_cardinalities(), encoders.item_cardinalities()
+            task,
+            cfg.model,
+            encoders.user_cardinalities(),
+            encoders.item_cardinalities(),
+            **encoders.feature_widths(),
         )
         model.load_state_dict(
             torch.load(model_dir / cfg.training.checkpoint, map_location="cpu", weights_only=True)

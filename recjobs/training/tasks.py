@@ -84,7 +84,7 @@ class RetrievalTask:
         # This rank scores its own ceil(U / world_size) of them; the CSRs hold only those.
         users = users[self.ranks.share(len(users))]
         n = len(users)
-        position = torch.full((data.user_features.shape[0],), -1, dtype=torch.long)
+        position = torch.full((data.n_users + 1,), -1, dtype=torch.long)
         position[users] = torch.arange(n)
         val_rows, train_rows = position[data.val_users], position[data.train_users]
         self.val_csr = metrics.csr_from_pairs(

@@ -530,6 +530,7 @@ class TrainingRun:
             self.data.user_cardinalities,
             self.data.item_cardinalities,
             sparse=self.sparse,
+            **self.data.encoders.feature_widths(),
         ).to(self.device)
         self.trained = (
             DistributedDataParallel(self.model) if self.ddp.world_size > 1 else self.model
