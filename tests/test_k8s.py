@@ -447,6 +447,77 @@ def test_a_lost_pod_is_restarted_by_volcano_and_the_job_resumes_from_its_checkpo
             assert SECRET.encode() not in path.read_bytes(), path
 
 
+def test_a_two_pod_job_with_global_negatives_validates_as_the_same_job_on_local_cwd(
+    cluster, tmp_path
+):
+    """Two pods, `training.negatives: global`, validation sharded over the ranks: the job
+    succeeds on the cluster, and its val/recall@10 and val/loss equal a `torchx run -s
+    local_cwd -j 1x2` of the same config and seed (each rank one thread on both sides, as
+    torchrun sets it for two local processes, so the float sums are done in the same order:
+    recall to 1e-9, the loss to 1e-5 relative)."""
+    sets = [
+        *TINY, "--set=training.negatives=global", "--set=training.max_epochs=2",
+        "--set=training.early_stopping.enabled=false",
+    ]  # fmt: skip
+    local = tmp_path / "local"
+    done = torchx(
+        "run", "-s", "local_cwd", "components/train.py:train", "--task", "retrieval",
+        "--config", "config/quickstart.yaml", "-j", "1x2", "--run_dir", str(local), "--", *sets,
+        timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    handle, job = submit(
+        "--task", "retrieval", "--config", "config/quickstart.yaml", "-j", "2x1", *SMALL,
+        "--image", IMAGE, "--mounts", "type=volume,src=recjobs-runs,dst=/runs",
+        "--run_dir", "/runs/${app_id}", "--env", "OMP_NUM_THREADS=1", "--", *sets,
+    )  # fmt: skip
+    assert wait_state(handle, {"SUCCEEDED"}, timeout=600) == "SUCCEEDED"
+    rank0 = log(handle, 0)
+    assert "on cpu x2" in rank0 and "Traceback" not in rank0 + log(handle, 1)
+    on_cluster = [r for r in records(PV / job) if "val/loss" in r]
+    on_local = [r for r in records(local) if "val/loss" in r]
+    assert [r["step"] for r in on_cluster] == [r["step"] for r in on_local] and len(on_local) == 2
+    for there, here in zip(on_cluster, on_local):
+        assert there["val/recall@10"] == pytest.approx(here["val/recall@10"], abs=1e-9)
+        assert there["val/loss"] == pytest.approx(here["val/loss"], rel=1e-5)
+    assert 0.0 < on_local[-1]["val/recall@10"] <= 1.0
+
+
+def test_an_elastic_job_that_loses_a_pod_finishes_from_its_checkpoint(cluster):
+    """`-j 1:2x1`: Volcano's minAvailable is 1 (the gang may run with one pod) and torchrun
+    gets --nnodes 1:2. A pod deleted mid-run (a lost node): the job either comes back at two
+    pods or goes on at one, from its last checkpoint either way, and succeeds; every step is
+    trained once and the resumed attempt says at which world it continued."""
+    handle, job = submit(
+        "--task", "retrieval", "--config", "config/quickstart.yaml", "-j", "1:2x1", *SMALL,
+        "--image", IMAGE, "--mounts", "type=volume,src=recjobs-runs,dst=/runs",
+        "--run_dir", "/runs/${app_id}", "--max_retries", "3", "--",
+        *TINY, "--set=training.max_epochs=30", "--set=training.checkpoint_steps=5",
+        "--set=training.early_stopping.enabled=false",
+    )  # fmt: skip
+    stored = json.loads(kubectl("-n", NAMESPACE, "get", "vcjob", job, "-o", "json"))
+    assert stored["spec"]["minAvailable"] == 1
+    run_dir = PV / job
+    last = run_dir / "checkpoints" / "last.pt"
+    wait_for("a checkpoint on the PVC", last.exists, timeout=420)
+    lost = f"{job}-train-1-0"
+    (first,) = [p for p in pods(job) if p["metadata"]["name"] == lost]
+    kubectl("-n", NAMESPACE, "delete", "pod", lost, "--wait=false")
+    assert wait_state(handle, {"SUCCEEDED"}, timeout=900) == "SUCCEEDED", diagnose(handle)
+    # The run went on from a checkpoint: one resumed attempt at least, and no step twice.
+    text = (run_dir / "train.log").read_text()
+    match = re.search(r"resumed from /runs/\S+/checkpoints/last\.pt at epoch \d+, step (\d+)", text)
+    assert match and int(match.group(1)) > 0, text[-3000:]
+    steps = [r["step"] for r in records(run_dir) if "train/lr" in r]
+    assert steps == sorted(set(steps)), steps
+    assert [r["epoch"] for r in records(run_dir) if "val/loss" in r] == list(range(30))
+    # A pod that came back is a new one; a job that went on at one pod says so.
+    names = {p["metadata"]["uid"] for p in pods(job)}
+    assert first["metadata"]["uid"] not in names
+    world_changed = re.search(r"resumed at world 1 \(was 2\)", text)
+    assert world_changed or len(pods(job)) == 2, text[-3000:]
+
+
 def test_a_job_asking_for_more_gpus_than_the_node_has_stays_pending_and_says_why(cluster):
     """The node advertises 4 nvidia.com/gpu: a pod asking for 8 is never placed, and what the
     submitter can see (torchx status, kubectl describe, events) says so."""
