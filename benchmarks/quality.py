@@ -1,4 +1,4 @@
-"""Model quality on MovieLens against simple baselines: most popular, ItemKNN and EASE.
+"""Model quality on MovieLens against simple baselines: most popular, ItemKNN, EASE and BPR-MF.
 
     .venv/bin/python benchmarks/quality.py --src DIR [--protocol user-time|random] [--set K=V]...
 
@@ -44,6 +44,7 @@ from recjobs.training.tasks import make_task
 KS = (10,)
 EASE_LAMBDAS = (50.0, 100.0, 200.0, 500.0, 1000.0)
 KNN_NEIGHBOURS = (20, 50, 100, 200)
+BPR_EPOCHS = (10, 25, 50, 100)
 
 
 def train_run(task: str, config: Path, run_dir: Path, sets: list[str]) -> dict:
@@ -81,6 +82,29 @@ def item_knn(x: torch.Tensor, k: int) -> torch.Tensor:
     return x @ kept.T
 
 
+def bpr_mf(x: torch.Tensor, epochs: int, dim: int = 64, seed: int = 0) -> torch.Tensor:
+    """Rendle et al. 2009: matrix factorisation trained with the BPR loss, one uniformly drawn
+    negative per positive (index 0, the OOV row and column, never drawn), Adam, L2 on the
+    factors of each step's rows."""
+    g = torch.Generator().manual_seed(seed)
+    users, items = x.nonzero(as_tuple=True)
+    p = torch.nn.Parameter(0.1 * torch.randn(x.shape[0], dim, generator=g))
+    q = torch.nn.Parameter(0.1 * torch.randn(x.shape[1], dim, generator=g))
+    opt = torch.optim.Adam([p, q], lr=0.01)
+    for _ in range(epochs):
+        order = torch.randperm(len(users), generator=g)
+        for s in range(0, len(order), 4096):
+            b = order[s : s + 4096]
+            pu, qi = p[users[b]], q[items[b]]
+            qj = q[torch.randint(1, x.shape[1], (len(b),), generator=g)]
+            reg = (pu.square().sum() + qi.square().sum() + qj.square().sum()) / len(b)
+            loss = -torch.nn.functional.logsigmoid((pu * (qi - qj)).sum(1)).mean() + 1e-4 * reg
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return (p @ q.T).detach().double()
+
+
 def retrieval_figures(scores: torch.Tensor, task) -> dict[str, float]:
     """recall@10/ndcg@10 of full score rows [eval users, items] under the task's masks."""
     eye = torch.eye(scores.shape[1], dtype=torch.float32)
@@ -89,10 +113,14 @@ def retrieval_figures(scores: torch.Tensor, task) -> dict[str, float]:
 
 
 def best_baselines(x_all: torch.Tensor, pick_task, report_task) -> dict[str, dict]:
-    """ItemKNN and EASE with the hyperparameter that is best on `pick_task`'s users, scored on
-    `report_task`'s (the same task for user-time)."""
+    """ItemKNN, EASE and BPR-MF with the hyperparameter (BPR: its epochs) that is best on
+    `pick_task`'s users, scored on `report_task`'s (the same task for user-time)."""
     out = {}
-    for name, fit, grid in (("ItemKNN", item_knn, KNN_NEIGHBOURS), ("EASE", ease, EASE_LAMBDAS)):
+    for name, fit, grid in (
+        ("ItemKNN", item_knn, KNN_NEIGHBOURS),
+        ("EASE", ease, EASE_LAMBDAS),
+        ("BPR-MF", bpr_mf, BPR_EPOCHS),
+    ):
         best = max(
             grid,
             key=lambda h: retrieval_figures(fit(x_all, h)[pick_task.eval_users], pick_task)[
