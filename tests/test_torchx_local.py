@@ -51,6 +51,25 @@ def resolve_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+def test_local_cwd_outside_the_venv_says_torchrun_is_missing_instead_of_a_bare_failed(tmp_path):
+    """TorchX starts the job anyway and reports FAILED with no reason when the job's program is
+    not on PATH (torchx run by its full path, venv not activated): refused in one line, exit
+    2, nothing started or written."""
+    outside = {**env(), "PATH": "/usr/bin:/bin"}
+    assert not any(Path(d, "torchrun").exists() for d in outside["PATH"].split(os.pathsep))
+    done = subprocess.run(
+        [TORCHX, "run", "-s", "local_cwd", "components/train.py:train", "--task", "retrieval",
+         "-j", "1x2", "--run_dir", str(tmp_path / "run"), "--", *(f"--set={s}" for s in TINY)],
+        cwd=ROOT, env=outside, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: local_cwd: torchrun is not on PATH, so the job's processes could not start "
+        "(run torchx from the project's venv: . .venv/bin/activate, or put .venv/bin on PATH)"
+    )
+    assert "Traceback" not in done.stderr and not (tmp_path / "run").exists()
+
+
 def test_local_cwd_ddp_job_trains_on_exactly_the_resolved_config(tmp_path):
     run_dir = tmp_path / "run"
     sets = [f"--set={s}" for s in TINY]

@@ -10,6 +10,9 @@ has started, with `${app_id}` filled in. Everything else is TorchX's own.
 
 from __future__ import annotations
 
+import os
+import shlex
+import shutil
 import string
 from typing import Any
 
@@ -45,10 +48,33 @@ def where_lines(app: AppDef, app_id: str) -> list[str]:
     return lines
 
 
+def check_entrypoints(app: AppDef) -> None:
+    """Exit 2 with one line when a role's program is not on the PATH its processes get.
+
+    TorchX would start the job anyway and report `FAILED` with no reason (the Popen error goes
+    to a log directory it deletes): what a `torchx` run from outside the venv used to see.
+    """
+    for role in app.roles:
+        path = os.pathsep.join(p for p in (role.env.get("PATH"), os.environ.get("PATH")) if p)
+        program = role.entrypoint
+        if program in ("bash", "sh") and role.args[:1] == ["-c"] and len(role.args) > 1:
+            words = shlex.split(role.args[1])[:2]  # the dist components' `exec torchrun ...`
+            program = words[1] if words[:1] == ["exec"] and len(words) > 1 else words[0]
+        if shutil.which(program, path=path) is None:
+            say(
+                f"error: local_cwd: {program} is not on PATH, so the job's processes "
+                "could not start (run torchx from the project's venv: . .venv/bin/activate, "
+                "or put .venv/bin on PATH)"
+            )
+            raise SystemExit(2)
+
+
 class RecjobsLocalCwdScheduler(LocalScheduler):
     """LocalScheduler (current working directory as the image) that names the run directory."""
 
     def schedule(self, dryrun_info: AppDryRunInfo[PopenRequest]) -> str:
+        if dryrun_info._app is not None:
+            check_entrypoints(dryrun_info._app)
         app_id = super().schedule(dryrun_info)
         if dryrun_info._app is not None:  # built by submit_dryrun, as `torchx run` does
             for line in where_lines(dryrun_info._app, app_id):
