@@ -494,11 +494,14 @@ def median_of(repeats: int, kind: str, key: str, **kw) -> tuple[float, list[dict
     return statistics.median(r[key] for r in runs), runs
 
 
+SECTIONS = ("throughput", "parity", "scale", "eval", "first_step", "recommend", "distributed")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--only",
-        choices=["throughput", "parity", "scale", "eval", "first_step", "recommend"],
+        choices=[*SECTIONS],
         action="append",
     )
     p.add_argument("--repeats", type=int, default=3)
@@ -519,7 +522,7 @@ def main() -> None:
     )
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
     a = p.parse_args()
-    todo = a.only or ["throughput", "parity", "scale", "eval", "first_step", "recommend"]
+    todo = a.only or list(SECTIONS)
     common = {
         "device": a.device,
         "batch": a.batch,
@@ -647,6 +650,21 @@ def main() -> None:
 
     if "recommend" in todo:
         results["recommend"] = bench_recommend(a, common, rows)
+
+    if "distributed" in todo:
+        # World 1 against 2 (sharded validation, global negatives): torchrun jobs of its own
+        # script, which prints its table and writes benchmarks/distributed.json.
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "benchmarks" / "distributed.py"),
+                "--repeats",
+                str(a.repeats),
+            ]
+        )
+        rows.append(("distributed (world 1 vs 2)", "see benchmarks/distributed.json", ""))
+        if done.returncode != 0:
+            sys.exit(f"bench: benchmarks/distributed.py exited {done.returncode}")
 
     width = max(len(r[0]) for r in rows)
     print(f"{'measurement':<{width}}  {'value':>32}  ratio/extra")
