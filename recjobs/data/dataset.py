@@ -21,6 +21,7 @@ from recjobs.data import synth
 from recjobs.data.features import (
     Features,
     dense_matrix,
+    is_numeric_type,
     list_column,
     list_values,
     multi_matrix,
@@ -463,13 +464,7 @@ def _labels(table: pa.Table, col: str, source: str) -> np.ndarray:
     where = f"{source}: column '{col}'"
     arr = table.column(col)
     t = arr.type
-    numeric = (
-        pa.types.is_integer(t)
-        or pa.types.is_floating(t)
-        or pa.types.is_boolean(t)
-        or pa.types.is_decimal(t)
-        or (pa.types.is_null(t) and table.num_rows == 0)
-    )
+    numeric = is_numeric_type(t) or (pa.types.is_null(t) and table.num_rows == 0)
     if not numeric:
         raise DataError(where, f"expected a numeric column, got {t}")
     try:

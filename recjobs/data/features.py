@@ -58,6 +58,16 @@ class Features:
 # ----------------------------------------------------------------------------- numeric columns
 
 
+def is_numeric_type(t: pa.DataType) -> bool:
+    """Integers, floats, booleans and decimals: what reads as float64 without a parse."""
+    return (
+        pa.types.is_integer(t)
+        or pa.types.is_floating(t)
+        or pa.types.is_boolean(t)
+        or pa.types.is_decimal(t)
+    )
+
+
 def numeric_column(table: pa.Table, col: str, source: str) -> np.ndarray:
     """Column `col` as float64, missing values (null, NaN) as NaN.
 
@@ -67,13 +77,7 @@ def numeric_column(table: pa.Table, col: str, source: str) -> np.ndarray:
     where = f"{source}: column '{col}'"
     column = table.column(col)
     t = column.type
-    numeric = (
-        pa.types.is_integer(t)
-        or pa.types.is_floating(t)
-        or pa.types.is_boolean(t)
-        or pa.types.is_decimal(t)
-        or pa.types.is_null(t)
-    )
+    numeric = is_numeric_type(t) or pa.types.is_null(t)
     if not numeric:
         raise DataError(
             where,

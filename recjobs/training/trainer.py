@@ -470,13 +470,7 @@ class TrainingRun:
         self.total_steps = min(
             self.per_epoch * training.max_epochs, training.max_steps or sys.maxsize
         )
-        self.schedule = build_scheduler(
-            self.optimizers.all,
-            training.scheduler,
-            self.per_epoch,
-            training.max_epochs,
-            training.max_steps,
-        )
+        self.schedule = self._new_schedule()
         self.precision = precision_policy(training.mixed_precision, self.device)
         self.scaler = self.precision.grad_scaler()
         es = training.early_stopping
@@ -619,13 +613,7 @@ class TrainingRun:
             for opt in self.optimizers.all:  # the schedule is replayed from its start
                 for group in opt.param_groups:
                     group["lr"] = group.get("initial_lr", group["lr"])
-            self.schedule = build_scheduler(
-                self.optimizers.all,
-                training.scheduler,
-                self.per_epoch,
-                training.max_epochs,
-                training.max_steps,
-            )
+            self.schedule = self._new_schedule()
             with warnings.catch_warnings():
                 # torch warns of a scheduler stepped before its optimizer: here on purpose.
                 warnings.filterwarnings("ignore", message=r".*lr_scheduler\.step\(\)")
@@ -654,6 +642,13 @@ class TrainingRun:
         )
         if self.ddp.is_main:
             self.say_always(message)
+
+    def _new_schedule(self) -> Any:
+        """The configured LR schedule at its start, for this run's steps per epoch."""
+        tr = self.cfg.training
+        return build_scheduler(
+            self.optimizers.all, tr.scheduler, self.per_epoch, tr.max_epochs, tr.max_steps
+        )
 
     def say_always(self, message: str) -> None:
         """An INFO line train.log holds at any log level: how the run started and ended."""
