@@ -1,7 +1,9 @@
-"""What an N-rank job gains: sharded validation, and what global negatives cost.
+"""What an N-rank job gains: sharded validation, per-rank data, and what global negatives cost.
 
-    .venv/bin/python benchmarks/distributed.py               # both, world 1 and 2, medians of 3
+    .venv/bin/python benchmarks/distributed.py               # all three, world 1 and 2
     .venv/bin/python benchmarks/distributed.py --only validation --users 10000 --items 20000
+    .venv/bin/python benchmarks/distributed.py --only data   # 1M users x 100k items x 10M
+    .venv/bin/python benchmarks/distributed.py --only quality  # quickstart's synthetic data
 
 Every measurement is a real torchrun job (gloo, CPU, each rank one thread: OMP_NUM_THREADS=1 and
 torch.set_num_threads(1)) that prints one JSON line per rank; the parent prints a table and
@@ -13,6 +15,13 @@ Measurements
                retrieval at --users x --items, world 1 and 2: users scored per rank, wall time
                (slowest rank, between barriers) and each rank's CPU seconds (its own work,
                which a busy machine does not inflate as much), median of --repeats validations.
+- data:        `load_task_data` of a Parquet data set of --data-users x --data-items x
+               --data-interactions (written once into --data-dir), world 1 and 2: each rank's
+               peak RSS (ru_maxrss), the bytes of the interactions it holds (train and validation
+               tensors) and its load time.
+- quality:     best val/recall@10 of the README's job (config/quickstart.yaml: synthetic data,
+               batch 512 per process) trained by torchrun at world 2 with `negatives: local`
+               and `global`, and at world 1 with the same global batch (1,024); --epochs each.
 - negatives:   train/examples_per_s of the real trainer (`trainer.train`) at world 2 with
                `training.negatives: local` and `global` (median of the logged windows after the
                first), their ratio.
@@ -102,19 +111,75 @@ def worker_negatives(a: argparse.Namespace) -> dict:
     return {"examples_per_s": statistics.median(rates[1:] or rates), "windows": len(rates)}
 
 
+def worker_data(a: argparse.Namespace) -> dict:
+    import resource
+
+    import torch.distributed as dist
+
+    from recjobs.config.resolver import Overrides, resolve
+    from recjobs.data import load_task_data
+    from recjobs.distributed import Ranks
+
+    cfg = resolve("retrieval", a.config, Overrides())
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = time.perf_counter()
+    data = load_task_data(cfg, ranks=Ranks(dist.get_rank(), dist.get_world_size()))
+    seconds = time.perf_counter() - start
+    held = (data.train_users, data.train_items, data.val_users, data.val_items)
+    return {
+        "train_rows": len(data.train_users),
+        "id_dtype": str(data.train_users.dtype),
+        "interaction_mb": sum(t.numel() * t.element_size() for t in held) / 2**20,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_before_load_mb": rss_before,
+        "load_s": seconds,
+    }
+
+
+def worker_quality(a: argparse.Namespace) -> dict:
+    from recjobs.config.resolver import Overrides, resolve
+    from recjobs.training import trainer
+
+    sets = [f"training.negatives={a.negatives}", f"training.batch_size={a.batch}"]
+    sets += [f"training.max_epochs={a.epochs}", f"training.scheduler.T_max={a.epochs}"]
+    cfg = resolve("retrieval", ROOT / "config" / "quickstart.yaml", Overrides(sets=sets))
+    trainer.train(cfg, Path(a.run_dir))
+    if os.environ["RANK"] != "0":
+        return {}
+    summary = json.loads((Path(a.run_dir) / "summary.json").read_text())
+    return {"best": summary["best"], "best_step": summary.get("best_step")}
+
+
+def _data_set(a: argparse.Namespace) -> str:
+    """The benchmark's Parquet data set (its config.yaml), written the first time."""
+    from recjobs.data import write_dataset
+
+    folder = Path(a.data_dir) / f"{a.data_users}x{a.data_items}x{a.data_interactions}"
+    config = folder / "config.yaml"
+    if not config.exists():
+        print(f"writing the data set to {folder} (once)", flush=True)
+        write_dataset(str(folder), a.data_users, a.data_items, a.data_interactions, seed=0)
+    return str(config)
+
+
 def _worker_main() -> None:
     import torch
     import torch.distributed as dist
 
     a = json.loads(sys.argv[2], object_hook=lambda d: argparse.Namespace(**d))
     torch.set_num_threads(1)
-    if a.kind == "validation":
+    if a.kind in ("validation", "data"):
         dist.init_process_group("gloo")
-        result = worker_validation(a)
+        result = worker_validation(a) if a.kind == "validation" else worker_data(a)
         dist.destroy_process_group()
+    elif a.kind == "quality":
+        result = worker_quality(a)
     else:
         result = worker_negatives(a)
-    print(json.dumps({"rank": int(os.environ["RANK"]), **result}), flush=True)
+    # One write per line: the ranks share the pipe, and print's separate newline could land
+    # between another rank's line and its newline.
+    sys.stdout.write(json.dumps({"rank": int(os.environ["RANK"]), **result}) + "\n")
+    sys.stdout.flush()
 
 
 def torchrun(world: int, **kw) -> list[dict]:
@@ -130,13 +195,18 @@ def torchrun(world: int, **kw) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["validation", "negatives"])
+    p.add_argument("--only", choices=["validation", "data", "quality", "negatives"])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--items", type=int, default=20_000)
     p.add_argument("--interactions", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--epochs", type=int, default=5, help="quality: epochs per run")
+    p.add_argument("--data-users", type=int, default=1_000_000)
+    p.add_argument("--data-items", type=int, default=100_000)
+    p.add_argument("--data-interactions", type=int, default=10_000_000)
+    p.add_argument("--data-dir", default=str(Path(tempfile.gettempdir()) / "recjobs-bench-data"))
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "distributed.json"))
     a = p.parse_args()
     common = {k: getattr(a, k) for k in ("users", "items", "interactions", "batch")}
@@ -165,6 +235,46 @@ def main() -> None:
             f"({v['world2']['users_per_rank']} users per rank): {v['ratio']:.2f}x; CPU seconds "
             f"of the busiest rank {v['cpu_ratio']:.2f}x"
         )
+    if a.only in (None, "data"):
+        config = _data_set(a)
+        found = {w: torchrun(w, kind="data", config=config) for w in (1, 2)}
+        keys = ("train_rows", "interaction_mb", "peak_rss_mb", "rss_before_load_mb", "load_s")
+        out["data"] = {
+            "size": f"{a.data_users} users x {a.data_items} items x {a.data_interactions}",
+            "id_dtype": found[1][0]["id_dtype"],
+            **{f"world{w}": {k: [r[k] for r in rows] for k in keys} for w, rows in found.items()},
+        }
+        d = out["data"]
+        interaction_ratio = max(d["world2"]["interaction_mb"]) / d["world1"]["interaction_mb"][0]
+        rss_ratio = max(d["world2"]["peak_rss_mb"]) / d["world1"]["peak_rss_mb"][0]
+        d |= {"interaction_ratio": interaction_ratio, "peak_rss_ratio": rss_ratio}
+        print(
+            f"data {d['size']} ({d['id_dtype']} ids): interactions per rank world 1 "
+            f"{d['world1']['interaction_mb'][0]:.0f} MB, world 2 "
+            f"{[round(x) for x in d['world2']['interaction_mb']]} MB ({interaction_ratio:.2f}x); "
+            f"peak RSS world 1 {d['world1']['peak_rss_mb'][0]:.0f} MB, world 2 "
+            f"{[round(x) for x in d['world2']['peak_rss_mb']]} MB ({rss_ratio:.2f}x)",
+            flush=True,
+        )
+    if a.only in (None, "quality"):
+        runs = {}
+        for name, world, negatives, batch in (
+            ("world2_local", 2, "local", 512),
+            ("world2_global", 2, "global", 512),
+            ("world1_batch1024", 1, "local", 1024),
+        ):
+            with tempfile.TemporaryDirectory() as tmp:
+                rows = torchrun(
+                    world,
+                    kind="quality",
+                    negatives=negatives,
+                    batch=batch,
+                    epochs=a.epochs,
+                    run_dir=str(Path(tmp) / "run"),
+                )
+            runs[name] = rows[0]["best"]
+            print(f"  {name}: best val/recall@10 {rows[0]['best']:.4f}", flush=True)
+        out["quality_synthetic"] = {"epochs": a.epochs, "recall@10": runs}
     if a.only in (None, "negatives"):
         rates = {}
         for negatives in ("local", "global"):

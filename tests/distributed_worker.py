@@ -4,9 +4,10 @@ Usage: torchrun --nproc_per_node N tests/distributed_worker.py MODE CONFIG_JSON 
 
 MODE evaluate: the task's sharded `evaluate` and `baseline` of the model in WEIGHTS, and how many
 users (retrieval) or rows (ranking) this rank scored.
-MODE step: one global-negatives training step under DDP; rank r's batch is rows r*B..(r+1)*B-1
-of the training set (B = batch_size). Dumps the loss, the gradient of every parameter and the
-mixed negatives this rank drew.
+MODE step: one global-negatives training step under DDP; rank r's batch is the first B rows of
+its own training shard (B = batch_size). Dumps the loss, the gradient of every parameter, the
+batch's (user, item) rows and the mixed negatives this rank drew.
+MODE load: this rank's data (`load_task_data` with its Ranks), dumped as tensors.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from recjobs.config.resolver import resolve_dict
 from recjobs.data import load_task_data
+from recjobs.distributed import Ranks
 from recjobs.models import build_model
 from recjobs.training import metrics, tasks
 
@@ -32,7 +34,21 @@ def main() -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     raw = json.loads(config_json)
     cfg = resolve_dict(raw, "retrieval" if "retrieval" in raw else "ranking")
-    data = load_task_data(cfg)
+    data = load_task_data(cfg, ranks=Ranks(rank, world))
+    if mode == "load":
+        dump = {k: getattr(data, k) for k in ("train_users", "train_items", "val_users")}
+        dump.update(
+            val_items=data.val_items,
+            val_positions=data.val_positions,
+            eval_users=data.eval_users,
+            item_counts=data.item_counts,
+            train_per_rank=torch.tensor(data.train_per_rank),
+            train_total=torch.tensor(data.train_total),
+        )
+        torch.save(dump, Path(out) / f"data{rank}.pt")
+        (Path(out) / f"rank{rank}.json").write_text("{}")
+        dist.destroy_process_group()
+        return
     model = build_model(cfg.task, cfg.model, data.user_cardinalities, data.item_cardinalities)
     model.load_state_dict(torch.load(weights))
     task = tasks.make_task(cfg, data, torch.device("cpu"), rank, world)
@@ -49,6 +65,8 @@ def main() -> None:
         model.eval()
         result = {"metrics": task.evaluate(model), "baseline": task.baseline()}
         result["scored"] = scored if cfg.task == "retrieval" else [len(task.val[0])]
+        if cfg.task == "retrieval":  # the pairs of this rank's val/loss batches
+            result["val_pairs"] = [task.val_users.tolist(), task.val_items.tolist()]
     else:
         result = _global_step(task, model, cfg.training.batch_size, rank, Path(out))
     (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
@@ -58,7 +76,7 @@ def main() -> None:
 def _global_step(task, model, batch_size: int, rank: int, out: Path) -> dict:
     """In a function of its own so that the DDP model is freed when it returns: a DDP Reducer
     freed after destroy_process_group deadlocks with gloo's threads at exit (see trainer.train)."""
-    idx = torch.arange(rank * batch_size, (rank + 1) * batch_size)
+    idx = torch.arange(batch_size)
     drawn: list[torch.Tensor] = []
     real_randint = torch.randint
 
@@ -68,12 +86,18 @@ def _global_step(task, model, batch_size: int, rank: int, out: Path) -> dict:
 
     torch.randint = spy_randint
     trained = DistributedDataParallel(model)
-    loss = task.loss(trained, task.batch(idx))
+    batch = task.batch(idx)
+    loss = task.loss(trained, batch)
     loss.backward()
     torch.randint = real_randint
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     torch.save(grads, out / f"grads{rank}.pt")
-    return {"loss": loss.item(), "mixed": [d.tolist() for d in drawn]}
+    return {
+        "loss": loss.item(),
+        "mixed": [d.tolist() for d in drawn],
+        "users": batch["users"].tolist(),
+        "items": batch["items"].tolist(),
+    }
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+import torch
+
 from recjobs.config.resolver import resolve_dict
 from recjobs.training import trainer
 
@@ -24,7 +26,10 @@ def main() -> None:
     real_step = trainer.TrainingRun.train_step
 
     def spy_step(self, idx, batches_in_epoch):
-        trained.setdefault(self.progress.epoch, []).extend(idx.tolist())
+        # (user, item) rows: the indices are into this rank's own shard.
+        users, items = self.data.train_users[idx.cpu()], self.data.train_items[idx.cpu()]
+        pairs = torch.stack([users.long(), items.long()], dim=1).tolist()
+        trained.setdefault(self.progress.epoch, []).extend(map(tuple, pairs))
         return real_step(self, idx, batches_in_epoch)
 
     trainer.TrainingRun.train_step = spy_step

@@ -5,9 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from recjobs.data import load_task_data
+from recjobs.data.shards import assign_users
 from recjobs.training import trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +27,22 @@ TINY = [
     "training.batch_size=256",
     "training.log_steps=1",
 ]
+
+
+def shard_sizes(cfg: Any, world: int) -> list[int]:
+    """The training examples each rank of a `world`-process job of `cfg` holds
+    (`recjobs.data.shards`), worked out in this process; on data without unknown ids."""
+    data = load_task_data(cfg)
+    users = data.train_users.long().numpy()
+    counts = np.bincount(users, minlength=data.n_users + 1)
+    owner = assign_users(counts, data.eval_users.numpy(), world)
+    return np.bincount(owner[users], minlength=world).tolist()
+
+
+def table_pairs(cfg: Any) -> Counter:
+    """The (user row, item row) pairs of the training table, with their counts."""
+    data = load_task_data(cfg)
+    return Counter(zip(data.train_users.tolist(), data.train_items.tolist(), strict=True))
 
 
 class StopAfter(trainer.StopSignal):

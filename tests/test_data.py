@@ -577,21 +577,34 @@ def test_memory_url_reading():
 # epoch_batches
 
 
-def test_epoch_batches_disjoint_equal_shards():
-    n, bs, world = 103, 10, 2
+def test_epoch_batches_take_the_common_length_of_each_ranks_own_shard():
+    # Rank 0 holds 53 examples, rank 1 holds 51: both train on 51 per epoch.
+    bs = 10
     shards = [
-        epoch_batches(n, bs, epoch=3, seed=11, rank=r, world_size=world) for r in range(world)
+        epoch_batches(n, bs, epoch=3, seed=11, rank=r, world_size=2, length=51)
+        for r, n in ((0, 53), (1, 51))
     ]
-    assert [len(s) for s in shards] == [6, 6]  # 51 examples each: 5 full batches + 1
-    assert all(len(s) == steps_per_epoch(n, bs, world) for s in shards)
+    assert [len(s) for s in shards] == [6, 6] == [steps_per_epoch(51, bs)] * 2
     assert [len(b) for b in shards[0]] == [10, 10, 10, 10, 10, 1]
     flat = [torch.cat(s) for s in shards]
-    assert set(flat[0].tolist()).isdisjoint(flat[1].tolist())
-    # Union plus the dropped remainder is the epoch's permutation of range(n).
-    full = epoch_batches(n, n, epoch=3, seed=11)[0]
-    assert sorted(full.tolist()) == list(range(n))
-    assert torch.equal(torch.cat(flat), full[:102])
+    assert len(set(flat[0].tolist())) == 51 and set(flat[0].tolist()) <= set(range(53))
+    assert sorted(flat[1].tolist()) == list(range(51))
+    # Another epoch leaves out other examples of the larger shard; the ranks draw unrelated
+    # orders (rank and world size are in the seed).
+    later = torch.cat(epoch_batches(53, bs, epoch=4, seed=11, rank=0, world_size=2, length=51))
+    assert set(later.tolist()) != set(flat[0].tolist())
+    same_size = torch.cat(epoch_batches(51, bs, epoch=3, seed=11, rank=0, world_size=2))
+    assert not torch.equal(same_size, flat[1])
     assert all(b.dtype == torch.int64 for b in shards[0])
+
+
+def test_epoch_batches_at_world_one_keep_the_order_of_earlier_releases():
+    # The permutation recjobs drew before shards (seeded by seed and epoch only): a world-1
+    # config trains on the same order as before.
+    state = np.random.SeedSequence([11, 3]).generate_state(1, np.uint64)
+    seed = int(state[0]) & (2**63 - 1)
+    expected = torch.randperm(103, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(torch.cat(epoch_batches(103, 10, epoch=3, seed=11)), expected)
 
 
 def test_epoch_batches_deterministic_and_epoch_dependent():
@@ -604,16 +617,16 @@ def test_epoch_batches_deterministic_and_epoch_dependent():
     assert sorted(c.tolist()) == list(range(1000))
 
 
-def test_epoch_batches_no_shuffle_and_errors():
-    batches = epoch_batches(7, 3, epoch=5, seed=0, rank=1, world_size=2, shuffle=False)
-    assert [b.tolist() for b in batches] == [[3, 4, 5]]
-    with pytest.raises(ValueError, match="every rank needs at least one"):
-        epoch_batches(3, 2, epoch=0, seed=0, rank=0, world_size=4)
-    with pytest.raises(ValueError, match="every rank needs at least one"):
-        steps_per_epoch(3, 2, 4)
+def test_epoch_batches_errors():
+    with pytest.raises(ValueError, match="at least one example per rank"):
+        epoch_batches(0, 2, epoch=0, seed=0)
+    with pytest.raises(ValueError, match="at least one example per rank"):
+        steps_per_epoch(0, 2)
+    with pytest.raises(ValueError, match="exceeds the shard"):
+        epoch_batches(5, 2, epoch=0, seed=0, length=6)
     with pytest.raises(ValueError, match="rank must be in"):
         epoch_batches(10, 2, epoch=0, seed=0, rank=2, world_size=2)
-    assert steps_per_epoch(100, 10, 1) == 10 and steps_per_epoch(101, 10, 1) == 11
+    assert steps_per_epoch(100, 10) == 10 and steps_per_epoch(101, 10) == 11
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,9 +19,8 @@ import torch
 
 from recjobs.cli import main
 from recjobs.config.resolver import Overrides, resolve
-from recjobs.data import load_task_data
+from recjobs.data import load_task_data, write_dataset
 from recjobs.models import build_model, in_batch_softmax_loss
-from recjobs.training.distributed import Ranks
 from recjobs.training.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,12 +63,52 @@ def _torchrun(mode: str, config, weights: Path, out: Path, nproc: int = 2) -> li
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
 
 
-def test_shares_cover_everything_once_and_none_exceeds_ceil():
-    for n in (0, 1, 5, 151, 1000):
-        for world in (1, 2, 3, 7):
-            parts = [Ranks(r, world).share(n) for r in range(world)]
-            assert [i for p in parts for i in range(n)[p]] == list(range(n))
-            assert max(p.stop - p.start for p in parts) <= -(-n // world)
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["retrieval", "ranking"])
+def test_each_rank_holds_its_own_users_and_together_the_ranks_hold_the_table(tmp_path, task):
+    path = write_dataset(str(tmp_path / "data"), 300, 80, 6001, seed=5)
+    sets = ["training.eval_max_users=151"] if task == "retrieval" else []
+    config = resolve(task, path, Overrides(sets=sets))
+    single = load_task_data(config)
+    _torchrun("load", config, Path(os.devnull), tmp_path / "out")
+    ranks = [torch.load(tmp_path / "out" / f"data{r}.pt") for r in (0, 1)]
+
+    for split in ("train", "val"):
+        users = [set(r[f"{split}_users"].tolist()) for r in ranks]
+        assert not users[0] & users[1], f"{split}: a user on both ranks"
+        pairs = sorted(
+            p
+            for r in ranks
+            for p in zip(r[f"{split}_users"].tolist(), r[f"{split}_items"].tolist(), strict=True)
+        )
+        whole = getattr(single, f"{split}_users").tolist(), getattr(single, f"{split}_items")
+        assert pairs == sorted(zip(whole[0], whole[1].tolist(), strict=True)), split
+    positions = torch.cat([r["val_positions"] for r in ranks]).sort().values
+    assert torch.equal(positions, single.val_positions)
+    assert all(r["train_users"].dtype == torch.int16 for r in ranks)
+    lengths = [len(r["train_users"]) for r in ranks]
+    assert all(int(r["train_per_rank"]) == min(lengths) for r in ranks)
+    assert all(int(r["train_total"]) == sum(lengths) == single.train_total for r in ranks)
+    assert max(lengths) - min(lengths) <= 0.02 * sum(lengths)  # dealt evenly (shards.py)
+    assert all(torch.equal(r["item_counts"], single.item_counts) for r in ranks)
+    if task == "retrieval":  # the same 151 users as one process, at most 76 on a rank
+        eval_users = torch.cat([r["eval_users"] for r in ranks]).sort().values
+        assert torch.equal(eval_users, single.eval_users) and len(eval_users) == 151
+        assert max(len(r["eval_users"]) for r in ranks) == 76
+
+
+def _val_loss(task, model, pairs: list[list[list[int]]]) -> float:
+    """The mean over all pairs of the loss of batches (of the task's size) of each rank's own."""
+    total, step = 0.0, task.eval_loss_batch
+    with torch.no_grad():
+        for users, items in pairs:
+            for s in range(0, len(users), step):
+                batch = {
+                    "users": torch.tensor(users[s : s + step]),
+                    "items": torch.tensor(items[s : s + step]),
+                }
+                total += task.loss(model, batch, mixed=False).double().item() * len(batch["users"])
+    return total / sum(len(u) for u, _ in pairs)
 
 
 @pytest.mark.slow
@@ -94,6 +133,11 @@ def test_sharded_validation_equals_one_process(tmp_path, task, sets):
     assert ranks[0]["metrics"] == ranks[1]["metrics"]
     assert ranks[0]["baseline"] == ranks[1]["baseline"]
     if task == "retrieval":
+        # val/loss: each rank's batches are made of its own pairs, so it is the mean of the
+        # one-process loss over those batches, not over the table's.
+        pairs = [r["val_pairs"] for r in ranks]
+        assert sum(len(u) for u, _ in pairs) == len(single.val_users)
+        expected = {**expected, "val/loss": _val_loss(single, model, pairs)}
         assert ranks[0]["metrics"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
         assert ranks[0]["baseline"] == pytest.approx(baseline, rel=1e-6, abs=1e-12)
         users = len(single.eval_users)
@@ -104,11 +148,15 @@ def test_sharded_validation_equals_one_process(tmp_path, task, sets):
         assert per_rank[0][0] + per_rank[1][0] == users
         assert per_rank[0][1] + per_rank[1][1] == users
     else:
-        # The scores are gathered: AUC, logloss, RMSE are those of one process, exactly.
-        assert ranks[0]["metrics"] == expected
-        assert ranks[0]["baseline"] == baseline
+        # The scores are gathered: AUC, logloss, RMSE are those of one process (the sums of
+        # logloss and MSE in another order: 1e-6), the AUC exactly.
+        assert ranks[0]["metrics"] == pytest.approx(expected, rel=1e-6)
+        assert ranks[0]["metrics"].get("val/auc") == expected.get("val/auc")
+        assert ranks[0]["baseline"] == pytest.approx(baseline, rel=1e-6)
+        # Each rank scored the rows of its own users: together all of them, once.
         rows = len(single.val[0])
-        assert [r["scored"][0] for r in ranks] == [math.ceil(rows / 2), rows // 2]
+        scored = [r["scored"][0] for r in ranks]
+        assert sum(scored) == rows and min(scored) > rows / 3
     assert all(math.isfinite(v) for v in expected.values())
 
 
@@ -132,9 +180,14 @@ def test_global_negatives_loss_and_gradients_equal_one_process_over_the_global_b
     ranks = _torchrun("step", config, tmp_path / "weights.pt", tmp_path / "out")
     grads = [torch.load(tmp_path / "out" / f"grads{r}.pt") for r in (0, 1)]
 
-    # One process, the concatenated batch (rows 0..63), its softmax over all 64 (+ 2M) items.
+    # One process, the concatenated batch (each rank's 32 rows of its own shard), its softmax
+    # over all 64 (+ 2M) items.
     task = make_task(config, data, torch.device("cpu"))
-    batch = task.batch(torch.arange(64))
+    batch = {
+        "users": torch.tensor([u for r in ranks for u in r["users"]]),
+        "items": torch.tensor([i for r in ranks for i in r["items"]]),
+    }
+    assert not set(ranks[0]["users"]) & set(ranks[1]["users"])  # each rank its own users
     if mixed:
         extra = torch.tensor([i for r in ranks for d in r["mixed"] for i in d])
         assert len(extra) == 2 * mixed
@@ -164,7 +217,9 @@ def test_global_negatives_loss_and_gradients_equal_one_process_over_the_global_b
 
     # The test can fail: each rank's own batch as its negatives gives another loss.
     model.zero_grad()
-    local = [task.loss(model, task.batch(torch.arange(r * 32, r * 32 + 32))) for r in (0, 1)]
+    local = [
+        task.loss(model, {k: v[r * 32 : r * 32 + 32] for k, v in batch.items()}) for r in (0, 1)
+    ]
     local_mean = float(sum(local).detach() / 2)
     assert abs(local_mean - expected.item()) > 0.05
 
@@ -173,7 +228,7 @@ def test_global_negatives_at_one_process_are_local():
     data_config = _config("retrieval", "training.batch_size=64")
     data = load_task_data(data_config)
     model = _model_weights(data_config, data, Path(os.devnull))
-    batch = {"users": data.train_users[:64], "items": data.train_items[:64]}
+    batch = {"users": data.train_users[:64].long(), "items": data.train_items[:64].long()}
     losses = []
     for negatives in ("local", "global"):
         task = make_task(_config("retrieval", f"training.negatives={negatives}"), data, CPU)

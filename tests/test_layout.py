@@ -24,6 +24,7 @@ SHARED = {
     "recjobs.file_kind",
     "recjobs.holdings",
     "recjobs.streams",
+    "recjobs.distributed",
 }
 ALLOWED = {
     "config": set(),
@@ -118,6 +119,7 @@ def test_each_phase_is_a_package_with_a_docstring():
         "__main__",
         "atomic",
         "cli",
+        "distributed",
         "errors",
         "file_kind",
         "holdings",

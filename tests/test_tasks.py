@@ -28,18 +28,24 @@ def test_eval_max_users_scores_a_fixed_sample():
     everyone = make_task(cfg, data, torch.device("cpu"))
     n = len(everyone.eval_users)
     assert n == len(torch.unique(data.val_users))
-    cfg_all, _, _ = setup("retrieval", f"training.eval_max_users={n + 10}")
-    assert make_task(cfg_all, data, torch.device("cpu")).evaluate(model) == everyone.evaluate(model)
+    # The sample is drawn when the data loads (every rank draws the same, then scores its own).
+    cfg_all, data_all, _ = setup("retrieval", f"training.eval_max_users={n + 10}")
+    got_all = make_task(cfg_all, data_all, torch.device("cpu")).evaluate(model)
+    assert got_all == everyone.evaluate(model)
 
-    cfg_s, _, _ = setup("retrieval", "training.eval_max_users=40")
-    a, b = (make_task(cfg_s, data, torch.device("cpu")) for _ in range(2))
+    cfg_s, data_s, _ = setup("retrieval", "training.eval_max_users=40")
+    _, data_s2, _ = setup("retrieval", "training.eval_max_users=40")
+    a, b = (
+        make_task(cfg_s, data_s, torch.device("cpu")),
+        make_task(cfg_s, data_s2, torch.device("cpu")),
+    )
     assert len(a.eval_users) == 40 and torch.equal(a.eval_users, b.eval_users)
     # The sample's metrics are the full computation restricted to those users.
     with torch.no_grad():
         users = a.eval_users
         pos = torch.full((len(data.user_features),), -1)
         pos[users] = torch.arange(40)
-        v, t = pos[data.val_users], pos[data.train_users]
+        v, t = pos[data.val_users.long()], pos[data.train_users.long()]
         expected = metrics.retrieval_metrics(
             model.user_embeddings(data.user_features[users]),
             model.item_embeddings(data.item_features),

@@ -19,6 +19,8 @@ import yaml
 from recjobs.config.resolver import Overrides, resolve
 from recjobs.data import load_task_data, steps_per_epoch
 
+from runs import shard_sizes
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TORCHX = str(BIN / "torchx")
@@ -127,7 +129,7 @@ def test_local_cwd_ddp_job_trains_on_exactly_the_resolved_config(tmp_path):
         ROOT / "config" / "quickstart.yaml",
         Overrides(optimizer="SGD", optimizer_args=["momentum=0.9"], sets=TINY),
     )
-    per_epoch = steps_per_epoch(len(load_task_data(config).train_users), 512, 2)
+    per_epoch = steps_per_epoch(min(shard_sizes(config, 2)), 512)  # each rank its own users
     # Every log_steps (2) steps, and at the epoch's end.
     assert [r["step"] for r in train] == sorted({*range(2, per_epoch + 1, 2), per_epoch})
     assert all(r["train/lr"] == pytest.approx(0.003) for r in train)

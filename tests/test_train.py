@@ -53,11 +53,11 @@ def val_records(run_dir: Path) -> list[dict]:
 
 def most_popular_recall(config) -> float:
     data = load_task_data(config)
-    users, rows = torch.unique(data.val_users, return_inverse=True)
+    users, rows = torch.unique(data.val_users.long(), return_inverse=True)
     n = len(users)
     position = torch.full((len(data.user_features),), -1)
     position[users] = torch.arange(n)
-    seen = position[data.train_users]
+    seen = position[data.train_users.long()]
     keep = seen >= 0
     popularity = data.item_counts.float()[:, None]
     found = metrics.retrieval_metrics(

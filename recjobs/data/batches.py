@@ -1,10 +1,11 @@
 """Per-rank index batches for one epoch.
 
-Every rank computes the same permutation (seeded by seed and epoch, no communication needed)
-and takes its own disjoint shard of it. All shards have the same length, dropping the last
-`num_examples % world_size` examples of the permutation, because DDP hangs if one rank runs
-a step the others do not. As the permutation changes each epoch, different examples are
-dropped each time.
+Each rank trains on its own shard of the interactions (`recjobs.data.shards`) and draws its
+epoch order from it: a permutation of the shard seeded by (seed, epoch, rank, world size), no
+communication needed. Every rank takes the first `length` positions of its permutation, the
+smallest shard's size, because DDP hangs if one rank runs a step the others do not; as the
+permutation changes each epoch, a larger shard leaves out different examples each time. At
+world size 1 the shard is the whole table and the order that of recjobs before shards.
 """
 
 from __future__ import annotations
@@ -13,57 +14,46 @@ import numpy as np
 import torch
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    """A well-mixed 63-bit seed from (seed, epoch): nearby seeds give unrelated orders."""
-    state = np.random.SeedSequence([seed % 2**64, epoch % 2**64]).generate_state(1, np.uint64)
+def _epoch_seed(seed: int, epoch: int, rank: int, world_size: int) -> int:
+    """A well-mixed 63-bit seed: nearby seeds give unrelated orders."""
+    entropy = [seed % 2**64, epoch % 2**64]
+    if world_size > 1:  # world size 1 keeps the seeds (and the orders) of earlier releases
+        entropy += [rank, world_size]
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
     return int(state[0]) & (2**63 - 1)
 
 
-def _shard_size(num_examples: int, batch_size: int, world_size: int) -> int:
-    if num_examples < 0:
-        raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+def steps_per_epoch(length: int, batch_size: int) -> int:
+    """Number of batches each rank gets from `epoch_batches` (the same on every rank)."""
+    if length < 1:
+        raise ValueError(f"an epoch needs at least one example per rank, got {length}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    per_rank = num_examples // world_size
-    if per_rank == 0:
-        raise ValueError(
-            f"{num_examples} examples cannot be shared among {world_size} ranks: "
-            "every rank needs at least one"
-        )
-    return per_rank
-
-
-def steps_per_epoch(num_examples: int, batch_size: int, world_size: int = 1) -> int:
-    """Number of batches each rank gets from `epoch_batches` (the same on every rank)."""
-    per_rank = _shard_size(num_examples, batch_size, world_size)
-    return -(-per_rank // batch_size)
+    return -(-length // batch_size)
 
 
 def epoch_batches(
-    num_examples: int,
+    shard_size: int,
     batch_size: int,
     *,
     epoch: int,
     seed: int,
     rank: int = 0,
     world_size: int = 1,
-    shuffle: bool = True,
+    length: int | None = None,
 ) -> list[torch.Tensor]:
-    """This rank's int64 index batches for `epoch`; the last batch may be smaller.
+    """This rank's int64 index batches into its shard for `epoch`; the last may be smaller.
 
-    Rank r gets positions [r * n_r, (r + 1) * n_r) of the epoch's permutation, with
-    n_r = num_examples // world_size. `shuffle=False` uses the identity order (evaluation).
-    Raises ValueError if a rank's shard would be empty.
+    `length` (default: the whole shard) positions of the shard's permutation for this epoch,
+    in batches of `batch_size`. Raises ValueError for an empty epoch or a length beyond the
+    shard.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
-    per_rank = _shard_size(num_examples, batch_size, world_size)
-    if shuffle:
-        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-        order = torch.randperm(num_examples, generator=generator)
-    else:
-        order = torch.arange(num_examples)
-    shard = order[rank * per_rank : (rank + 1) * per_rank]
-    return list(torch.split(shard, batch_size))
+    length = shard_size if length is None else length
+    steps_per_epoch(length, batch_size)
+    if length > shard_size:
+        raise ValueError(f"length {length} exceeds the shard's {shard_size} examples")
+    generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch, rank, world_size))
+    order = torch.randperm(shard_size, generator=generator)[:length]
+    return list(torch.split(order, batch_size))

@@ -8,7 +8,7 @@ of each is the out-of-vocabulary (OOV) entity, all zeros, used for anything unse
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,15 +27,19 @@ from recjobs.data.features import (
     multi_matrix,
     numeric_column,
 )
+from recjobs.data.shards import assign_users, index_dtype
 from recjobs.data.tables import (
     Encoders,
     NumericStats,
     Vocabulary,
     as_key_array,
+    check_columns_exist,
+    iter_table,
     key_kind,
     read_table,
     select_columns,
 )
+from recjobs.distributed import Ranks, all_reduce_sum
 from recjobs.errors import CheckpointError, DataError
 
 logger = logging.getLogger(__name__)
@@ -55,14 +59,27 @@ class TaskData:
     # Embedding-table size per feature column, OOV included.
     user_cardinalities: list[int]
     item_cardinalities: list[int]
-    # Row indices into user_features / item_features, one per interaction.
+    # This rank's interactions: those of the users it owns (`recjobs.data.shards`); at world
+    # size 1 all of them, in the table's order. Row indices into user_features/item_features,
+    # in the smallest integer type that holds them (`shards.index_dtype`: int16 up to 32,768
+    # rows, else int32): cast to int64 where they index.
     train_users: torch.Tensor
     train_items: torch.Tensor
     train_labels: torch.Tensor | None  # float32, when columns.label_col is set
     val_users: torch.Tensor
     val_items: torch.Tensor
     val_labels: torch.Tensor | None
-    # int64 [n_items + 1]: training interactions per item (for popularity / logQ correction).
+    # int64: each validation row's position in its table, the same at any world size (ranking
+    # draws a row's validation negatives from it).
+    val_positions: torch.Tensor
+    # int64, sorted: the validation users this rank scores (retrieval's full-catalogue metrics).
+    eval_users: torch.Tensor
+    # Examples each rank trains on per epoch: the smallest rank's share, so that every rank
+    # runs the same number of steps.
+    train_per_rank: int
+    train_total: int  # training interactions over all ranks (known user and item)
+    val_total: int
+    # int64 [n_items + 1]: training interactions per item over all ranks (popularity, logQ).
     item_counts: torch.Tensor
     encoders: Encoders
 
@@ -80,6 +97,7 @@ def load_task_data(
     cfg: ResolvedConfig,
     encoders: Encoders | None = None,
     stop_requested: Callable[[], bool] | None = None,
+    ranks: Ranks | None = None,
 ) -> TaskData:
     """Read (or generate) the four tables of `cfg` and encode them.
 
@@ -96,9 +114,17 @@ def load_task_data(
     labels, non-numeric or infinite numeric features, no training rows) raise DataError naming
     file and column.
     `stop_requested` stops the generation of the synthetic data set (synth.GenerationStopped).
+
+    In a job of several processes (`ranks`) every rank builds the same catalogue, and streams
+    the interactions tables chunk by chunk (`tables.iter_table`), keeping only the rows of the
+    users it owns (`recjobs.data.shards`): its memory for interactions falls as 1/N. Every
+    rank reads every row, so errors in the data are found, and raised, on every rank alike.
+    A collective (the item counts are summed over the ranks): every rank must call it. The
+    synthetic data set is generated whole on every rank before it is divided.
     """
     cols = cfg.columns
-    tables, sources = _load_tables(cfg, stop_requested)
+    ranks = ranks or Ranks()
+    tables, chunks, sources = _load_tables(cfg, stop_requested)
     users, items = tables["users"], tables["items"]
 
     user_ids = _catalogue_ids(users, cols.user_id, sources["users"], "user")
@@ -168,73 +194,210 @@ def load_task_data(
         cols.item_id,
     )
 
-    train = tables["interactions_train"]
-    if train.num_rows == 0:
+    interactions = _Interactions(cfg, encoders, sources, chunks, ranks)
+    owner = None
+    if ranks.world_size > 1:  # which rank holds which users: every rank works it out alike
+        eval_users = interactions.eval_users(
+            cfg, interactions.read("interactions_val", None, warn=False)
+        )
+        owner = interactions.assign_users(eval_users)
+    train = interactions.read("interactions_train", owner)
+    val = interactions.read("interactions_val", owner)
+    if train.total_rows == 0:
         raise DataError(
             sources["interactions_train"],
             "no training interactions: the table has no rows",
         )
-    train_users, train_items, train_labels = _interactions(
-        train, sources["interactions_train"], "training", cols, encoders, sources
-    )
-    if len(train_users) == 0:
+    if train.total_kept == 0:
         raise DataError(
             sources["interactions_train"],
-            f"no training interactions left: none of the {train.num_rows} rows has both its "
+            f"no training interactions left: none of the {train.total_rows} rows has both its "
             "user and its item in the users and items tables",
             hint=f"check that {cols.interaction_user_col}/{cols.interaction_item_col} hold the "
             f"same ids as {cols.user_id}/{cols.item_id}",
         )
-    val = tables["interactions_val"]
-    val_users, val_items, val_labels = _interactions(
-        val, sources["interactions_val"], "validation", cols, encoders, sources
-    )
-    if len(val_users) == 0:
+    if val.total_kept == 0:
         # Validation drives the metrics, early stopping, ReduceLROnPlateau and best.pt: a run
         # without it would report nothing and checkpoint "best" at random.
         raise DataError(
             sources["interactions_val"],
-            f"no validation interactions (of {val.num_rows} rows, none has a known user and item)",
+            f"no validation interactions (of {val.total_rows} rows, none has a known user and "
+            "item)",
             hint="the validation table must share users and items with the catalogue",
         )
+    per_rank = int(train.kept_per_rank.min())
+    if per_rank == 0:
+        raise DataError(
+            sources["interactions_train"],
+            f"{train.total_kept} training interactions of {len(encoders.user_id) - 1} users "
+            f"cannot be shared among {ranks.world_size} ranks: rank "
+            f"{int(train.kept_per_rank.argmin())} would have none (each rank trains on whole "
+            "users)",
+            "use fewer processes or more training data",
+        )
+    if owner is None:
+        eval_users = interactions.eval_users(cfg, val)
+    else:
+        eval_users = eval_users[owner[eval_users] == ranks.rank]
 
-    n_item_rows = len(item_features)
-    item_counts = np.bincount(train_items, minlength=n_item_rows).astype(np.int64)
-
-    def labels(x: np.ndarray | None) -> torch.Tensor | None:
-        return None if x is None else torch.from_numpy(x.astype(np.float32))
+    # Every rank's counts summed: logQ and the popularity baseline see the whole table.
+    item_counts = torch.from_numpy(np.bincount(train.items, minlength=len(item_features)))
+    item_counts = all_reduce_sum(item_counts.long(), ranks, ranks.cpu_group)
 
     return TaskData(
         user_features=user_features,
         item_features=item_features,
         user_cardinalities=encoders.user_cardinalities(),
         item_cardinalities=encoders.item_cardinalities(),
-        train_users=torch.from_numpy(train_users),
-        train_items=torch.from_numpy(train_items),
-        train_labels=labels(train_labels),
-        val_users=torch.from_numpy(val_users),
-        val_items=torch.from_numpy(val_items),
-        val_labels=labels(val_labels),
-        item_counts=torch.from_numpy(item_counts),
+        train_users=torch.from_numpy(train.users),
+        train_items=torch.from_numpy(train.items),
+        train_labels=train.labels,
+        val_users=torch.from_numpy(val.users),
+        val_items=torch.from_numpy(val.items),
+        val_labels=val.labels,
+        val_positions=torch.from_numpy(val.positions),
+        eval_users=torch.from_numpy(eval_users.astype(np.int64)),
+        train_per_rank=per_rank,
+        train_total=train.total_kept,
+        val_total=val.total_kept,
+        item_counts=item_counts,
         encoders=encoders,
     )
 
 
+@dataclass
+class _Split:
+    """One interactions table as this rank holds it: its own rows, and counts over the whole
+    table (every rank reads every row, so they are the same on every rank)."""
+
+    users: np.ndarray
+    items: np.ndarray
+    labels: torch.Tensor | None
+    positions: np.ndarray  # each row's position in the table (int64)
+    total_rows: int
+    total_kept: int
+    kept_per_rank: np.ndarray  # rows with a known user and item, per owning rank
+
+
+class _Interactions:
+    """Reads the two interactions tables chunk by chunk, keeping this rank's rows."""
+
+    def __init__(
+        self,
+        cfg: ResolvedConfig,
+        encoders: Encoders,
+        sources: dict[str, str],
+        chunks: Callable[[str, list[str]], Iterator[pa.Table]],
+        ranks: Ranks,
+    ):
+        self.cols, self.encoders, self.sources = cfg.columns, encoders, sources
+        self.chunks, self.ranks = chunks, ranks
+        self.user_dtype = index_dtype(len(encoders.user_id))
+        self.item_dtype = index_dtype(len(encoders.item_id))
+
+    def assign_users(self, eval_users: np.ndarray) -> np.ndarray:
+        """The owning rank of every user row (`recjobs.data.shards`), from one pass over the
+        training table's user column (each user's count of interactions)."""
+        n = len(self.encoders.user_id)
+        counts = np.zeros(n, dtype=np.int64)
+        user_col = self.cols.interaction_user_col
+        for chunk in self.chunks("interactions_train", [user_col]):
+            users = self._ids(chunk, "interactions_train", user_col, self.encoders.user_id, "users")
+            counts += np.bincount(users, minlength=n)
+        counts[0] = 0
+        return assign_users(counts, eval_users, self.ranks.world_size)
+
+    def eval_users(self, cfg: ResolvedConfig, val: _Split) -> np.ndarray:
+        """The user rows validation scores (sorted): those with a validation interaction, or a
+        fixed sample of `eval_max_users` of them (the same at every validation, in every run
+        with this seed, at any world size). `val`: the whole validation table's rows."""
+        users = np.flatnonzero(np.bincount(val.users, minlength=len(self.encoders.user_id)))
+        users = users[users > 0]
+        limit = cfg.training.eval_max_users if cfg.task == "retrieval" else None
+        if limit and len(users) > limit:
+            pick = torch.randperm(
+                len(users), generator=torch.Generator().manual_seed(cfg.shared.seed)
+            )
+            users = np.sort(users[pick[:limit].numpy()])
+        return users
+
+    def read(self, role: str, owner: np.ndarray | None, warn: bool = True) -> _Split:
+        """The rows of `role` whose user and item are known and whose user `owner` gives this
+        rank (all of them without `owner`); `warn`: one warning for the rows dropped."""
+        cols, source, enc = self.cols, self.sources[role], self.encoders
+        wanted = [cols.interaction_user_col, cols.interaction_item_col]
+        wanted += [cols.label_col] if cols.label_col else []
+        world = self.ranks.world_size
+        users_out, items_out, positions_out, labels_out = [], [], [], []
+        total = kept = unknown_users = unknown_items = 0
+        kept_per_rank = np.zeros(world, dtype=np.int64)
+        for chunk in self.chunks(role, wanted):
+            users = self._ids(chunk, role, cols.interaction_user_col, enc.user_id, "users")
+            items = self._ids(chunk, role, cols.interaction_item_col, enc.item_id, "items")
+            known = (users > 0) & (items > 0)
+            unknown_users += int((users == 0).sum())
+            unknown_items += int((items == 0).sum())
+            if owner is None:
+                kept_per_rank[0] += int(known.sum())
+                mine = known
+            else:
+                kept_per_rank += np.bincount(owner[users[known]], minlength=world)
+                mine = known & (owner[users] == self.ranks.rank)
+            users_out.append(users[mine].astype(self.user_dtype))
+            items_out.append(items[mine].astype(self.item_dtype))
+            positions_out.append(np.flatnonzero(mine) + total)
+            if cols.label_col:
+                labels_out.append(_labels(chunk, cols.label_col, source)[mine].astype(np.float32))
+            total += len(users)
+            kept += int(known.sum())
+        if warn and total - kept:
+            split = "training" if role == "interactions_train" else "validation"
+            logger.warning(
+                "%s: dropped %d of %d %s interactions whose user or item is not in the "
+                "users/items tables (%d unknown users, %d unknown items)",
+                source,
+                total - kept,
+                total,
+                split,
+                unknown_users,
+                unknown_items,
+            )
+        return _Split(
+            users=np.concatenate(users_out),
+            items=np.concatenate(items_out),
+            labels=torch.from_numpy(np.concatenate(labels_out)) if cols.label_col else None,
+            positions=np.concatenate(positions_out).astype(np.int64, copy=False),
+            total_rows=total,
+            total_kept=kept,
+            kept_per_rank=kept_per_rank,
+        )
+
+    def _ids(self, chunk: pa.Table, role: str, col: str, vocab: Vocabulary, entity: str):
+        """A chunk's id column as vocabulary rows (0: unknown); DataError for null ids or ids of
+        another kind than the catalogue's."""
+        where = f"{self.sources[role]}: column '{col}'"
+        arr = _key_column(chunk, col, where)
+        if arr.null_count:
+            raise DataError(
+                where, f"{arr.null_count} null ids", hint="every interaction needs a user and item"
+            )
+        _check_kind(vocab, arr, where, self.sources[entity], chunk.column(col).type)
+        return vocab.encode(arr)
+
+
 def _load_tables(
     cfg: ResolvedConfig, stop_requested: Callable[[], bool] | None = None
-) -> tuple[dict[str, pa.Table], dict[str, str]]:
-    """The four tables reduced to the configured columns, and a name for each in messages."""
+) -> tuple[dict[str, pa.Table], Callable[[str, list[str]], Iterator[pa.Table]], dict[str, str]]:
+    """The users and items tables reduced to the configured columns, the interactions tables
+    as chunks of the columns asked for (`chunks(role, columns)`), and a name for each table in
+    messages."""
     cols = cfg.columns
-    interaction_cols = [cols.interaction_user_col, cols.interaction_item_col]
-    # interaction_time_col is not read: nothing trains on the time (the split is the two
-    # files), and the docs call the column optional; a table without it must load.
-    interaction_cols += [cols.label_col] if cols.label_col else []
     wanted = {
         "users": [cols.user_id, *cols.user_cat_cols, *cols.user_num_cols, *cols.user_multi_cols],
         "items": [cols.item_id, *cols.item_cat_cols, *cols.item_num_cols, *cols.item_multi_cols],
-        "interactions_train": interaction_cols,
-        "interactions_val": interaction_cols,
     }
+    # interaction_time_col is not read: nothing trains on the time (the split is the two
+    # files), and the docs call the column optional; a table without it must load.
     paths = cfg.dataset.paths
     if paths is None:
         size = cfg.dataset.synth
@@ -242,14 +405,30 @@ def _load_tables(
             size.users, size.items, size.interactions, cfg.shared.seed, stop_requested
         )
         sources = {role: f"synthetic data set ({role})" for role in ROLES}
-        tables = {
+
+        def generated_chunks(role: str, columns: list[str]) -> Iterator[pa.Table]:
+            yield select_columns(generated[role], columns, source=sources[role], role=role)
+
+        catalogue = {
             role: select_columns(generated[role], wanted[role], source=sources[role], role=role)
-            for role in ROLES
+            for role in ("users", "items")
         }
-        return tables, sources
+        return catalogue, generated_chunks, sources
     sources = {role: getattr(paths, role) for role in ROLES}
-    tables = {role: read_table(sources[role], wanted[role], role=role) for role in ROLES}
-    return tables, sources
+    catalogue = {
+        role: read_table(sources[role], wanted[role], role=role) for role in ("users", "items")
+    }
+
+    def file_chunks(role: str, columns: list[str]) -> Iterator[pa.Table]:
+        return iter_table(sources[role], columns, role=role)
+
+    # Checked before anything is read, as a whole-table read did: a missing file or column
+    # fails at once, on every rank alike.
+    for role in ("interactions_train", "interactions_val"):
+        interaction_cols = [cols.interaction_user_col, cols.interaction_item_col]
+        interaction_cols += [cols.label_col] if cols.label_col else []
+        check_columns_exist(sources[role], interaction_cols, role=role)
+    return catalogue, file_chunks, sources
 
 
 def _catalogue_ids(table: pa.Table, col: str, source: str, entity: str) -> pa.Array:
@@ -414,49 +593,6 @@ def _features(
         features[rows[known], j] = vocab.encode(values)[known]
     features[0] = 0
     return features, rows
-
-
-def _interactions(
-    table: pa.Table,
-    source: str,
-    split: str,
-    cols: ColumnsConfig,
-    encoders: Encoders,
-    sources: dict[str, str],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(user rows, item rows, labels) of the interactions whose user and item are known."""
-    encoded = []
-    for col, vocab, role in (
-        (cols.interaction_user_col, encoders.user_id, "users"),
-        (cols.interaction_item_col, encoders.item_id, "items"),
-    ):
-        where = f"{source}: column '{col}'"
-        arr = _key_column(table, col, where)
-        if arr.null_count:
-            raise DataError(
-                where, f"{arr.null_count} null ids", hint="every interaction needs a user and item"
-            )
-        _check_kind(vocab, arr, where, sources[role], table.column(col).type)
-        encoded.append(vocab.encode(arr))
-    users, items = encoded
-    labels = _labels(table, cols.label_col, source) if cols.label_col else None
-
-    keep = (users > 0) & (items > 0)
-    n_dropped = len(keep) - int(keep.sum())
-    if n_dropped:
-        logger.warning(
-            "%s: dropped %d of %d %s interactions whose user or item is not in the users/items "
-            "tables (%d unknown users, %d unknown items)",
-            source,
-            n_dropped,
-            len(keep),
-            split,
-            int((users == 0).sum()),
-            int((items == 0).sum()),
-        )
-        users, items = users[keep], items[keep]
-        labels = None if labels is None else labels[keep]
-    return users, items, labels
 
 
 def _labels(table: pa.Table, col: str, source: str) -> np.ndarray:

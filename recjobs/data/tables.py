@@ -13,7 +13,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,6 +118,12 @@ def column_names(path: str, *, role: str, hint: str | None = None) -> list[str]:
         raise DataError(path, f"cannot read the {role} table as {fmt}: {_first_line(exc)}") from exc
 
 
+def check_columns_exist(path: str, columns: Sequence[str], *, role: str) -> None:
+    """DataError unless the table at `path` is there with all of `columns` (nothing is read
+    but its schema or CSV header)."""
+    _check_columns(column_names(path, role=role), columns, source=path, role=role)
+
+
 def _check_exists(path: str, fs: Any, fs_path: str, role: str, hint: str | None) -> None:
     try:
         exists = os.path.exists(path) if fs is None else fs.exists(fs_path)
@@ -159,6 +165,72 @@ def read_table(
         raise
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
         raise DataError(path, f"cannot read the {role} table as {fmt}: {_first_line(exc)}") from exc
+
+
+# A streamed table comes in chunks of at least this many rows (the last may be shorter): tens of
+# MB of ids at a time, few enough chunks that the per-chunk work costs nothing.
+STREAM_ROWS = 1 << 20
+
+
+def iter_table(path: str, columns: Sequence[str], *, role: str) -> Iterator[pa.Table]:
+    """`read_table` in chunks, in the file's row order: a large interactions table passes
+    through memory a chunk at a time, and each rank keeps only its own rows of each chunk
+    (`recjobs.data.dataset`). Same checks and messages as `read_table`; a CSV's column types
+    are inferred from its first block, as `read_table` infers them."""
+    fmt = table_format(path)
+    fs, fs_path = _filesystem(path)
+    _check_exists(path, fs, fs_path, role, None)
+    wanted = list(dict.fromkeys(columns))
+    src = None
+    try:
+        if fmt == "parquet":
+            dataset = pads.dataset(fs_path, format="parquet", filesystem=fs)
+            _check_columns(dataset.schema.names, wanted, source=path, role=role)
+            schema = dataset.schema
+            batches: Iterator[pa.RecordBatch] = iter(
+                dataset.to_batches(columns=wanted, batch_size=STREAM_ROWS, use_threads=False)
+            )
+        else:
+            _check_columns(_csv_header(path, fs, fs_path), wanted, source=path, role=role)
+            src = _csv_source(path, fs, fs_path)
+            reader = pacsv.open_csv(
+                src,
+                read_options=_csv_read_options(),
+                parse_options=_csv_parse_options(path),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=wanted, strings_can_be_null=True
+                ),
+            )
+            schema, batches = reader.schema, iter(reader)
+        pending: list[pa.RecordBatch] = []
+        rows = 0
+        for batch in batches:
+            pending.append(batch)
+            rows += batch.num_rows
+            if rows >= STREAM_ROWS:
+                yield pa.Table.from_batches(pending).select(wanted)
+                pending, rows = [], 0
+        if pending or rows == 0:  # an empty table is one empty chunk, as read_table gives it
+            yield _empty_or_table(pending, schema, wanted)
+    except DataError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"cannot read the {role} table as {fmt}: {_first_line(exc)}") from exc
+    finally:
+        if fs is not None and src is not None:
+            src.close()
+
+
+def _csv_read_options() -> pacsv.ReadOptions:
+    return pacsv.ReadOptions()  # blocks of 1 MB, gathered into chunks of STREAM_ROWS rows
+
+
+def _empty_or_table(
+    batches: list[pa.RecordBatch], schema: pa.Schema, wanted: list[str]
+) -> pa.Table:
+    if batches:
+        return pa.Table.from_batches(batches).select(wanted)
+    return schema.empty_table().select(wanted)
 
 
 def _csv_parse_options(path: str) -> pacsv.ParseOptions:

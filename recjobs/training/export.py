@@ -61,8 +61,17 @@ def _save(obj: object, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def export_model(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: TaskData) -> None:
+def export_model(
+    model_dir: Path,
+    model: nn.Module,
+    cfg: ResolvedConfig,
+    data: TaskData,
+    train_pairs: torch.Tensor | None = None,
+) -> None:
     """Write the model to `model_dir`, all of it or nothing.
+
+    `train_pairs`: every training (user row, item row) pair, [n, 2], for the seen items of the
+    catalogue; by default `data`'s own (a job of several ranks gathers them from every rank).
 
     The files go to `<model_dir>.partial/` first, which then replaces `model_dir`: a process
     killed during the export leaves the previous export (or none) and a stray .partial
@@ -71,7 +80,7 @@ def export_model(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: T
     partial = model_dir.with_name(model_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    _write_files(partial, model, cfg, data)
+    _write_files(partial, model, cfg, data, train_pairs)
     old = model_dir.with_name(model_dir.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if model_dir.exists():
@@ -80,7 +89,13 @@ def export_model(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: T
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_files(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: TaskData) -> None:
+def _write_files(
+    model_dir: Path,
+    model: nn.Module,
+    cfg: ResolvedConfig,
+    data: TaskData,
+    train_pairs: torch.Tensor | None,
+) -> None:
     _save(
         {k: v.detach().cpu() for k, v in model.state_dict().items()},
         model_dir / cfg.training.checkpoint,
@@ -89,7 +104,7 @@ def _write_files(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: T
         model_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode()
     )
     data.encoders.save(str(model_dir / cfg.shared.encoder_cache))
-    _save(catalogue(data), model_dir / CATALOGUE)
+    _save(catalogue(data, train_pairs), model_dir / CATALOGUE)
     if cfg.task == "retrieval":
         was_training = model.training
         model.eval()
@@ -106,7 +121,7 @@ def _write_files(model_dir: Path, model: nn.Module, cfg: ResolvedConfig, data: T
     atomic_write_bytes(model_dir / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
-def catalogue(data: TaskData) -> dict[str, torch.Tensor]:
+def catalogue(data: TaskData, train_pairs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """What inference needs from the data, indexed by vocabulary index (row 0: OOV).
 
     user_features [users + 1, user columns] and item_features [items + 1, item columns] as the
@@ -117,9 +132,10 @@ def catalogue(data: TaskData) -> dict[str, torch.Tensor]:
     distinct training items (the items `recommend` leaves out, and the trainer's validation
     masks); item_counts: training interactions per item (the most-popular baseline).
     """
-    seen_indptr, seen_indices = metrics.csr_from_pairs(
-        data.train_users, data.train_items, len(data.user_features)
+    users, items = (
+        (data.train_users, data.train_items) if train_pairs is None else train_pairs.unbind(1)
     )
+    seen_indptr, seen_indices = metrics.csr_from_pairs(users, items, len(data.user_features))
     out: dict[str, Any] = {
         "user_features": data.user_features.cat.cpu(),
         "item_features": data.item_features.cat.cpu(),

@@ -1,13 +1,16 @@
 """Sampled negative items for ranking: from which distribution, and which items are off limits.
 
 A ranking model trained with BCE sees each positive (user, item) next to `negatives_per_pos`
-items drawn here. Validation draws its negatives here too, once, with a fixed seed, and never
-an item the user is known to like (a training or validation interaction): such a "negative" is a
+items drawn here. Validation draws its negatives here too, once, with a fixed seed (each from a
+hash of the seed, its row's position in the validation table and the draw's number, so that a
+row gets the same negatives on whichever rank holds it), and never an item the user is known
+to like (a training or validation interaction): such a "negative" is a
 positive labelled 0, and it caps the AUC a perfect model could reach.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,3 +77,36 @@ class NegativeSampler:
             items[where] = self._draw(len(where), gen)
             bad[where] = self.is_known(owners[where], items[where])
         return items, bad
+
+    def sample_keyed(self, users: Tensor, rows: Tensor, k: int, seed: int) -> tuple[Tensor, Tensor]:
+        """As `sample`, uniform, but draw j of row `rows[i]` (redraw a) is a hash of (seed,
+        rows[i], j, a): the same items for a row whichever other rows are drawn with it, and
+        in whichever process."""
+        owners = users.to(self.device).repeat_interleave(k)
+        keys = (rows.long().repeat_interleave(k) * k + torch.arange(k).repeat(len(rows))).numpy()
+        keys = keys.astype(np.uint64)
+        items = torch.from_numpy(self._hashed_items(keys, seed, 0)).to(self.device)
+        bad = self.is_known(owners, items)
+        for attempt in range(1, MAX_REDRAWS + 1):
+            where = bad.nonzero().flatten()
+            if len(where) == 0:
+                break
+            redrawn = self._hashed_items(keys[where.cpu().numpy()], seed, attempt)
+            items[where] = torch.from_numpy(redrawn).to(self.device)
+            bad[where] = self.is_known(owners[where], items[where])
+        return items, bad
+
+    def _hashed_items(self, keys: np.ndarray, seed: int, attempt: int) -> np.ndarray:
+        """Items 1..n_items from splitmix64 of the keys, salted by seed and attempt (the modulo's
+        bias is below n_items / 2**64)."""
+        salt = _splitmix64(np.array([seed % 2**64, attempt], dtype=np.uint64))
+        mixed = _splitmix64(_splitmix64(keys ^ salt[0]) ^ salt[1])
+        return (mixed % np.uint64(self.n_items)).astype(np.int64) + 1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finalizer, element-wise (uint64 arithmetic wraps, as it must here)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))

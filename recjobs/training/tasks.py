@@ -6,7 +6,7 @@ runs. All tensors live on the
 training device from the start, so a batch is a few index gathers: no per-example Python, no copies.
 
 In a job of several processes each rank validates its own share of the users (retrieval) or of
-the rows (ranking) and the pieces are joined (`recjobs.training.distributed`), so `evaluate` and
+the rows (ranking) and the pieces are joined (`recjobs.distributed`), so `evaluate` and
 `baseline` are collectives: every rank calls them, and every rank gets the same numbers, those
 of one process validating everything.
 """
@@ -22,15 +22,15 @@ from torch import Tensor, nn
 
 from recjobs.config.schema import ResolvedConfig
 from recjobs.data import TaskData
-from recjobs.models import in_batch_softmax_loss
-from recjobs.training import metrics
-from recjobs.training.distributed import (
+from recjobs.distributed import (
     Ranks,
     all_gather_equal,
     all_gather_rows,
     all_gather_with_grad,
     all_reduce_sum,
 )
+from recjobs.models import in_batch_softmax_loss
+from recjobs.training import metrics
 from recjobs.training.negatives import NegativeSampler
 
 # Validation sets are scored in batches of this many rows (bounded memory, any size).
@@ -61,10 +61,12 @@ class RetrievalTask:
         self.eval_loss_batch = tr.batch_size * (world_size if self.global_negatives else 1)
         self.user_features = data.user_features.to(device)
         self.item_features = data.item_features.to(device)
+        # This rank's interactions (`recjobs.data.shards`): the users it owns, all their rows.
         self.train_users = data.train_users.to(device)
         self.train_items = data.train_items.to(device)
-        self.val_users = data.val_users.to(device)
-        self.val_items = data.val_items.to(device)
+        self.val_users = data.val_users.long().to(device)
+        self.val_items = data.val_items.long().to(device)
+        self.val_total = data.val_total
         self.item_counts = data.item_counts.float()
         counts = data.item_counts.to(device=device, dtype=torch.float32).clamp_min(1.0)
         # log of each item's share of training positives: the in-batch sampling probability.
@@ -73,20 +75,14 @@ class RetrievalTask:
         self.mixed, self.n_items = tr.mixed_negatives, data.n_items
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(cfg.shared.seed + 3 + rank)
-        # Validation users and the CSRs of their positives / training items (masked at scoring).
-        users = torch.unique(data.val_users)
-        if tr.eval_max_users and len(users) > tr.eval_max_users:
-            # A fixed sample (same users at every validation, in every run with this seed).
-            pick = torch.randperm(
-                len(users), generator=torch.Generator().manual_seed(cfg.shared.seed)
-            )
-            users = users[pick[: tr.eval_max_users]].sort().values
-        # This rank scores its own ceil(U / world_size) of them; the CSRs hold only those.
-        users = users[self.ranks.share(len(users))]
+        # The validation users this rank scores (at most ceil(U / world_size) of them, all its
+        # own) and the CSRs of their positives / training items (masked at scoring).
+        users = data.eval_users
         n = len(users)
         position = torch.full((data.n_users + 1,), -1, dtype=torch.long)
         position[users] = torch.arange(n)
-        val_rows, train_rows = position[data.val_users], position[data.train_users]
+        val_rows = position[data.val_users.long()]
+        train_rows = position[data.train_users.long()]
         self.val_csr = metrics.csr_from_pairs(
             val_rows[val_rows >= 0], data.val_items[val_rows >= 0], n
         )
@@ -99,7 +95,7 @@ class RetrievalTask:
         return len(self.train_users)
 
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
-        return {"users": self.train_users[idx], "items": self.train_items[idx]}
+        return {"users": self.train_users[idx].long(), "items": self.train_items[idx].long()}
 
     def loss(
         self,
@@ -110,7 +106,7 @@ class RetrievalTask:
     ) -> Tensor:
         """The in-batch softmax loss of `batch`; with global negatives (and `every_rank`) over
         the candidates of every rank's batch, which must then be as long on every rank (the
-        trainer gives the ranks equal shards, so their step-k batches are)."""
+        trainer gives every rank as many examples per epoch, so their step-k batches are)."""
         items = batch["items"]
         user_feats = self.user_features[batch["users"]]
         if mixed and self.mixed:
@@ -171,12 +167,12 @@ class RetrievalTask:
         """val/loss and the full-catalogue metrics of this rank's share, joined over the ranks.
 
         val/loss: the mean over the validation pairs of the softmax loss of training-size
-        batches (so that it is on the scale of train/loss); the ranks take every world_size-th
-        batch, each computed whole in one process.
+        batches (so that it is on the scale of train/loss), each rank over batches of its own
+        pairs: as train/loss, it depends on which pairs share a batch, so on the world size.
         """
-        n_val, step, ranks = len(self.val_users), self.eval_loss_batch, self.ranks
+        n_val, step = len(self.val_users), self.eval_loss_batch
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for start in range(ranks.rank * step, n_val, step * ranks.world_size):
+        for start in range(0, n_val, step):
             batch = {
                 "users": self.val_users[start : start + step],
                 "items": self.val_items[start : start + step],
@@ -189,7 +185,7 @@ class RetrievalTask:
             user_emb, item_emb, *self.val_csr, *self.train_csr, self.ks
         )
         sums, n_users = self._joined({"loss": float(loss_sum), **sums}, n_users)
-        out = {"val/loss": sums.pop("loss") / max(n_val, 1)}
+        out = {"val/loss": sums.pop("loss") / max(self.val_total, 1)}
         out.update({f"val/{k}": v for k, v in metrics.metric_means(sums, n_users).items()})
         return out
 
@@ -246,9 +242,12 @@ class RankingTask:
         self.item_counts = data.item_counts.float()
         self.user_features = data.user_features.to(device)
         self.item_features = data.item_features.to(device)
+        # This rank's interactions (`recjobs.data.shards`): the users it owns, all their rows,
+        # so the known pairs below are complete for every user this rank draws negatives for.
         self.train_users = data.train_users.to(device)
         self.train_items = data.train_items.to(device)
         self.train_labels = data.train_labels.to(device) if data.train_labels is not None else None
+        self.train_total = data.train_total
         # Negatives for training come from a generator whose state is checkpointed (exact resume);
         # validation negatives are drawn once from a fixed seed: val/auc compares across runs.
         self.generator = torch.Generator(device=device)
@@ -268,33 +267,32 @@ class RankingTask:
             if data.val_labels is None or self.train_labels is None:
                 raise ValueError("mse needs labels")  # the config validation makes this unreachable
             val = (
-                data.val_users.to(device),
-                data.val_items.to(device),
+                data.val_users.long().to(device),
+                data.val_items.long().to(device),
                 data.val_labels.to(device),
             )
-        # This rank scores its own contiguous ceil(rows / world_size) of the validation rows.
-        mine = self.ranks.share(len(val[0]))
-        self.val = (val[0][mine], val[1][mine], val[2][mine])
+        self.val = val  # the validation rows of this rank's users
 
     def _validation_rows(
         self, data: TaskData, device: torch.device, seed: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Each validation positive and `negatives_per_pos` uniform items the user has neither in
         training nor in validation; the same rows in every run with this seed and data, whatever
-        the training sampler. A negative that cannot be found (a user who has nearly every item)
-        is left out."""
+        the training sampler and the world size (a row's negatives are keyed by its position in
+        the validation table). A negative that cannot be found (a user who has nearly every
+        item) is left out."""
+        val_users, val_items = data.val_users.long(), data.val_items.long()
         known = NegativeSampler(
             data.n_items,
             data.item_counts,
-            known_users=torch.cat([data.train_users, data.val_users]),
-            known_items=torch.cat([data.train_items, data.val_items]),
+            known_users=torch.cat([data.train_users.long(), val_users]),
+            known_items=torch.cat([data.train_items.long(), val_items]),
         )
-        gen = torch.Generator().manual_seed(seed)
-        negs, still_known = known.sample(data.val_users, self.negatives, gen)
+        negs, still_known = known.sample_keyed(val_users, data.val_positions, self.negatives, seed)
         keep = ~still_known
-        users = torch.cat([data.val_users, data.val_users.repeat_interleave(self.negatives)[keep]])
-        items = torch.cat([data.val_items, negs[keep]])
-        labels = torch.cat([torch.ones(len(data.val_users)), torch.zeros(int(keep.sum()))])
+        users = torch.cat([val_users, val_users.repeat_interleave(self.negatives)[keep]])
+        items = torch.cat([val_items, negs[keep]])
+        labels = torch.cat([torch.ones(len(val_users)), torch.zeros(int(keep.sum()))])
         return users.to(device), items.to(device), labels.to(device)
 
     @property
@@ -302,7 +300,7 @@ class RankingTask:
         return len(self.train_users)
 
     def batch(self, idx: Tensor) -> dict[str, Tensor]:
-        users, items = self.train_users[idx], self.train_items[idx]
+        users, items = self.train_users[idx].long(), self.train_items[idx].long()
         if self.loss_func == "bce":
             negs, _ = self.sampler.sample(users, self.negatives, self.generator)
             labels = torch.cat(
@@ -365,7 +363,9 @@ class RankingTask:
             counts = self.item_counts.to(labels.device)[items]
             return {"val/baseline/auc": metrics.auc(*self._gathered(counts, labels))}
         _, labels = self._gathered(labels, labels)
-        mean = torch.full_like(labels, float(self.train_labels.float().mean()))
+        # The mean over every rank's training labels: the sum is joined, the count known.
+        label_sum = all_reduce_sum(self.train_labels.double().sum(), self.ranks)
+        mean = torch.full_like(labels, float(label_sum) / self.train_total)
         return {
             "val/baseline/rmse": metrics.rmse(mean, labels),
             "val/baseline/mae": metrics.mae(mean, labels),

@@ -47,10 +47,10 @@ from recjobs.config.resolver import with_absolute_paths
 from recjobs.config.schema import ResolvedConfig
 from recjobs.data import Encoders, epoch_batches, load_task_data, steps_per_epoch
 from recjobs.data.synth import GenerationStopped
+from recjobs.distributed import Ranks, gather_rows_to_main
 from recjobs.errors import (
     CheckpointError,
     ConfigError,
-    DataError,
     RunDirError,
     TrainingDiverged,
     UserError,
@@ -131,6 +131,10 @@ def init_distributed(device_setting: str) -> Distributed:
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     stop_group = dist.new_group(backend="gloo") if use_cuda else None
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, stop_group)
+
+
+def _ranks(ddp: Distributed) -> Ranks:
+    return Ranks(ddp.rank, ddp.world_size, ddp.stop_group)
 
 
 def pick_device(setting: str, ddp: Distributed) -> torch.device:
@@ -450,7 +454,7 @@ class TrainingRun:
         with _unusable_checkpoint(rundir):
             encoders = Encoders.from_json(checkpoint["encoders"]) if checkpoint else None
         try:  # a large synthetic data set takes minutes: a stop signal ends it at once
-            self.data = load_task_data(cfg, encoders, lambda: stop.signum is not None)
+            self.data = load_task_data(cfg, encoders, lambda: stop.signum is not None, _ranks(ddp))
         except GenerationStopped:
             raise Preempted(
                 f"{stop.name} while the synthetic data set was generated, before training "
@@ -459,12 +463,11 @@ class TrainingRun:
             ) from None
         self.task = make_task(cfg, self.data, self.device, ddp.rank, ddp.world_size)
         self._build_model_and_optimizers()
-        self.per_epoch = _steps_per_epoch(
-            self.task.num_examples, training.batch_size, ddp.world_size
-        )
+        # Every rank trains on as many examples per epoch as the smallest rank's shard holds.
+        per_rank = self.data.train_per_rank
+        self.per_epoch = steps_per_epoch(per_rank, training.batch_size)
         # A batch of this many examples is full; each rank's last batch of an epoch may be
         # shorter. When a rank's shard is smaller than batch_size its one batch is the full one.
-        per_rank = self.task.num_examples // ddp.world_size
         self.full_batch = min(training.batch_size, per_rank)
         self.full_batches_per_epoch = per_rank // self.full_batch
         self.total_steps = min(
@@ -586,9 +589,9 @@ class TrainingRun:
     def _map_world(self, saved_world: int) -> None:
         """Continue a checkpoint written by `saved_world` processes at this world size.
 
-        The epoch's permutation does not depend on the world size, but its split into rank
-        shards does: a checkpoint taken at an epoch boundary continues exactly (the next epoch
-        is split among this world's ranks); one taken mid-epoch ends that epoch where it was
+        Each rank's shard of the data (which users it owns) and its epoch order depend on the
+        world size: a checkpoint taken at an epoch boundary continues exactly (the next epoch
+        is drawn from this world's shards); one taken mid-epoch ends that epoch where it was
         taken (`run` validates and checkpoints it first), so none of its examples is trained
         twice and the rest of them wait for the next epochs. The ranks' random streams (dropout,
         negative samplers) of the old world do not map onto the new ranks: each rank is seeded
@@ -643,6 +646,13 @@ class TrainingRun:
         if self.ddp.is_main:
             self.say_always(message)
 
+    def _shard_note(self) -> str:
+        """How the examples are shared among the ranks, for the first log line."""
+        world, per_rank = self.ddp.world_size, self.data.train_per_rank
+        if world == 1:
+            return ""
+        return f" ({per_rank} per rank and epoch: each rank trains on its own users)"
+
     def _new_schedule(self) -> Any:
         """The configured LR schedule at its start, for this run's steps per epoch."""
         tr = self.cfg.training
@@ -665,7 +675,8 @@ class TrainingRun:
         if self.ddp.is_main:
             self.say_always(
                 f"training {self.cfg.task} ({self.cfg.model.model_arch}) on {self.device} "
-                f"x{self.ddp.world_size}: {self.task.num_examples} examples, "
+                f"x{self.ddp.world_size}: {self.data.train_total} examples"
+                f"{self._shard_note()}, "
                 f"{self.per_epoch} steps/epoch, {self.total_steps} steps"
             )
             log.info(
@@ -712,6 +723,7 @@ class TrainingRun:
             seed=self.cfg.shared.seed,
             rank=self.ddp.rank,
             world_size=self.ddp.world_size,
+            length=self.data.train_per_rank,
         )
         # One host-to-device copy per epoch; each step's batch is then a slice on the device.
         batches = torch.cat(batches).to(self.device).split([len(b) for b in batches])
@@ -803,7 +815,7 @@ class TrainingRun:
         self.check_finite()
         progress = self.progress
         record: dict[str, float] = {"step": progress.step, "epoch": progress.epoch}
-        if self.loss_examples:  # the same on every rank: equal shards
+        if self.loss_examples:  # the same on every rank: equally many examples per epoch
             loss = self.loss_sum / self.loss_examples
             record["train/loss"] = _mean_over_ranks(loss, self.ddp)
         record.update(lr_record)
@@ -943,9 +955,11 @@ class TrainingRun:
             metrics = self.early.best_metrics or metrics
             if self.ddp.is_main:
                 log.info("restored the best weights (%s = %.4g)", self.early.key, self.early.best)
+        # The export's seen items are every rank's training pairs (a collective).
+        seen = gather_rows_to_main(self._train_pairs(), _ranks(self.ddp))
         if self.ddp.is_main:
             self.rollback.settle()  # the export replaces model/: the run is done
-            export_model(self.rundir.model, self.model, self.cfg, self.data)
+            export_model(self.rundir.model, self.model, self.cfg, self.data, seen)
             self.write_summary()
         self.tracker.finish()
         if self.stop.signum is not None:
@@ -957,6 +971,10 @@ class TrainingRun:
                 finished=True,
             )
         return metrics
+
+    def _train_pairs(self) -> torch.Tensor:
+        """This rank's training (user row, item row) pairs, int32 [n, 2]."""
+        return torch.stack([self.data.train_users.int(), self.data.train_items.int()], dim=1)
 
     def write_summary(self) -> None:
         """summary.json, and its gist as train.log's last lines."""
@@ -1081,15 +1099,6 @@ def _check_optimizer_device(cfg: ResolvedConfig, device: torch.device) -> None:
         spec = getattr(cfg.training, key)
         if spec is not None:
             check_device(spec, device.type, f"{cfg.task}.training.{key}", why)
-
-
-def _steps_per_epoch(num_examples: int, batch_size: int, world_size: int) -> int:
-    try:
-        return steps_per_epoch(num_examples, batch_size, world_size)
-    except ValueError as exc:  # fewer training examples than processes
-        raise DataError(
-            "interactions_train", str(exc), "use fewer processes or more training data"
-        ) from None
 
 
 def _check_finite_metrics(metrics: dict[str, float], step: int, rundir: RunDir) -> None:

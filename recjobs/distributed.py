@@ -1,8 +1,10 @@
 """How a task splits its work over the ranks of a job, and the collectives that join it again.
 
-A task scores its own share of validation (`Ranks.share`) and joins the pieces with a sum
-(`all_reduce_sum`) or a gather in rank order (`all_gather_rows`); global negatives gather the
-item embeddings with autograd (`all_gather_with_grad`). At world size 1 every function here is
+Each rank holds the interactions of its own users (`recjobs.data.shards`): a task validates
+its own users and joins the pieces with a sum (`all_reduce_sum`) or a gather in rank order
+(`all_gather_rows`); global negatives gather the item embeddings with autograd
+(`all_gather_with_grad`); the export gathers every rank's training pairs on rank 0
+(`gather_rows_to_main`). At world size 1 every function here is
 the identity and calls nothing in torch.distributed, so a one-process run needs no process
 group. Collectives run on the default group, on the tensor's own device: the trainer picks
 NCCL exactly when it trains on CUDA, so a task's tensors are always on the right device.
@@ -20,29 +22,24 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's place in the job: rank `rank` of `world_size`."""
+    """This process's place in the job: rank `rank` of `world_size`. `cpu_group`: the process
+    group for collectives on CPU tensors when the default one is NCCL (None: the default)."""
 
     rank: int = 0
     world_size: int = 1
+    cpu_group: Any = None
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} of world size {self.world_size}")
 
-    def share(self, n: int) -> slice:
-        """This rank's contiguous part of n ordered things: ceil(n / world_size) of them (fewer
-        on the last ranks when n does not divide); the parts, in rank order, are 0..n-1."""
-        per = -(-n // self.world_size)
-        start = min(self.rank * per, n)
-        return slice(start, min(start + per, n))
 
-
-def all_reduce_sum(values: Tensor, ranks: Ranks) -> Tensor:
+def all_reduce_sum(values: Tensor, ranks: Ranks, group: Any = None) -> Tensor:
     """The element-wise sum of `values` over the ranks; the same tensor on every rank."""
     if ranks.world_size == 1:
         return values
     values = values.clone()
-    dist.all_reduce(values)
+    dist.all_reduce(values, group=group)
     return values
 
 
@@ -73,6 +70,26 @@ def all_gather_rows(rows: Tensor, ranks: Ranks) -> Tensor:
     padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
     padded[: len(rows)] = rows
     pieces = all_gather_equal(padded, ranks).split(longest)
+    return torch.cat([piece[:n] for piece, n in zip(pieces, counts, strict=True)])
+
+
+def gather_rows_to_main(rows: Tensor, ranks: Ranks) -> Tensor | None:
+    """Every rank's `rows` concatenated along dim 0 in rank order, on rank 0 only (None on the
+    others: only rank 0 holds them all), through the CPU (`ranks.cpu_group`). Uneven lengths as
+    in `all_gather_rows`."""
+    if ranks.world_size == 1:
+        return rows
+    group = ranks.cpu_group
+    lengths = [torch.zeros(1, dtype=torch.long) for _ in range(ranks.world_size)]
+    dist.all_gather(lengths, torch.tensor([len(rows)]), group=group)
+    counts = [int(n) for n in lengths]
+    longest = max(counts)
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype)
+    padded[: len(rows)] = rows.cpu()
+    pieces = [torch.empty_like(padded) for _ in counts] if ranks.rank == 0 else None
+    dist.gather(padded, pieces, dst=0, group=group)
+    if pieces is None:
+        return None
     return torch.cat([piece[:n] for piece, n in zip(pieces, counts, strict=True)])
 
 
