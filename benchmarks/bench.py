@@ -21,6 +21,8 @@ Measurements
 - scale:       trainer examples/s at a small and a large catalogue, same model otherwise.
 - eval:        retrieval and ranking validation time and peak RSS at --eval-users x --eval-items.
 - first_step:  seconds from `torchx run -s local_cwd` to the first logged training step.
+- distributed: benchmarks/distributed.py (world 1 against 2: per-rank data, sharded validation,
+               quality and cost of global negatives), its own table and JSON.
 - recommend:   `Recommender.topk` (what `recjobs recommend` runs): top-K for every user of a
                --rec-users x --rec-items catalogue, seconds and peak RSS, and the ceiling: this
                machine's matmul FLOP/s at the scoring's shapes.
@@ -652,8 +654,9 @@ def main() -> None:
         results["recommend"] = bench_recommend(a, common, rows)
 
     if "distributed" in todo:
-        # World 1 against 2 (sharded validation, global negatives): torchrun jobs of its own
-        # script, which prints its table and writes benchmarks/distributed.json.
+        # World 1 against 2 (per-rank data, sharded validation, quality and cost of global
+        # negatives): torchrun jobs of its own script, which prints its table and writes
+        # benchmarks/distributed.json.
         done = subprocess.run(
             [
                 sys.executable,

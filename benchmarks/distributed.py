@@ -142,12 +142,14 @@ def worker_quality(a: argparse.Namespace) -> dict:
 
     sets = [f"training.negatives={a.negatives}", f"training.batch_size={a.batch}"]
     sets += [f"training.max_epochs={a.epochs}", f"training.scheduler.T_max={a.epochs}"]
+    sets += a.quality_set
     cfg = resolve("retrieval", ROOT / "config" / "quickstart.yaml", Overrides(sets=sets))
     trainer.train(cfg, Path(a.run_dir))
     if os.environ["RANK"] != "0":
         return {}
     summary = json.loads((Path(a.run_dir) / "summary.json").read_text())
-    return {"best": summary["best"], "best_step": summary.get("best_step")}
+    best = summary["best"]
+    return {"best": best["value"], "best_step": best["step"], "epochs": summary["epochs"]}
 
 
 def _data_set(a: argparse.Namespace) -> str:
@@ -203,6 +205,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--epochs", type=int, default=5, help="quality: epochs per run")
+    p.add_argument(
+        "--quality-set", action="append", default=[], help="quality: a --set for every run"
+    )
     p.add_argument("--data-users", type=int, default=1_000_000)
     p.add_argument("--data-items", type=int, default=100_000)
     p.add_argument("--data-interactions", type=int, default=10_000_000)
@@ -270,11 +275,16 @@ def main() -> None:
                     negatives=negatives,
                     batch=batch,
                     epochs=a.epochs,
+                    quality_set=a.quality_set,
                     run_dir=str(Path(tmp) / "run"),
                 )
-            runs[name] = rows[0]["best"]
+            runs[name] = {k: rows[0][k] for k in ("best", "best_step", "epochs")}
             print(f"  {name}: best val/recall@10 {rows[0]['best']:.4f}", flush=True)
-        out["quality_synthetic"] = {"epochs": a.epochs, "recall@10": runs}
+        out["quality_synthetic"] = {
+            "epochs": a.epochs,
+            "sets": a.quality_set,
+            "recall@10": runs,
+        }
     if a.only in (None, "negatives"):
         rates = {}
         for negatives in ("local", "global"):
