@@ -14,6 +14,7 @@ import torch
 from recjobs.config.resolver import Overrides, resolve
 from recjobs.data import load_task_data, steps_per_epoch
 from recjobs.models import build_model
+from recjobs.training import metrics
 from recjobs.training.tasks import make_task
 
 from runs import shard_sizes, table_pairs
@@ -83,6 +84,15 @@ def test_two_process_ddp_job(tmp_path, task, negatives):
     if task == "retrieval":
         assert got.pop("val/loss") == pytest.approx(single.pop("val/loss"), rel=0.1)
     assert single == pytest.approx(got, rel=1e-6)
+
+    # The export's seen items are every rank's training pairs (gathered on rank 0), not rank 0's.
+    catalogue = torch.load(tmp_path / "run" / "model" / "catalogue.pt")
+    expected_seen = metrics.csr_from_pairs(
+        data.train_users, data.train_items, len(data.user_features)
+    )
+    assert torch.equal(catalogue["seen_indptr"], expected_seen[0])
+    assert torch.equal(catalogue["seen_indices"], expected_seen[1])
+    assert torch.equal(catalogue["item_counts"], data.item_counts)
 
     # One job: one metrics file, written by rank 0, with steps counted once for the whole job.
     records = [

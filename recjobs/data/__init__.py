@@ -1,4 +1,5 @@
-"""The data layer: reading the input tables, encoding ids, batching, example data sets."""
+"""The data layer: reading the input tables, encoding ids, which rank holds which interactions
+(`shards`), batching, example data sets."""
 
 from recjobs.data.batches import epoch_batches, steps_per_epoch
 from recjobs.data.dataset import TaskData, load_task_data

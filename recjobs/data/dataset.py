@@ -325,13 +325,11 @@ class _Interactions:
         """The rows of `role` whose user and item are known and whose user `owner` gives this
         rank (all of them without `owner`); `warn`: one warning for the rows dropped."""
         cols, source, enc = self.cols, self.sources[role], self.encoders
-        wanted = [cols.interaction_user_col, cols.interaction_item_col]
-        wanted += [cols.label_col] if cols.label_col else []
         world = self.ranks.world_size
         users_out, items_out, positions_out, labels_out = [], [], [], []
         total = kept = unknown_users = unknown_items = 0
         kept_per_rank = np.zeros(world, dtype=np.int64)
-        for chunk in self.chunks(role, wanted):
+        for chunk in self.chunks(role, _interaction_columns(cols)):
             users = self._ids(chunk, role, cols.interaction_user_col, enc.user_id, "users")
             items = self._ids(chunk, role, cols.interaction_item_col, enc.item_id, "items")
             known = (users > 0) & (items > 0)
@@ -396,8 +394,6 @@ def _load_tables(
         "users": [cols.user_id, *cols.user_cat_cols, *cols.user_num_cols, *cols.user_multi_cols],
         "items": [cols.item_id, *cols.item_cat_cols, *cols.item_num_cols, *cols.item_multi_cols],
     }
-    # interaction_time_col is not read: nothing trains on the time (the split is the two
-    # files), and the docs call the column optional; a table without it must load.
     paths = cfg.dataset.paths
     if paths is None:
         size = cfg.dataset.synth
@@ -425,10 +421,14 @@ def _load_tables(
     # Checked before anything is read, as a whole-table read did: a missing file or column
     # fails at once, on every rank alike.
     for role in ("interactions_train", "interactions_val"):
-        interaction_cols = [cols.interaction_user_col, cols.interaction_item_col]
-        interaction_cols += [cols.label_col] if cols.label_col else []
-        check_columns_exist(sources[role], interaction_cols, role=role)
+        check_columns_exist(sources[role], _interaction_columns(cols), role=role)
     return catalogue, file_chunks, sources
+
+
+def _interaction_columns(cols: ColumnsConfig) -> list[str]:
+    # interaction_time_col is not read: nothing trains on the time (the split is the two
+    # files), and the docs call the column optional; a table without it must load.
+    return [cols.interaction_user_col, cols.interaction_item_col, *filter(None, [cols.label_col])]
 
 
 def _catalogue_ids(table: pa.Table, col: str, source: str, entity: str) -> pa.Array:

@@ -2,13 +2,13 @@
 
 The training loop talks to a task through six members (`num_examples`, `batch`, `loss`,
 `loss_depends_on_batch_size`, `evaluate`, `baseline`) and never learns which model or loss it
-runs. All tensors live on the
-training device from the start, so a batch is a few index gathers: no per-example Python, no copies.
+runs. All tensors live on the training device from the start, so a batch is a few index
+gathers (the ids cast from their small stored type to int64): no per-example Python.
 
-In a job of several processes each rank validates its own share of the users (retrieval) or of
-the rows (ranking) and the pieces are joined (`recjobs.distributed`), so `evaluate` and
-`baseline` are collectives: every rank calls them, and every rank gets the same numbers, those
-of one process validating everything.
+In a job of several processes each rank holds the interactions of its own users
+(`recjobs.data.shards`), trains on them and validates them, and the pieces of validation are
+joined (`recjobs.distributed`), so `evaluate` and `baseline` are collectives: every rank calls
+them, and every rank gets the same numbers, those of one process validating everything.
 """
 
 from __future__ import annotations

@@ -956,7 +956,9 @@ class TrainingRun:
             if self.ddp.is_main:
                 log.info("restored the best weights (%s = %.4g)", self.early.key, self.early.best)
         # The export's seen items are every rank's training pairs (a collective).
-        seen = gather_rows_to_main(self._train_pairs(), _ranks(self.ddp))
+        seen = None
+        if self.ddp.world_size > 1:
+            seen = gather_rows_to_main(self._train_pairs(), _ranks(self.ddp))
         if self.ddp.is_main:
             self.rollback.settle()  # the export replaces model/: the run is done
             export_model(self.rundir.model, self.model, self.cfg, self.data, seen)
