@@ -333,10 +333,11 @@ class _Interactions:
             users = self._ids(chunk, role, cols.interaction_user_col, enc.user_id, "users")
             items = self._ids(chunk, role, cols.interaction_item_col, enc.item_id, "items")
             known = (users > 0) & (items > 0)
+            n_known = int(known.sum())
             unknown_users += int((users == 0).sum())
             unknown_items += int((items == 0).sum())
             if owner is None:
-                kept_per_rank[0] += int(known.sum())
+                kept_per_rank[0] += n_known
                 mine = known
             else:
                 kept_per_rank += np.bincount(owner[users[known]], minlength=world)
@@ -347,7 +348,7 @@ class _Interactions:
             if cols.label_col:
                 labels_out.append(_labels(chunk, cols.label_col, source)[mine].astype(np.float32))
             total += len(users)
-            kept += int(known.sum())
+            kept += n_known
         if warn and total - kept:
             split = "training" if role == "interactions_train" else "validation"
             logger.warning(
