@@ -12,6 +12,7 @@ NCCL exactly when it trains on CUDA, so a task's tensors are always on the right
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,16 +62,8 @@ def all_gather_rows(rows: Tensor, ranks: Ranks) -> Tensor:
     """
     if ranks.world_size == 1:
         return rows
-    lengths = [
-        torch.zeros(1, dtype=torch.long, device=rows.device) for _ in range(ranks.world_size)
-    ]
-    dist.all_gather(lengths, torch.tensor([len(rows)], device=rows.device))
-    counts = [int(n) for n in lengths]
-    longest = max(counts)
-    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype, device=rows.device)
-    padded[: len(rows)] = rows
-    pieces = all_gather_equal(padded, ranks).split(longest)
-    return torch.cat([piece[:n] for piece, n in zip(pieces, counts, strict=True)])
+    padded, counts = _padded_to_longest(rows, ranks, None)
+    return _unpadded(all_gather_equal(padded, ranks).split(len(padded)), counts)
 
 
 def gather_rows_to_main(rows: Tensor, ranks: Ranks) -> Tensor | None:
@@ -79,17 +72,24 @@ def gather_rows_to_main(rows: Tensor, ranks: Ranks) -> Tensor | None:
     in `all_gather_rows`."""
     if ranks.world_size == 1:
         return rows
-    group = ranks.cpu_group
-    lengths = [torch.zeros(1, dtype=torch.long) for _ in range(ranks.world_size)]
-    dist.all_gather(lengths, torch.tensor([len(rows)]), group=group)
-    counts = [int(n) for n in lengths]
-    longest = max(counts)
-    padded = torch.zeros((longest, *rows.shape[1:]), dtype=rows.dtype)
-    padded[: len(rows)] = rows.cpu()
+    padded, counts = _padded_to_longest(rows.cpu(), ranks, ranks.cpu_group)
     pieces = [torch.empty_like(padded) for _ in counts] if ranks.rank == 0 else None
-    dist.gather(padded, pieces, dst=0, group=group)
-    if pieces is None:
-        return None
+    dist.gather(padded, pieces, dst=0, group=ranks.cpu_group)
+    return None if pieces is None else _unpadded(pieces, counts)
+
+
+def _padded_to_longest(rows: Tensor, ranks: Ranks, group: Any) -> tuple[Tensor, list[int]]:
+    """`rows` padded with zeros to the longest rank's length, and every rank's length."""
+    device = rows.device
+    lengths = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(ranks.world_size)]
+    dist.all_gather(lengths, torch.tensor([len(rows)], device=device), group=group)
+    counts = [int(n) for n in lengths]
+    padded = torch.zeros((max(counts), *rows.shape[1:]), dtype=rows.dtype, device=device)
+    padded[: len(rows)] = rows
+    return padded, counts
+
+
+def _unpadded(pieces: Sequence[Tensor], counts: list[int]) -> Tensor:
     return torch.cat([piece[:n] for piece, n in zip(pieces, counts, strict=True)])
 
 

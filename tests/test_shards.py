@@ -82,6 +82,14 @@ def test_streamed_chunks_are_the_table_in_order(tmp_path, monkeypatch, fmt):
     assert whole.equals(tables.read_table(str(path), ["x", "user_id"], role="interactions_train"))
 
 
+def test_a_table_of_whole_chunks_streams_without_an_empty_last_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(tables, "STREAM_ROWS", 1000)
+    path = tmp_path / "t.parquet"
+    pq.write_table(_interactions(5000), path, row_group_size=500)
+    chunks = list(tables.iter_table(str(path), ["x"], role="interactions_train"))
+    assert [c.num_rows for c in chunks] == [1000] * 5
+
+
 def test_streaming_an_empty_table_gives_one_empty_chunk_and_bad_columns_fail_at_once(tmp_path):
     path = tmp_path / "t.parquet"
     pq.write_table(_interactions(0), path)

@@ -203,15 +203,17 @@ def iter_table(path: str, columns: Sequence[str], *, role: str) -> Iterator[pa.T
             )
             schema, batches = reader.schema, iter(reader)
         pending: list[pa.RecordBatch] = []
-        rows = 0
+        rows, yielded = 0, False
         for batch in batches:
             pending.append(batch)
             rows += batch.num_rows
             if rows >= STREAM_ROWS:
                 yield pa.Table.from_batches(pending).select(wanted)
-                pending, rows = [], 0
-        if pending or rows == 0:  # an empty table is one empty chunk, as read_table gives it
-            yield _empty_or_table(pending, schema, wanted)
+                pending, rows, yielded = [], 0, True
+        if pending:
+            yield pa.Table.from_batches(pending).select(wanted)
+        elif not yielded:  # an empty table is one empty chunk, as read_table gives it
+            yield schema.empty_table().select(wanted)
     except DataError:
         raise
     except (pa.ArrowException, OSError, ValueError, UnicodeDecodeError) as exc:
@@ -223,14 +225,6 @@ def iter_table(path: str, columns: Sequence[str], *, role: str) -> Iterator[pa.T
 
 def _csv_read_options() -> pacsv.ReadOptions:
     return pacsv.ReadOptions()  # blocks of 1 MB, gathered into chunks of STREAM_ROWS rows
-
-
-def _empty_or_table(
-    batches: list[pa.RecordBatch], schema: pa.Schema, wanted: list[str]
-) -> pa.Table:
-    if batches:
-        return pa.Table.from_batches(batches).select(wanted)
-    return schema.empty_table().select(wanted)
 
 
 def _csv_parse_options(path: str) -> pacsv.ParseOptions:
